@@ -1,0 +1,89 @@
+"""fprune: functional, typed structured pruning for PyTorch.
+
+Pure functions compute keep-masks, ``match_patterns`` finds layer chains in a ``torch.fx``
+graph, and ``apply_prune`` returns a physically smaller copy of the model.
+"""
+
+from ._apply import apply_prune as apply_prune
+from ._apply import masked_parameters as masked_parameters
+from ._errors import PruneError as PruneError
+from ._masks import fpgm_mask as fpgm_mask
+from ._masks import fpgm_scores as fpgm_scores
+from ._masks import lstm_saliency_mask as lstm_saliency_mask
+from ._masks import lstm_unit_scores as lstm_unit_scores
+from ._masks import row_norms as row_norms
+from ._masks import saliency_mask as saliency_mask
+from ._masks import select_kept as select_kept
+from ._match import match_patterns as match_patterns
+from ._patterns import ACTIVATION_FUNCTIONS as ACTIVATION_FUNCTIONS
+from ._patterns import ACTIVATION_METHODS as ACTIVATION_METHODS
+from ._patterns import ACTIVATION_MODULES as ACTIVATION_MODULES
+from ._patterns import default_patterns as default_patterns
+from ._prune_functions import prune_chain as prune_chain
+from ._prune_functions import prune_conv2d as prune_conv2d
+from ._prune_functions import prune_conv2d_activation_conv2d as prune_conv2d_activation_conv2d
+from ._prune_functions import prune_conv2d_activation_pool_conv2d as prune_conv2d_activation_pool_conv2d
+from ._prune_functions import prune_conv2d_conv2d as prune_conv2d_conv2d
+from ._prune_functions import prune_conv2d_pool_activation_conv2d as prune_conv2d_pool_activation_conv2d
+from ._prune_functions import prune_conv2d_pool_flatten_linear as prune_conv2d_pool_flatten_linear
+from ._prune_functions import prune_linear as prune_linear
+from ._prune_functions import prune_linear_activation_linear as prune_linear_activation_linear
+from ._prune_functions import prune_linear_linear as prune_linear_linear
+from ._prune_functions import prune_lstm_output_layernorm_linear as prune_lstm_output_layernorm_linear
+from ._prune_functions import prune_lstm_output_linear as prune_lstm_output_linear
+from ._prune_functions import rebuild_module as rebuild_module
+from ._records import OUTPUT as OUTPUT
+from ._records import Attr as Attr
+from ._records import Call as Call
+from ._records import Match as Match
+from ._records import MatchedOp as MatchedOp
+from ._records import ModuleOp as ModuleOp
+from ._records import Op as Op
+from ._records import Output as Output
+from ._records import Pattern as Pattern
+from ._records import PatternElement as PatternElement
+from ._records import PruneFunction as PruneFunction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "ACTIVATION_METHODS",
+    "ACTIVATION_MODULES",
+    "OUTPUT",
+    "Attr",
+    "Call",
+    "Match",
+    "MatchedOp",
+    "ModuleOp",
+    "Op",
+    "Output",
+    "Pattern",
+    "PatternElement",
+    "PruneError",
+    "PruneFunction",
+    "apply_prune",
+    "default_patterns",
+    "fpgm_mask",
+    "fpgm_scores",
+    "lstm_saliency_mask",
+    "lstm_unit_scores",
+    "masked_parameters",
+    "match_patterns",
+    "prune_chain",
+    "prune_conv2d",
+    "prune_conv2d_activation_conv2d",
+    "prune_conv2d_activation_pool_conv2d",
+    "prune_conv2d_conv2d",
+    "prune_conv2d_pool_activation_conv2d",
+    "prune_conv2d_pool_flatten_linear",
+    "prune_linear",
+    "prune_linear_activation_linear",
+    "prune_linear_linear",
+    "prune_lstm_output_layernorm_linear",
+    "prune_lstm_output_linear",
+    "rebuild_module",
+    "row_norms",
+    "saliency_mask",
+    "select_kept",
+]

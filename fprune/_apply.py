@@ -1,0 +1,269 @@
+"""Turn keep-masks and matches into a physically pruned copy (``apply_prune``) or into masked
+parameters for ``torch.func.functional_call`` (``masked_parameters``)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
+
+from ._errors import PruneError
+from ._match import explain_unmatched, match_patterns
+from ._patterns import default_patterns
+from ._records import Attr, Call, Match, ModuleOp, Op, OUTPUT, Output, Pattern, PruneFunction
+
+__all__ = ["apply_prune", "masked_parameters"]
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def _check_model(model: nn.Module, function: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise PruneError(f"{function} expects an nn.Module, got {type(model).__name__}")
+    for fqn, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            raise PruneError(
+                f"module `{fqn or type(model).__name__}` carries torch.nn.utils.parametrize "
+                "parametrizations; remove them first (parametrize.remove_parametrizations, or a "
+                "sparsifier's squash_mask) so fprune sees the real weights"
+            )
+
+
+def _check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model's tensors by FQN, after checking every mask against its tensor."""
+    if not isinstance(masks, Mapping):
+        raise PruneError(f"masks must be a mapping from tensor FQN to bool keep-mask, got {type(masks).__name__}")
+    tensors: dict[str, Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    for fqn, mask in masks.items():
+        if fqn not in tensors:
+            close = [name for name in tensors if name.endswith(fqn.rpartition(".")[2])][:3]
+            hint = f"; tensors with that name: {', '.join(close)}" if close else ""
+            raise PruneError(f"mask for `{fqn}`: the model has no parameter of that name{hint}")
+        tensor = tensors[fqn]
+        if not isinstance(mask, Tensor):
+            raise PruneError(f"mask for `{fqn}` is a {type(mask).__name__}; expected a torch.bool tensor")
+        if mask.dtype != torch.bool:
+            raise PruneError(
+                f"mask for `{fqn}` has dtype {mask.dtype}; expected torch.bool (True = keep the row), "
+                "e.g. from fprune.saliency_mask or `scores > threshold`"
+            )
+        if tensor.dim() < 2:
+            raise PruneError(f"mask for `{fqn}`: the tensor has {tensor.dim()} dim(s); masks go on a producer's 2+-dim weight")
+        if mask.shape != (tensor.shape[0],):
+            raise PruneError(
+                f"mask for `{fqn}` has shape {tuple(mask.shape)}, expected ({tensor.shape[0]},) "
+                "(one entry per row: the weight's dim 0)"
+            )
+        if mask.device != tensor.device:
+            raise PruneError(f"mask for `{fqn}` is on {mask.device}, but the tensor is on {tensor.device}; move the mask")
+        if not bool(mask.any()):
+            raise PruneError(f"mask for `{fqn}` is all False: it would remove every row; keep at least one")
+    shared: dict[int, list[str]] = {}
+    for name, tensor in tensors.items():
+        shared.setdefault(id(tensor), []).append(name)
+    for fqn in masks:
+        names = shared[id(tensors[fqn])]
+        if len(names) > 1:
+            raise PruneError(f"mask for `{fqn}`: the parameter is shared with {', '.join(n for n in names if n != fqn)}; pruning one would desynchronise them")
+    return tensors
+
+
+def _coverage(model: nn.Module, masks: Mapping[str, Tensor], matches: Sequence[Match]) -> list[Match]:
+    """The matches that have a mask, after checking every mask is covered by one match."""
+    if not all(isinstance(m, Match) for m in matches):
+        raise PruneError("matches must be fprune.Match records, as returned by fprune.match_patterns")
+    owner: dict[str, Match] = {}
+    for match in matches:
+        for fqn in match.mask_fqns:
+            if fqn in owner and owner[fqn] is not match:
+                raise PruneError(f"two matches prune `{fqn}` ({owner[fqn].nodes} and {match.nodes}); pass each match once")
+            owner[fqn] = match
+    modules = dict(model.named_modules())
+    for match in matches:
+        for op in match.ops:
+            if isinstance(op, ModuleOp) and (op.fqn not in modules or type(modules[op.fqn]) is not op.type):
+                raise PruneError(f"match {match.nodes}: the model has no {op.type.__name__} at `{op.fqn}`; were the matches found on another model?")
+    for fqn in masks:
+        if fqn not in owner:
+            raise PruneError(f"mask for `{fqn}`: no match prunes it: {_why_unmatched(model, fqn, matches)}")
+    return [m for m in matches if any(f in masks for f in m.mask_fqns)]
+
+
+def _why_unmatched(model: nn.Module, fqn: str, matches: Sequence[Match]) -> str:
+    patterns: dict[Pattern, PruneFunction] = default_patterns()
+    patterns.update({m.pattern: m.prune_fn for m in matches})
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as error:  # noqa: BLE001 - any tracing failure only weakens the hint
+        return f"the model could not be traced to find out why ({type(error).__name__})"
+    return explain_unmatched(gm, fqn, patterns)
+
+
+def _order(active: list[Match]) -> list[Match]:
+    """Consumers first: a match runs after every match whose producer it consumes.
+
+    Folding a removed channel's constant into a consumer must see the consumer's own rows
+    already removed (the masked model zeroes them), so matches run against chain order.
+    """
+    producer_of = {m.ops[0].fqn: m for m in active if isinstance(m.ops[0], ModuleOp)}
+    done: set[int] = set()
+    ordered: list[Match] = []
+
+    def visit(match: Match, stack: tuple[int, ...]) -> None:
+        if id(match) in done:
+            return
+        if id(match) in stack:
+            raise PruneError(f"matches form a cycle at {match.nodes}")
+        for op in match.ops[1:]:
+            if isinstance(op, ModuleOp) and op.fqn in producer_of:
+                visit(producer_of[op.fqn], (*stack, id(match)))
+        done.add(id(match))
+        ordered.append(match)
+
+    for match in active:
+        visit(match, ())
+    return ordered
+
+
+def _resolve(op: object, model: nn.Module, current: Mapping[str, nn.Module]) -> Op:
+    if isinstance(op, ModuleOp):
+        if op.fqn in current:
+            return current[op.fqn]
+        return model.get_submodule(op.fqn)
+    if isinstance(op, Call):
+        def value(v: object) -> object:
+            return _attr(model, v.fqn) if isinstance(v, Attr) else v
+        return Call(op.target, tuple(value(v) for v in op.args), tuple((k, value(v)) for k, v in op.kwargs))
+    if isinstance(op, Output):
+        return OUTPUT
+    raise PruneError(f"unexpected op record {op!r}")
+
+
+def _attr(model: nn.Module, fqn: str) -> object:
+    owner, _, name = fqn.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, name)
+
+
+def apply_prune(
+    model: ModelT, masks: Mapping[str, Tensor], matches: Sequence[Match], *, prune_bias: bool = True
+) -> ModelT:
+    """A physically pruned copy of `model`; `model` itself is left exactly as it was.
+
+    Args:
+        model: the model `matches` were found in (the traced GraphModule or the original).
+        masks: keep-masks by producer weight FQN (``"seq.0.weight"``): 1-D torch.bool over the
+            weight's dim 0, True = keep, on the weight's device.
+        matches: from :func:`match_patterns`. Matches without a mask are left alone.
+        prune_bias: True removes the removed rows' bias with them. False keeps the masked
+            model's semantics of a layer whose bias stays: the constant the removed channels
+            still emit is carried through the chain's ops (in eval mode) and folded into the
+            consumer's bias.
+
+    Returns:
+        A new model of the same class with smaller modules (``in_features``, ``out_channels``,
+        ... updated), no parametrizations and no hooks added; ``requires_grad``, dtype, device
+        and train/eval mode preserved. It computes what the masked model computes
+        (``functional_call(model, masked_parameters(model, masks, matches), x)``), with the
+        removed channels gone from any tensor it returns.
+
+    Raises:
+        PruneError: a mask of the wrong dtype / shape / device, for an unknown FQN, or for a
+            tensor no match covers (the message says why, e.g. "feeds a residual add"); or
+            where the pruned model could not compute exactly what the masked model computes.
+    """
+    _check_model(model, "apply_prune")
+    _check_masks(model, masks)
+    active = _coverage(model, masks, matches)
+    current: dict[str, nn.Module] = {}
+    with torch.no_grad():
+        for match in _order(active):
+            ops = [_resolve(op, model, current) for op in match.ops]
+            producer = match.ops[0]
+            assert isinstance(producer, ModuleOp)
+            keep = {fqn[len(producer.fqn) + 1 :]: masks[fqn] for fqn in match.mask_fqns if fqn in masks}
+            try:
+                new = match.prune_fn(ops, keep, prune_bias=prune_bias)
+            except PruneError as error:
+                raise PruneError(f"pruning `{match.weight_fqn}` (chain {' -> '.join(match.nodes)}): {error}") from None
+            if not isinstance(new, tuple) or len(new) != len(ops):
+                raise PruneError(
+                    f"prune function {getattr(match.prune_fn, '__name__', match.prune_fn)!r} returned "
+                    f"{type(new).__name__}; expected a tuple of {len(ops)} entries (module or None per op)"
+                )
+            for record, replacement in zip(match.ops, new):
+                if replacement is None:
+                    continue
+                if not isinstance(record, ModuleOp) or not isinstance(replacement, nn.Module):
+                    raise PruneError(f"prune function for {match.nodes} returned a replacement for a non-module op")
+                current[record.fqn] = replacement
+    memo: dict[int, object] = {id(model.get_submodule(fqn)): module for fqn, module in current.items()}
+    return copy.deepcopy(model, memo)
+
+
+def _row_mask(mask: Tensor, tensor: Tensor) -> Tensor:
+    return mask.reshape((-1,) + (1,) * (tensor.dim() - 1)).to(tensor.dtype)
+
+
+def masked_parameters(
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    matches: Sequence[Match] | None = None,
+    *,
+    prune_bias: bool = True,
+) -> dict[str, Tensor]:
+    """Every parameter of `model` by FQN, with what pruning removes zeroed; `model` is unchanged.
+
+    Zeroed: the producer rows where a mask is False and, with `prune_bias`, their bias entries
+    and the affine entries of a BatchNorm (or an LSTM chain's LayerNorm) on those channels. An
+    LSTM's masks zero the unit's rows in all 4 gates of ``weight_ih``/``weight_hh``/biases.
+    The masked tensors are ``parameter * mask`` products, differentiable with respect to the
+    originals, for ``torch.func.functional_call(model, masked_parameters(...), args)``.
+    `matches` defaults to ``match_patterns(symbolic_trace(model), default_patterns())``.
+    Raises PruneError for the same mask errors as :func:`apply_prune`.
+    """
+    _check_model(model, "masked_parameters")
+    tensors = _check_masks(model, masks)
+    if matches is None:
+        matches = match_patterns(fx.symbolic_trace(model), default_patterns())
+    active = _coverage(model, masks, matches)
+    result: dict[str, Tensor] = dict(model.named_parameters())
+    for match in active:
+        producer = match.ops[0]
+        assert isinstance(producer, ModuleOp)
+        module = model.get_submodule(producer.fqn)
+        if isinstance(module, nn.LSTM):
+            for fqn in match.mask_fqns:
+                if fqn not in masks:
+                    continue
+                layer = fqn.rpartition("_l")[2]
+                for name in (f"weight_ih_l{layer}", f"weight_hh_l{layer}") + ((f"bias_ih_l{layer}", f"bias_hh_l{layer}") if prune_bias and module.bias else ()):
+                    key = f"{producer.fqn}.{name}"
+                    result[key] = result[key] * _row_mask(masks[fqn], tensors[key])
+            if prune_bias and len(match.ops) == 4 and isinstance(match.ops[2], ModuleOp):
+                last = f"{producer.fqn}.weight_ih_l{module.num_layers - 1}"
+                hh = f"{producer.fqn}.weight_hh_l{module.num_layers - 1}"
+                unit_mask = masks.get(last, masks.get(hh))
+                if unit_mask is not None:
+                    _zero_channels(result, model, match.ops[2].fqn, unit_mask[: module.hidden_size], ("weight", "bias"))
+            continue
+        mask = masks[match.weight_fqn]
+        result[match.weight_fqn] = result[match.weight_fqn] * _row_mask(mask, tensors[match.weight_fqn])
+        if prune_bias:
+            _zero_channels(result, model, producer.fqn, mask, ("bias",))
+            for op in match.ops[1:]:
+                if isinstance(op, ModuleOp) and issubclass(op.type, _BatchNorm):
+                    _zero_channels(result, model, op.fqn, mask, ("weight", "bias"))
+    return result
+
+
+def _zero_channels(result: dict[str, Tensor], model: nn.Module, module_fqn: str, mask: Tensor, names: tuple[str, ...]) -> None:
+    module = model.get_submodule(module_fqn)
+    for name in names:
+        if isinstance(getattr(module, name, None), nn.Parameter):
+            key = f"{module_fqn}.{name}"
+            result[key] = result[key] * mask.to(result[key].dtype)

@@ -1,0 +1,184 @@
+"""The default pattern dict: every torch.ao structured-pruning pattern, plus BatchNorm,
+dropout, method-form activations and output variants."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Mapping
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._prune_functions import (
+    prune_chain,
+    prune_conv2d,
+    prune_conv2d_activation_conv2d,
+    prune_conv2d_activation_pool_conv2d,
+    prune_conv2d_conv2d,
+    prune_conv2d_pool_activation_conv2d,
+    prune_conv2d_pool_flatten_linear,
+    prune_linear,
+    prune_linear_activation_linear,
+    prune_linear_linear,
+    prune_lstm_output_layernorm_linear,
+    prune_lstm_output_linear,
+)
+from ._records import Pattern, PatternElement, PruneFunction
+
+__all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "ACTIVATION_METHODS", "PatternDict", "default_patterns"]
+
+
+class PatternDict(dict[Pattern, PruneFunction]):
+    """A plain ``dict`` of patterns that counts its changes, so that ``match_patterns`` can
+    reuse the index it built for it until the dict is modified."""
+
+    version: int = 0
+    index: tuple[int, object] = (-1, None)  # (version, match index) cached by match_patterns
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def __setitem__(self, key: Pattern, value: PruneFunction) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: Pattern) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other: Mapping[Pattern, PruneFunction]) -> PatternDict:  # type: ignore[override, misc]
+        super().__ior__(other)
+        self._changed()
+        return self
+
+    def update(self, other: Mapping[Pattern, PruneFunction] = {}, /) -> None:  # type: ignore[override]  # noqa: B006
+        super().update(other)
+        self._changed()
+
+    def setdefault(self, key: Pattern, default: PruneFunction, /) -> PruneFunction:
+        value = super().setdefault(key, default)
+        self._changed()
+        return value
+
+    def pop(self, key: Pattern, /) -> PruneFunction:  # type: ignore[override]
+        value = super().pop(key)
+        self._changed()
+        return value
+
+    def popitem(self) -> tuple[Pattern, PruneFunction]:
+        item = super().popitem()
+        self._changed()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+ACTIVATION_FUNCTIONS: tuple[PatternElement, ...] = (
+    F.relu, F.rrelu, F.hardtanh, F.relu6, F.sigmoid, F.hardsigmoid, F.tanh, F.silu, F.mish,
+    F.hardswish, F.elu, F.celu, F.selu, F.hardshrink, F.leaky_relu, F.logsigmoid, F.softplus,
+    F.prelu, F.softsign, F.tanhshrink, F.gelu, torch.relu, torch.sigmoid, torch.tanh,
+)  # fmt: skip
+"""Elementwise activation functions as they appear in ``call_function`` nodes
+(torch.ao's 21, plus ``torch.relu``, ``torch.sigmoid`` and ``torch.tanh``)."""
+
+ACTIVATION_MODULES: tuple[PatternElement, ...] = (
+    nn.ReLU, nn.RReLU, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.ELU, nn.CELU, nn.SELU, nn.Hardshrink, nn.LeakyReLU,
+    nn.LogSigmoid, nn.Softplus, nn.PReLU, nn.Softsign, nn.Tanhshrink, nn.GELU,
+)  # fmt: skip
+"""Elementwise activation modules (torch.ao's 21)."""
+
+ACTIVATION_METHODS: tuple[PatternElement, ...] = ("relu", "sigmoid", "tanh")
+"""Tensor methods (``x.relu()``); ``F.sigmoid`` and ``F.tanh`` also trace to these."""
+
+_ACTIVATIONS = ACTIVATION_FUNCTIONS + ACTIVATION_MODULES + ACTIVATION_METHODS
+_POOLS: tuple[PatternElement, ...] = (nn.AvgPool2d, F.avg_pool2d, nn.MaxPool2d, F.max_pool2d)
+_ADAPTIVE_POOLS: tuple[PatternElement, ...] = (
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+)  # fmt: skip
+_FLATTENS: tuple[PatternElement, ...] = (nn.Flatten, torch.flatten, "flatten")
+
+
+Elements = tuple[PatternElement, ...]
+
+
+def _optional(*elements: PatternElement) -> Iterator[Elements]:
+    yield ()
+    for element in elements:
+        yield (element,)
+
+
+def _linear_patterns() -> Iterator[tuple[Pattern, PruneFunction]]:
+    yield (nn.Linear, "output"), prune_linear
+    yield (nn.Linear, nn.Linear), prune_linear_linear
+    for act in _ACTIVATIONS:
+        yield (nn.Linear, act, nn.Linear), prune_linear_activation_linear
+    norm: Elements
+    act_: Elements
+    drop: Elements
+    for norm in _optional(nn.BatchNorm1d):
+        for act_ in _optional(*_ACTIVATIONS):
+            for drop in _optional(nn.Dropout):
+                middle = norm + act_ + drop
+                if middle:
+                    yield (nn.Linear, *middle, nn.Linear), prune_chain
+                    yield (nn.Linear, *middle, "output"), prune_chain
+
+
+def _conv_patterns() -> Iterator[tuple[Pattern, PruneFunction]]:
+    yield (nn.Conv2d, "output"), prune_conv2d
+    yield (nn.Conv2d, nn.Conv2d), prune_conv2d_conv2d
+    for act in _ACTIVATIONS:
+        yield (nn.Conv2d, act, nn.Conv2d), prune_conv2d_activation_conv2d
+        for pool in _POOLS:
+            yield (nn.Conv2d, act, pool, nn.Conv2d), prune_conv2d_activation_pool_conv2d
+            yield (nn.Conv2d, pool, act, nn.Conv2d), prune_conv2d_pool_activation_conv2d
+    for adaptive in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d):
+        for flatten in (nn.Flatten, torch.flatten):
+            yield (nn.Conv2d, adaptive, flatten, nn.Linear), prune_conv2d_pool_flatten_linear
+    cores: list[Elements] = [(), *((p,) for p in _POOLS)]
+    for act in _ACTIVATIONS:
+        cores += [(act,)] + [(act, p) for p in _POOLS] + [(p, act) for p in _POOLS]
+    norm: Elements
+    drop: Elements
+    acts: Elements
+    for norm in _optional(nn.BatchNorm2d):
+        for core in cores:
+            for drop in _optional(nn.Dropout, nn.Dropout2d):
+                middle = norm + core + drop
+                if middle:
+                    yield (nn.Conv2d, *middle, nn.Conv2d), prune_chain
+                    yield (nn.Conv2d, *middle, "output"), prune_chain
+        for acts in _optional(*_ACTIVATIONS):
+            for pool in _ADAPTIVE_POOLS:
+                for flat in _FLATTENS:
+                    for drop in _optional(nn.Dropout):
+                        yield (nn.Conv2d, *norm, *acts, pool, flat, *drop, nn.Linear), prune_chain
+
+
+def _lstm_patterns() -> Iterator[tuple[Pattern, PruneFunction]]:
+    yield (nn.LSTM, operator.getitem, nn.Linear), prune_lstm_output_linear
+    yield (nn.LSTM, operator.getitem, nn.LayerNorm, nn.Linear), prune_lstm_output_layernorm_linear
+
+
+def default_patterns() -> PatternDict:
+    """A fresh dict ``pattern -> prune function`` with every default pattern.
+
+    Holds every key of torch.ao's ``_get_default_structured_pruning_patterns()`` mapped to the
+    function of the same name, plus: BatchNorm2d/1d right after the producer, dropout before
+    the consumer, ``torch.relu``/``torch.sigmoid``/``torch.tanh`` and the ``x.relu()`` /
+    ``x.sigmoid()`` / ``x.tanh()`` method forms, functional adaptive pools, ``x.flatten(1)``,
+    and ``"output"`` endings after any of those. The generated ones map to :func:`prune_chain`.
+    Each call returns a new dict (a :class:`PatternDict`, a ``dict`` subclass that lets
+    ``match_patterns`` reuse its index until the dict changes): extend it freely.
+    Note: ``F.sigmoid`` and ``F.tanh`` trace as the methods ``x.sigmoid()`` / ``x.tanh()``, so
+    the ``"sigmoid"`` / ``"tanh"`` patterns are the ones that match them.
+    """
+    patterns: dict[Pattern, PruneFunction] = {}
+    for source in (_linear_patterns(), _conv_patterns(), _lstm_patterns()):
+        for pattern, function in source:
+            patterns.setdefault(pattern, function)
+    return PatternDict(patterns)

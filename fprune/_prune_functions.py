@@ -1,0 +1,583 @@
+"""Pure prune functions: each shrinks the modules of one matched chain and returns new ones.
+
+A chain is a *producer* (Linear, Conv, LSTM) whose output channels are removed, the
+*pass-through* ops its output flows through (activations, pools, BatchNorm, dropout, flatten)
+and a *consumer* (Linear, Conv) whose matching input columns are removed, or the graph output.
+
+Removed channels do not vanish from the masked model: they emit a constant (their bias, or 0,
+passed through the chain's ops). That constant's contribution is folded into the consumer's
+bias, so the pruned model computes what the masked model computes. Where it cannot be folded
+exactly (a zero-padded consumer conv, a padded average pool), a PruneError is raised.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from ._errors import PruneError
+from ._records import Call, Op, Output
+
+__all__ = [
+    "prune_chain",
+    "prune_conv2d",
+    "prune_conv2d_activation_conv2d",
+    "prune_conv2d_activation_pool_conv2d",
+    "prune_conv2d_conv2d",
+    "prune_conv2d_pool_activation_conv2d",
+    "prune_conv2d_pool_flatten_linear",
+    "prune_linear",
+    "prune_linear_activation_linear",
+    "prune_linear_linear",
+    "prune_lstm_output_layernorm_linear",
+    "prune_lstm_output_linear",
+    "rebuild_module",
+]
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_ADAPTIVE_POOLS = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_MAX_POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
+_ADAPTIVE_POOL_FUNCTIONS = (
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+)
+# avg_pool{n}d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+_AVG_POOL_FUNCTIONS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
+def _name(op: Op) -> str:
+    if isinstance(op, nn.Module):
+        return type(op).__name__
+    if isinstance(op, Call):
+        return op.name
+    return "output"
+
+
+def rebuild_module(
+    module: ModuleT, tensors: Mapping[str, Tensor], **attributes: object
+) -> ModuleT:
+    """A deep copy of `module` with the named parameters / buffers replaced by `tensors`.
+
+    Replaced parameters keep their ``requires_grad`` flag; a name whose parameter was None
+    (e.g. a missing bias) gets a new parameter. `attributes` are set on the copy afterwards
+    (``out_features=...``). The original tensors are never copied; `module` is left unchanged.
+    """
+    memo: dict[int, object] = {}
+    added: dict[str, Tensor] = {}
+    for name, value in tensors.items():
+        old = getattr(module, name, None)
+        if isinstance(old, nn.Parameter):
+            memo[id(old)] = nn.Parameter(value.detach(), requires_grad=old.requires_grad)
+        elif isinstance(old, Tensor):
+            memo[id(old)] = value.detach()
+        else:
+            added[name] = value.detach()
+    new = copy.deepcopy(module, memo)
+    for name, value in added.items():
+        weight = getattr(module, "weight", None)
+        requires_grad = weight.requires_grad if isinstance(weight, Tensor) else True
+        setattr(new, name, nn.Parameter(value, requires_grad=requires_grad))
+    for key, attr in attributes.items():
+        setattr(new, key, attr)
+    return new
+
+
+def _indices(mask: Tensor) -> Tensor:
+    return mask.nonzero().squeeze(1)
+
+
+def _take(t: Tensor, mask: Tensor, dim: int) -> Tensor:
+    return torch.index_select(t.detach(), dim, _indices(mask)).contiguous()
+
+
+def _param(module: nn.Module, name: str) -> Tensor | None:
+    value = getattr(module, name, None)
+    return value if isinstance(value, Tensor) else None
+
+
+def _weight(module: nn.Module, what: str) -> Tensor:
+    weight = _param(module, "weight")
+    if weight is None:
+        raise PruneError(f"{what} ({type(module).__name__}) has no `weight` tensor to prune")
+    return weight
+
+
+def _check_mask(mask: Tensor, rows: int, what: str) -> None:
+    if mask.dtype != torch.bool or mask.dim() != 1 or mask.shape[0] != rows:
+        raise PruneError(
+            f"keep-mask for {what} must be a 1-D torch.bool tensor of length {rows}, "
+            f"got dtype {mask.dtype} and shape {tuple(mask.shape)}"
+        )
+    if not bool(mask.any()):
+        raise PruneError(f"keep-mask for {what} removes every channel; keep at least one")
+
+
+def _weight_mask(keep: Mapping[str, Tensor], producer: nn.Module) -> Tensor:
+    if set(keep) != {"weight"}:
+        raise PruneError(
+            f"a {type(producer).__name__} producer takes one keep-mask named 'weight', "
+            f"got {sorted(keep)}"
+        )
+    return keep["weight"]
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """Where the removed channels' constant stands while walking a chain."""
+
+    const: Tensor  # per channel, in the chain's layout ([1, C] or [1, C, 1, ...])
+    flatten_from: int | None  # start_dim of a flatten met on the way
+    blocker: str | None  # an op met on the way that does not keep a constant constant
+
+
+def _const_nonzero(flow: _Flow, removed: Tensor) -> bool:
+    values = flow.const.reshape(flow.const.shape[1] if flow.const.dim() > 1 else -1)
+    return bool((values[removed] != 0).any())
+
+
+def _call_arg(call: Call, index: int, name: str, default: object) -> object:
+    """Argument `name` (positional `index` after the input) of a bound call."""
+    if index < len(call.args):
+        return call.args[index]
+    return dict(call.kwargs).get(name, default)
+
+
+def _avg_pool_blocker(op: Op) -> str | None:
+    """Why an average pool would turn a constant into a non-constant map, or None."""
+    padding: object
+    count_pad: object
+    divisor: object
+    if isinstance(op, _AVG_POOLS):
+        padding, count_pad, divisor = op.padding, op.count_include_pad, getattr(op, "divisor_override", None)
+    elif isinstance(op, Call) and op.target in _AVG_POOL_FUNCTIONS:
+        padding = _call_arg(op, 2, "padding", 0)
+        count_pad = _call_arg(op, 4, "count_include_pad", True)
+        divisor = _call_arg(op, 5, "divisor_override", None)
+    else:
+        return None
+    pads = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
+    if divisor is not None:
+        return f"{_name(op)} with divisor_override={divisor}"
+    if count_pad and any(isinstance(p, int) and p > 0 for p in pads):
+        return f"{_name(op)} with padding={padding} and count_include_pad=True"
+    return None
+
+
+def _flatten_start(op: Op) -> int | None:
+    """start_dim of a flatten op that folds channels into features, else None."""
+    if isinstance(op, nn.Flatten):
+        if op.end_dim != -1:
+            raise PruneError(f"nn.Flatten(end_dim={op.end_dim}) is not supported in a chain; only end_dim=-1")
+        return op.start_dim
+    if isinstance(op, Call) and (op.target is torch.flatten or op.target == "flatten"):
+        start = _call_arg(op, 0, "start_dim", 0)
+        end = _call_arg(op, 1, "end_dim", -1)
+        if end != -1 or not isinstance(start, int):
+            raise PruneError(f"{op.name}(start_dim={start}, end_dim={end}) is not supported in a chain")
+        return start
+    return None
+
+
+def _batchnorm_const(bn: _BatchNorm, x: Tensor, removed: Tensor, prune_bias: bool) -> Tensor:
+    """Eval-mode BatchNorm applied to the per-channel constant `x`."""
+    c = x.reshape(-1)
+    weight, bias = _param(bn, "weight"), _param(bn, "bias")
+    mean, var = bn.running_mean, bn.running_var
+    if mean is not None and var is not None:
+        y = (c - mean.to(c)) / torch.sqrt(var.to(c) + bn.eps)
+    else:  # batch statistics of a constant channel: (c - c) / sqrt(0 + eps)
+        y = torch.zeros_like(c)
+    if weight is not None and bias is not None:
+        y = y * weight.detach().to(c) + bias.detach().to(c)
+        if prune_bias:  # the masked model zeroes the removed channels' affine entries
+            y = torch.where(removed, torch.zeros_like(y), y)
+    return y.reshape(x.shape)
+
+
+def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Module | None, _Flow]:
+    """Carry the removed channels through one pass-through op."""
+    removed = ~keep
+    const, flatten_from, blocker = flow.const, flow.flatten_from, flow.blocker
+    replacement: nn.Module | None = None
+    if flatten_from is not None and (isinstance(op, _BatchNorm) or _flatten_start(op) is not None):
+        raise PruneError(f"{_name(op)} after a flatten is not supported in a chain")
+    if isinstance(op, Output):
+        raise PruneError("the graph output can only end a chain")
+    start = _flatten_start(op)
+    if start is not None:
+        if start != 1:
+            raise PruneError(f"a flatten with start_dim={start} mixes channels with the batch; only start_dim=1 is supported")
+        return None, _Flow(const.reshape(1, -1), 1, blocker)
+    if isinstance(op, _BatchNorm):
+        if op.num_features != keep.shape[0]:
+            raise PruneError(f"{_name(op)} has num_features={op.num_features}, expected {keep.shape[0]} channels")
+        names = [n for n in ("weight", "bias", "running_mean", "running_var") if _param(op, n) is not None]
+        tensors = {n: _take(_param(op, n), keep, 0) for n in names}  # type: ignore[arg-type]
+        replacement = rebuild_module(op, tensors, num_features=int(keep.sum()))
+        return replacement, _Flow(_batchnorm_const(op, const, removed, prune_bias), None, blocker)
+    if isinstance(op, nn.PReLU):
+        if op.num_parameters > 1:
+            if op.num_parameters != keep.shape[0]:
+                raise PruneError(f"PReLU has num_parameters={op.num_parameters}, expected {keep.shape[0]}")
+            replacement = rebuild_module(
+                op, {"weight": _take(op.weight, keep, 0)}, num_parameters=int(keep.sum())
+            )
+        return replacement, _Flow(F.prelu(const, op.weight.detach().to(const)), flatten_from, blocker)
+    if isinstance(op, (nn.LayerNorm, nn.GroupNorm)):
+        raise PruneError(
+            f"{_name(op)} normalizes across channels: removing channels changes every "
+            "channel's output, so it cannot be a pass-through op of a chain"
+        )
+    if isinstance(op, _DROPOUTS) or (isinstance(op, Call) and op.target in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)):
+        return None, flow
+    if isinstance(op, (_MAX_POOLS, _ADAPTIVE_POOLS)) or (
+        isinstance(op, Call) and op.target in _MAX_POOL_FUNCTIONS + _ADAPTIVE_POOL_FUNCTIONS
+    ):
+        return None, flow
+    pool_blocker = _avg_pool_blocker(op)
+    if isinstance(op, _AVG_POOLS) or (isinstance(op, Call) and op.target in _AVG_POOL_FUNCTIONS):
+        if pool_blocker is not None and _const_nonzero(flow, removed):
+            blocker = blocker or pool_blocker
+        return None, _Flow(const, flatten_from, blocker)
+    if isinstance(op, nn.RReLU):  # eval-mode RReLU: a fixed slope
+        return None, _Flow(F.rrelu(const, op.lower, op.upper, training=False), flatten_from, blocker)
+    if isinstance(op, nn.Module):
+        if any(True for _ in op.parameters()) or any(True for _ in op.buffers()):
+            raise PruneError(
+                f"{_name(op)} has parameters or buffers that fprune cannot slice per channel; "
+                "write a prune function for a pattern containing it"
+            )
+        with torch.no_grad():
+            out = op(const.clone())
+    elif isinstance(op, Call):
+        if op.target is operator.getitem:
+            raise PruneError("operator.getitem is only supported after an LSTM")
+        with torch.no_grad():
+            out = op(const.clone())
+    else:
+        raise PruneError(f"unexpected op {op!r} in a chain")
+    if not isinstance(out, Tensor) or out.shape != const.shape:
+        raise PruneError(f"{_name(op)} does not keep the channel layout (an elementwise op is expected)")
+    return None, _Flow(out, flatten_from, blocker)
+
+
+def _consume(
+    consumer: nn.Module, keep: Tensor, flow: _Flow, producer_conv: bool, prune_bias: bool
+) -> nn.Module:
+    """The consumer with the removed input channels cut and their constant folded into its bias."""
+    channels = keep.shape[0]
+    removed_channels = ~keep
+    const = flow.const.reshape(-1)
+    weight = _weight(consumer, "consumer")
+    fold = _const_nonzero(flow, removed_channels)
+    if flow.blocker is not None and fold:
+        raise PruneError(
+            f"removed channels still carry a non-zero constant through {flow.blocker}, which "
+            "makes it position-dependent, so it cannot be folded into a bias exactly; "
+            "use prune_bias=True (or an activation with act(0) = 0)"
+        )
+    if isinstance(consumer, nn.Linear):
+        if producer_conv and flow.flatten_from is None:
+            raise PruneError("a Linear consumer of a conv producer needs a flatten between them")
+        if flow.flatten_from is not None:
+            if consumer.in_features % channels:
+                raise PruneError(
+                    f"Linear consumer has in_features={consumer.in_features}, not a multiple of the "
+                    f"producer's {channels} channels; cannot map channels to flattened features"
+                )
+            scale = consumer.in_features // channels
+            columns = keep.repeat_interleave(scale)
+            const = const.repeat_interleave(scale)
+        else:
+            if consumer.in_features != channels:
+                raise PruneError(f"Linear consumer has in_features={consumer.in_features}, expected {channels}")
+            columns = keep
+        tensors = {"weight": _take(weight, columns, 1)}
+        if fold:
+            cut = ~columns
+            extra = weight.detach()[:, cut].to(const) @ const[cut]
+            bias = _param(consumer, "bias")
+            base = bias.detach().to(const) if bias is not None else torch.zeros_like(extra)
+            tensors["bias"] = (base + extra).to(weight.dtype)
+        return rebuild_module(consumer, tensors, in_features=int(columns.sum()))
+    if isinstance(consumer, _ConvNd) and not consumer.transposed:
+        if not producer_conv:
+            raise PruneError(f"a {_name(consumer)} consumer needs a conv producer")
+        if consumer.groups != 1:
+            raise PruneError(
+                f"{_name(consumer)} consumer has groups={consumer.groups} (grouped / depthwise): "
+                "its input channels cannot be cut by a chain pattern"
+            )
+        if consumer.in_channels != channels:
+            raise PruneError(f"{_name(consumer)} consumer has in_channels={consumer.in_channels}, expected {channels}")
+        padding = consumer.padding
+        padded = padding == "same" or (isinstance(padding, tuple) and any(int(p) > 0 for p in padding))
+        if fold and padded and consumer.padding_mode == "zeros":
+            raise PruneError(
+                f"removed channels still carry a non-zero constant (their bias through the chain) "
+                f"into a zero-padded {_name(consumer)} (padding={padding}): the constant is not "
+                "constant at the borders, so it cannot be folded into a bias exactly; use "
+                "prune_bias=True (or an activation with act(0) = 0)"
+            )
+        tensors = {"weight": _take(weight, keep, 1)}
+        if fold:
+            w = weight.detach()[:, removed_channels].to(const)
+            extra = (w.sum(dim=tuple(range(2, w.dim()))) * const[removed_channels]).sum(dim=1)
+            bias = _param(consumer, "bias")
+            base = bias.detach().to(const) if bias is not None else torch.zeros_like(extra)
+            tensors["bias"] = (base + extra).to(weight.dtype)
+        return rebuild_module(consumer, tensors, in_channels=int(keep.sum()))
+    raise PruneError(
+        f"{_name(consumer)} cannot be a chain consumer; supported: nn.Linear, nn.Conv1d/2d/3d, the output"
+    )
+
+
+def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """Prune any ``producer -> pass-through ops... -> consumer | output`` chain; pure.
+
+    The producer (nn.Linear, or nn.Conv1d/2d/3d with groups=1) loses the rows where
+    ``keep["weight"]`` is False, with its bias entries. Pass-through ops: activations (module,
+    function or method form, with their real arguments), pools, BatchNorm (sliced), per-channel
+    PReLU (sliced), dropout and a flatten before a Linear consumer (each channel spans
+    ``in_features // channels`` consecutive columns). The consumer (nn.Linear or a conv with
+    groups=1) loses the matching input columns; the constant that removed channels still emit
+    in the masked model (their bias if not `prune_bias`, passed through the ops in eval mode)
+    is folded into its bias. Returns one replacement module or None per op; `ops` are left
+    unchanged. Raises PruneError where the result could not equal the masked model.
+    """
+    if len(ops) < 2:
+        raise PruneError(f"a chain needs a producer and a consumer or the output, got {len(ops)} op(s)")
+    producer = ops[0]
+    if not isinstance(producer, (nn.Linear, _ConvNd)) or (isinstance(producer, _ConvNd) and producer.transposed):
+        raise PruneError(f"{_name(producer)} cannot be a chain producer; supported: nn.Linear, nn.Conv1d/2d/3d")
+    if isinstance(producer, _ConvNd) and producer.groups != 1:
+        raise PruneError(
+            f"{_name(producer)} producer has groups={producer.groups} (grouped / depthwise): its "
+            "output channels cannot be cut by a chain pattern"
+        )
+    weight = _weight(producer, "producer")
+    mask = _weight_mask(keep, producer)
+    _check_mask(mask.to(weight.device), weight.shape[0], f"{_name(producer)} weight")
+    mask = mask.to(weight.device)
+    is_conv = isinstance(producer, _ConvNd)
+    work_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    bias = _param(producer, "bias")
+    const = torch.zeros(weight.shape[0], dtype=work_dtype, device=weight.device)
+    if bias is not None and not prune_bias:
+        const = torch.where(mask, const, bias.detach().to(work_dtype))
+    layout = (1, -1) + (1,) * (weight.dim() - 2 if is_conv else 0)
+    flow = _Flow(const.reshape(layout), None, None)
+
+    kept = int(mask.sum())
+    tensors = {"weight": _take(weight, mask, 0)}
+    if bias is not None:
+        tensors["bias"] = _take(bias, mask, 0)
+    size_attr = "out_channels" if is_conv else "out_features"
+    replacements: list[nn.Module | None] = [rebuild_module(producer, tensors, **{size_attr: kept})]
+    for op in ops[1:-1]:
+        replacement, flow = _pass(op, mask, flow, prune_bias)
+        replacements.append(replacement)
+    last = ops[-1]
+    if isinstance(last, Output):
+        replacements.append(None)
+    elif isinstance(last, nn.Module):
+        replacements.append(_consume(last, mask, flow, is_conv, prune_bias))
+    else:
+        raise PruneError(f"{_name(last)} cannot end a chain; a chain ends with a Linear/Conv consumer or the output")
+    return tuple(replacements)
+
+
+def _expect(ops: Sequence[Op], kinds: Sequence[type | tuple[type, ...]], function: str) -> None:
+    if len(ops) != len(kinds) or not all(isinstance(op, kind) for op, kind in zip(ops, kinds)):
+        got = ", ".join(_name(op) for op in ops)
+        raise PruneError(f"{function} expects {len(kinds)} ops matching its name, got ({got})")
+
+
+_ACT = (nn.Module, Call)
+
+
+def prune_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Linear, "output")``: remove rows of a Linear whose output is returned; pure."""
+    _expect(ops, (nn.Linear, Output), "prune_linear")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_linear_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Linear, nn.Linear)``: remove rows of the first and columns of the second; pure."""
+    _expect(ops, (nn.Linear, nn.Linear), "prune_linear_linear")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_linear_activation_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Linear, activation, nn.Linear)``: the activation is a module or a call; pure."""
+    _expect(ops, (nn.Linear, _ACT, nn.Linear), "prune_linear_activation_linear")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Conv2d, "output")``: remove output channels of a conv whose output is returned; pure."""
+    _expect(ops, (nn.Conv2d, Output), "prune_conv2d")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_conv2d_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Conv2d, nn.Conv2d)``: output channels of the first, input channels of the second; pure."""
+    _expect(ops, (nn.Conv2d, nn.Conv2d), "prune_conv2d_conv2d")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_conv2d_activation_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Conv2d, activation, nn.Conv2d)``; pure."""
+    _expect(ops, (nn.Conv2d, _ACT, nn.Conv2d), "prune_conv2d_activation_conv2d")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_conv2d_activation_pool_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Conv2d, activation, pool, nn.Conv2d)``; pure."""
+    _expect(ops, (nn.Conv2d, _ACT, _ACT, nn.Conv2d), "prune_conv2d_activation_pool_conv2d")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_conv2d_pool_activation_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Conv2d, pool, activation, nn.Conv2d)``; pure."""
+    _expect(ops, (nn.Conv2d, _ACT, _ACT, nn.Conv2d), "prune_conv2d_pool_activation_conv2d")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def prune_conv2d_pool_flatten_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.Conv2d, adaptive pool, flatten, nn.Linear)``: each kept channel keeps its
+    ``in_features // out_channels`` consecutive Linear columns; pure."""
+    _expect(ops, (nn.Conv2d, _ACT, _ACT, nn.Linear), "prune_conv2d_pool_flatten_linear")
+    return prune_chain(ops, keep, prune_bias=prune_bias)
+
+
+def _lstm_unit_masks(lstm: nn.LSTM, keep: Mapping[str, Tensor]) -> list[Tensor]:
+    hidden = lstm.hidden_size
+    allowed = {f"weight_{kind}_l{layer}" for layer in range(lstm.num_layers) for kind in ("ih", "hh")}
+    unknown = sorted(set(keep) - allowed)
+    if unknown:
+        raise PruneError(f"an nn.LSTM producer takes keep-masks named weight_ih_l*/weight_hh_l*, got {unknown}")
+    units: list[Tensor] = []
+    for layer in range(lstm.num_layers):
+        found: list[tuple[str, Tensor]] = [
+            (name, keep[name]) for name in (f"weight_ih_l{layer}", f"weight_hh_l{layer}") if name in keep
+        ]
+        unit: Tensor | None = None
+        for name, mask in found:
+            _check_mask(mask, 4 * hidden, f"LSTM {name}")
+            gates = mask.reshape(4, hidden)
+            if not bool((gates == gates[0]).all()):
+                raise PruneError(
+                    f"keep-mask for LSTM {name} differs between its 4 gates; a hidden unit must be "
+                    "kept or removed in all gates at once (use fprune.lstm_saliency_mask)"
+                )
+            if unit is not None and not torch.equal(unit, gates[0]):
+                raise PruneError(
+                    f"keep-masks for LSTM weight_ih_l{layer} and weight_hh_l{layer} keep different "
+                    "hidden units; give one of them, or the same mask for both"
+                )
+            unit = gates[0]
+        device = getattr(lstm, "weight_ih_l0").device
+        units.append(unit if unit is not None else torch.ones(hidden, dtype=torch.bool, device=device))
+    counts = {int(u.sum()) for u in units}
+    if len(counts) > 1:
+        raise PruneError(
+            "nn.LSTM has one hidden_size for all layers: the keep-masks of its layers must keep "
+            f"the same number of units, got {[int(u.sum()) for u in units]}"
+        )
+    return units
+
+
+def prune_lstm_output_layernorm_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.LSTM, getitem, nn.LayerNorm, nn.Linear)``: remove hidden units; pure.
+
+    Each layer's units are removed in all 4 gates (rows of ``weight_ih``/``weight_hh`` and the
+    biases), the columns of the next layer's ``weight_ih`` (or of the Linear) and the matching
+    ``weight_hh`` columns; the LayerNorm's affine entries and ``normalized_shape`` shrink too.
+    Note: a LayerNorm then normalizes over the kept units only, so this pattern (unlike all
+    others) does not reproduce the masked model's outputs exactly.
+    """
+    _expect(ops, (nn.LSTM, Call, nn.LayerNorm, nn.Linear), "prune_lstm_output_layernorm_linear")
+    return _prune_lstm(ops, keep, prune_bias)
+
+
+def prune_lstm_output_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    """``(nn.LSTM, getitem, nn.Linear)``: remove hidden units of every layer; pure.
+
+    Output-preserving: a removed unit's gates see zero weights and bias, so its state stays 0.
+    """
+    _expect(ops, (nn.LSTM, Call, nn.Linear), "prune_lstm_output_linear")
+    return _prune_lstm(ops, keep, prune_bias)
+
+
+def _prune_lstm(ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool) -> tuple[nn.Module | None, ...]:
+    lstm, getitem, linear = ops[0], ops[1], ops[-1]
+    assert isinstance(lstm, nn.LSTM) and isinstance(getitem, Call) and isinstance(linear, nn.Linear)
+    if getitem.target is not operator.getitem or getitem.args != (0,):
+        raise PruneError(f"an LSTM chain must take the LSTM's output (getitem 0), got {getitem.name}{getitem.args}")
+    if lstm.bidirectional or lstm.proj_size:
+        raise PruneError("bidirectional LSTMs and LSTMs with proj_size are not supported yet")
+    units = _lstm_unit_masks(lstm, keep)
+    kept = int(units[0].sum())
+    tensors: dict[str, Tensor] = {}
+    for layer, unit in enumerate(units):
+        rows = unit.repeat(4)
+        w_ih = getattr(lstm, f"weight_ih_l{layer}")
+        w_ih = _take(w_ih, rows, 0)
+        if layer:
+            w_ih = _take(w_ih, units[layer - 1], 1)
+        tensors[f"weight_ih_l{layer}"] = w_ih
+        tensors[f"weight_hh_l{layer}"] = _take(_take(getattr(lstm, f"weight_hh_l{layer}"), rows, 0), unit, 1)
+        if lstm.bias:
+            for kind in ("ih", "hh"):
+                bias = getattr(lstm, f"bias_{kind}_l{layer}")
+                if not prune_bias and bool((bias.detach()[~rows] != 0).any()):
+                    raise PruneError(
+                        f"LSTM bias_{kind}_l{layer} is non-zero on removed units: with prune_bias=False "
+                        "their state keeps changing over time, which no bias can reproduce; use "
+                        "prune_bias=True"
+                    )
+                tensors[f"bias_{kind}_l{layer}"] = _take(bias, rows, 0)
+    new_lstm = rebuild_module(lstm, tensors, hidden_size=kept)
+    new_lstm._init_flat_weights()
+    last = units[-1]
+    if linear.in_features != lstm.hidden_size:
+        raise PruneError(f"Linear after the LSTM has in_features={linear.in_features}, expected {lstm.hidden_size}")
+    out: list[nn.Module | None] = [new_lstm, None]
+    if len(ops) == 4:
+        norm = ops[2]
+        assert isinstance(norm, nn.LayerNorm)
+        if tuple(norm.normalized_shape) != (lstm.hidden_size,):
+            raise PruneError(
+                f"LayerNorm normalized_shape={tuple(norm.normalized_shape)} must be "
+                f"({lstm.hidden_size},) to follow the LSTM's hidden units"
+            )
+        norm_tensors = {n: _take(t, last, 0) for n in ("weight", "bias") if (t := _param(norm, n)) is not None}
+        out.append(rebuild_module(norm, norm_tensors, normalized_shape=(kept,)))
+    out.append(rebuild_module(linear, {"weight": _take(linear.weight, last, 1)}, in_features=kept))
+    return tuple(out)
