@@ -2,9 +2,9 @@
 
 A chain starts at a producer module and follows, node by node, the one user of each node.
 It never follows a branch: a node whose output is used by more than one op (a residual add,
-a concat, two consumers) ends the chain there. The only extra users allowed are the graph
-output (the tensor is also returned, and shrinks with the channels) and ``getitem``s that
-only feed the output (an LSTM's returned state).
+a concat, two consumers) ends the chain there. The only extra user allowed is the graph
+output (the tensor is also returned, and shrinks with the channels); an LSTM's state may be
+returned or left unused.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def _build_trie(patterns: Mapping[Pattern, PruneFunction]) -> _Trie:
         version, index = patterns.index
         if version == patterns.version and isinstance(index, _Trie):
             return index
+        if patterns.version == 0 and patterns.origin is not None:
+            return _build_trie(patterns.origin)  # an unmodified copy of the defaults
         trie = _new_trie(patterns)
         patterns.index = (patterns.version, trie)
         return trie
@@ -107,11 +109,16 @@ def _node_key(node: fx.Node, modules: Mapping[str, nn.Module]) -> Hashable | Non
 
 
 def _returned_only(node: fx.Node) -> bool:
-    """True if `node` only flows to the graph output (directly or through getitems)."""
+    """True if `node` is the graph output."""
+    return node.op == "output"
+
+
+def _state_only(node: fx.Node) -> bool:
+    """True if `node` indexes an RNN's state tuple and only flows to the output, or nowhere."""
     if node.op == "output":
         return True
-    if node.op == "call_function" and node.target is operator.getitem:
-        return bool(node.users) and all(_returned_only(u) for u in node.users)
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
+        return all(_state_only(u) for u in node.users)
     return False
 
 
@@ -232,7 +239,11 @@ class _Matcher:
             nxt_key = _node_key(nxt, self.modules)
             child = trie.children.get(nxt_key) if nxt_key is not None else None
             if child is None:
-                stop = f"no pattern continues with `{nxt.name}` ({_describe(nxt, self.modules)})"
+                kind = _branch_kind(nxt)
+                if kind != "branches":
+                    stop = f"`{node.name}` {kind} at `{nxt.name}`"
+                else:
+                    stop = f"no pattern continues with `{nxt.name}` ({_describe(nxt, self.modules)})"
                 break
             op = self._op(nxt, node)
             if isinstance(op, str):
@@ -247,7 +258,7 @@ class _Matcher:
     def _rnn_successor(self, node: fx.Node) -> tuple[fx.Node | None, str]:
         """An RNN's chain goes on through its output (getitem 0); its state may only be returned."""
         outputs = [u for u in node.users if u.target is operator.getitem and u.args[1:] == (0,)]
-        others = [u for u in node.users if u not in outputs and not _returned_only(u)]
+        others = [u for u in node.users if u not in outputs and not _state_only(u)]
         if len(outputs) != 1 or others:
             return None, f"the outputs of `{node.name}` are used elsewhere than its output getitem and the graph output"
         return outputs[0], ""

@@ -36,6 +36,7 @@ class PatternDict(dict[Pattern, PruneFunction]):
 
     version: int = 0
     index: tuple[int, object] = (-1, None)  # (version, match index) cached by match_patterns
+    origin: PatternDict | None = None  # the dict this one was copied from, while unmodified
 
     def _changed(self) -> None:
         self.version += 1
@@ -177,8 +178,15 @@ def default_patterns() -> PatternDict:
     Note: ``F.sigmoid`` and ``F.tanh`` trace as the methods ``x.sigmoid()`` / ``x.tanh()``, so
     the ``"sigmoid"`` / ``"tanh"`` patterns are the ones that match them.
     """
-    patterns: dict[Pattern, PruneFunction] = {}
-    for source in (_linear_patterns(), _conv_patterns(), _lstm_patterns()):
-        for pattern, function in source:
-            patterns.setdefault(pattern, function)
-    return PatternDict(patterns)
+    if not _PRISTINE:
+        patterns: dict[Pattern, PruneFunction] = {}
+        for source in (_linear_patterns(), _conv_patterns(), _lstm_patterns()):
+            for pattern, function in source:
+                patterns.setdefault(pattern, function)
+        _PRISTINE.append(PatternDict(patterns))
+    fresh = PatternDict(_PRISTINE[0])
+    fresh.origin = _PRISTINE[0]
+    return fresh
+
+
+_PRISTINE: list[PatternDict] = []  # the defaults, built once and never modified

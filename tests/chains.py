@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,8 @@ def _module(element: type[nn.Module], conv: bool, flat_features: int) -> nn.Modu
 
 
 def _tensor(value: object) -> Tensor:
-    assert isinstance(value, Tensor)
-    return value
+    """`value` typed as a Tensor (during fx tracing it is a Proxy standing in for one)."""
+    return cast(Tensor, value)
 
 
 class ChainModel(nn.Module):

@@ -1,0 +1,174 @@
+"""match_patterns: typed frozen records, graph order, longest wins, never across a branch."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import fprune
+from fprune import Call, Match, ModuleOp, OUTPUT
+
+from .models import Branching, ConvBNNet, LSTMNet, ReferenceMLP, TwiceCalled
+
+
+def _match(model: nn.Module) -> tuple[Match, ...]:
+    return fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
+
+
+def test_reference_mlp_matches_four_chains_in_graph_order() -> None:
+    matches = _match(ReferenceMLP())
+    assert [m.weight_fqn for m in matches] == ["seq.0.weight", "seq.2.weight", "seq.4.weight", "linear.weight"]
+    first = matches[0]
+    assert first.pattern == (nn.Linear, nn.ReLU, nn.Linear)
+    assert first.nodes == ("seq_0", "seq_1", "seq_2")
+    assert first.ops == (ModuleOp("seq.0", nn.Linear), ModuleOp("seq.1", nn.ReLU), ModuleOp("seq.2", nn.Linear))
+    assert first.prune_fn is fprune.prune_linear_activation_linear
+    assert first.mask_fqns == ("seq.0.weight",)
+    assert first.module_fqns == ("seq.0", "seq.1", "seq.2")
+    assert matches[-1].pattern == (nn.Linear, "output") and matches[-1].ops[-1] is OUTPUT
+
+
+def test_records_are_frozen() -> None:
+    match = _match(ReferenceMLP())[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        match.weight_fqn = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        match.ops[0].fqn = "x"  # type: ignore[misc, union-attr]
+
+
+def test_matching_is_deterministic_and_leaves_the_graph_alone() -> None:
+    gm = torch.fx.symbolic_trace(ConvBNNet())
+    code = gm.code
+    first = fprune.match_patterns(gm, fprune.default_patterns())
+    second = fprune.match_patterns(gm, fprune.default_patterns())
+    assert first == second
+    assert gm.code == code
+
+
+def test_longest_pattern_wins() -> None:
+    matches = _match(ConvBNNet())
+    assert [m.pattern for m in matches] == [
+        (nn.Conv2d, nn.BatchNorm2d, F.relu, nn.MaxPool2d, nn.Conv2d),
+        (nn.Conv2d, nn.BatchNorm2d, F.leaky_relu, F.adaptive_avg_pool2d, torch.flatten, nn.Linear),
+        (nn.Linear, "output"),
+    ]
+    patterns = {(nn.Conv2d, nn.BatchNorm2d): fprune.prune_chain, (nn.Conv2d, nn.BatchNorm2d, F.relu, nn.MaxPool2d, nn.Conv2d): fprune.prune_chain}
+    short = fprune.match_patterns(torch.fx.symbolic_trace(ConvBNNet()), patterns)  # type: ignore[arg-type]
+    assert [m.pattern for m in short] == [(nn.Conv2d, nn.BatchNorm2d, F.relu, nn.MaxPool2d, nn.Conv2d), (nn.Conv2d, nn.BatchNorm2d)]
+
+
+def test_functional_calls_keep_their_real_arguments() -> None:
+    leaky = _match(ConvBNNet())[1].ops[2]
+    assert isinstance(leaky, Call) and leaky.target is F.leaky_relu
+    assert dict(leaky.kwargs)["negative_slope"] == 0.2
+    x = torch.tensor([-1.0, 2.0])
+    torch.testing.assert_close(leaky(x), torch.tensor([-0.2, 2.0]))
+    assert leaky.name == "torch.nn.functional.leaky_relu"
+
+
+def test_chains_never_follow_a_branch() -> None:
+    matches = _match(Branching())
+    # fc1 feeds relu and the add; fc2's output goes twice into the cat: neither matches.
+    assert [m.weight_fqn for m in matches] == ["fc3.weight", "fc4.weight"]
+
+
+def test_a_module_called_twice_does_not_match() -> None:
+    assert [m.weight_fqn for m in _match(TwiceCalled())] == ["out.weight"]
+
+
+def test_lstm_chain_goes_through_getitem_zero() -> None:
+    for norm in (False, True):
+        matches = _match(LSTMNet(layers=2, norm=norm))
+        lstm_match = matches[0]
+        assert lstm_match.ops[1] == Call(operator.getitem, (0,))
+        assert lstm_match.weight_fqn == "lstm.weight_ih_l0"
+        assert lstm_match.mask_fqns == ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1")
+        assert lstm_match.prune_fn is (fprune.prune_lstm_output_layernorm_linear if norm else fprune.prune_lstm_output_linear)
+
+
+class _ReturnsHidden(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h), h
+
+
+def test_a_tensor_also_returned_may_shrink_with_the_chain() -> None:
+    matches = _match(_ReturnsHidden())
+    assert matches[0].pattern == (nn.Linear, torch.relu, nn.Linear)
+
+
+class _MethodActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.fc1(x).relu())  # type: ignore[no-any-return]
+
+
+def test_method_form_activation_matches() -> None:
+    assert _match(_MethodActivation())[0].pattern == (nn.Linear, "relu", nn.Linear)
+
+
+class _SubclassedLinear(nn.Linear):
+    pass
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _SubclassedLinear) or super().is_leaf_module(m, module_qualified_name)
+
+
+def test_module_types_match_exactly_and_custom_patterns_extend_the_dict() -> None:
+    model = nn.Sequential(_SubclassedLinear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    gm = torch.fx.GraphModule(model, _LeafTracer().trace(model))
+    assert [m.weight_fqn for m in fprune.match_patterns(gm, fprune.default_patterns())] == ["2.weight"]
+    patterns = fprune.default_patterns()
+    patterns[(_SubclassedLinear, nn.ReLU, nn.Linear)] = fprune.prune_linear_activation_linear
+    matches = fprune.match_patterns(gm, patterns)
+    assert [m.weight_fqn for m in matches] == ["0.weight", "2.weight"]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "message"),
+    [
+        ({(nn.Linear,): fprune.prune_chain}, r"a pattern is a tuple of at least 2 elements"),
+        ({(F.relu, nn.Linear): fprune.prune_chain}, r"the first element must be an nn.Module class"),
+        ({(nn.Linear, int): fprune.prune_chain}, r"element int is a class but not an nn.Module"),
+        ({(nn.Linear, 3): fprune.prune_chain}, r"element 3 is not a module class, function or string"),
+        ({(nn.Linear, nn.Linear): "prune"}, r"maps to 'prune', which is not a prune function"),
+    ],
+)
+def test_malformed_patterns_raise(patterns: object, message: str) -> None:
+    with pytest.raises(fprune.PruneError, match=message):
+        fprune.match_patterns(torch.fx.symbolic_trace(ReferenceMLP()), patterns)  # type: ignore[arg-type]
+
+
+def test_match_patterns_needs_a_graph_module() -> None:
+    with pytest.raises(fprune.PruneError, match=r"expects a torch.fx.GraphModule .* got ReferenceMLP"):
+        fprune.match_patterns(ReferenceMLP(), fprune.default_patterns())  # type: ignore[arg-type]
+
+
+def test_pattern_index_is_rebuilt_after_the_dict_changes() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.Hardswish(), nn.Linear(6, 2))
+    gm = torch.fx.symbolic_trace(model)
+    patterns = fprune.default_patterns()
+    assert len(fprune.match_patterns(gm, patterns)) == 2
+    del patterns[(nn.Linear, nn.Hardswish, nn.Linear)]
+    assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [(nn.Linear, "output")]
+    patterns.update({(nn.Linear, nn.Hardswish, nn.Linear): fprune.prune_chain})
+    assert len(fprune.match_patterns(gm, patterns)) == 2
+    plain = dict(patterns)
+    plain.pop((nn.Linear, nn.Hardswish, nn.Linear))
+    assert len(fprune.match_patterns(gm, plain)) == 1
