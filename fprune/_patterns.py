@@ -95,7 +95,7 @@ ACTIVATION_MODULES: tuple[PatternElement, ...] = (
 ACTIVATION_METHODS: tuple[PatternElement, ...] = ("relu", "sigmoid", "tanh")
 """Tensor methods (``x.relu()``); ``F.sigmoid`` and ``F.tanh`` also trace to these."""
 
-_ACTIVATIONS = ACTIVATION_FUNCTIONS + ACTIVATION_MODULES + ACTIVATION_METHODS
+_ACTIVATIONS = ACTIVATION_FUNCTIONS + ACTIVATION_MODULES + ACTIVATION_METHODS + (nn.Identity,)
 _POOLS: tuple[PatternElement, ...] = (nn.AvgPool2d, F.avg_pool2d, nn.MaxPool2d, F.max_pool2d)
 _ADAPTIVE_POOLS: tuple[PatternElement, ...] = (
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
@@ -170,7 +170,7 @@ def default_patterns() -> PatternDict:
 
     Holds every key of torch.ao's ``_get_default_structured_pruning_patterns()`` mapped to the
     function of the same name, plus: BatchNorm2d/1d right after the producer, dropout before
-    the consumer, ``torch.relu``/``torch.sigmoid``/``torch.tanh`` and the ``x.relu()`` /
+    the consumer, ``nn.Identity`` wherever an activation may stand, ``torch.relu``/``torch.sigmoid``/``torch.tanh`` and the ``x.relu()`` /
     ``x.sigmoid()`` / ``x.tanh()`` method forms, functional adaptive pools, ``x.flatten(1)``,
     and ``"output"`` endings after any of those. The generated ones map to :func:`prune_chain`.
     Each call returns a new dict (a :class:`PatternDict`, a ``dict`` subclass that lets

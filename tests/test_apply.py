@@ -278,3 +278,127 @@ def test_mask_without_matches_names_the_fqn() -> None:
 def test_apply_prune_rejects_non_match_records() -> None:
     with pytest.raises(fprune.PruneError, match=r"matches must be fprune.Match records"):
         fprune.apply_prune(ReferenceMLP(), {}, ["seq.0"])  # type: ignore[list-item]
+
+
+# --- properties over random shapes and masks -----------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ACTIVATIONS: list[type[nn.Module]] = [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.Identity, nn.Softplus]
+
+
+def _mask(draw: st.DrawFn, rows: int) -> Tensor:
+    kind = draw(st.sampled_from(["random", "keep-one", "keep-all"]))
+    if kind == "keep-all":
+        return torch.ones(rows, dtype=torch.bool)
+    if kind == "keep-one":
+        keep = torch.zeros(rows, dtype=torch.bool)
+        keep[draw(st.integers(0, rows - 1))] = True
+        return keep
+    bits = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
+    keep = torch.tensor(bits, dtype=torch.bool)
+    if not keep.any():
+        keep[0] = True
+    return keep
+
+
+@st.composite
+def _mlps(draw: st.DrawFn) -> tuple[nn.Sequential, dict[str, Tensor], bool]:
+    widths = draw(st.lists(st.integers(1, 9), min_size=2, max_size=5))
+    layers: list[nn.Module] = []
+    for index, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(n_in, n_out, bias=draw(st.booleans())))
+        if index < len(widths) - 2:
+            if draw(st.booleans()):
+                layers.append(nn.BatchNorm1d(n_out))
+            layers.append(draw(st.sampled_from(_ACTIVATIONS))())
+            if draw(st.booleans()):
+                layers.append(nn.Dropout(0.3))
+    model = nn.Sequential(*layers).double().eval()
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+                module.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-1, 1)
+    masks = {
+        f"{i}.weight": _mask(draw, m.out_features)
+        for i, m in enumerate(model)
+        if isinstance(m, nn.Linear) and draw(st.booleans())
+    }
+    return model, masks, draw(st.booleans())
+
+
+@settings(max_examples=100, deadline=None)
+@given(_mlps())
+def test_random_mlps_prune_exactly_and_leave_the_input_alone(case: tuple[nn.Sequential, dict[str, Tensor], bool]) -> None:
+    model, masks, prune_bias = case
+    before = _snapshot(model)
+    matches = _matches(model)
+    pruned = fprune.apply_prune(model, masks, matches, prune_bias=prune_bias)
+    _assert_unchanged(model, before)
+    first = model[0]
+    assert isinstance(first, nn.Linear)
+    x = torch.randn(5, first.in_features, dtype=torch.float64)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, matches, prune_bias=prune_bias), (x,))
+        got = pruned(x)
+    last = f"{len(model) - 1}.weight"
+    if last in masks:
+        expected = expected[:, masks[last]]
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+    for fqn, keep in masks.items():
+        layer = pruned.get_submodule(fqn.removesuffix(".weight"))
+        assert isinstance(layer, nn.Linear) and layer.out_features == int(keep.sum())
+
+
+@st.composite
+def _convnets(draw: st.DrawFn) -> tuple[nn.Sequential, dict[str, Tensor], bool]:
+    channels = draw(st.lists(st.integers(1, 6), min_size=3, max_size=4))
+    layers: list[nn.Module] = []
+    for index, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+        padding = draw(st.sampled_from([0, 1]))
+        layers.append(nn.Conv2d(c_in, c_out, 3, padding=padding, bias=draw(st.booleans())))
+        if index < len(channels) - 2:
+            if draw(st.booleans()):
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(draw(st.sampled_from(_ACTIVATIONS))())
+            if draw(st.booleans()):
+                layers.append(draw(st.sampled_from([nn.MaxPool2d(2, padding=1), nn.AvgPool2d(2, padding=1), nn.AvgPool2d(2)])))
+    model = nn.Sequential(*layers).double().eval()
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    masks = {
+        f"{i}.weight": _mask(draw, m.out_channels)
+        for i, m in enumerate(model)
+        if isinstance(m, nn.Conv2d) and draw(st.booleans())
+    }
+    return model, masks, draw(st.booleans())
+
+
+@settings(max_examples=100, deadline=None)
+@given(_convnets())
+def test_random_convnets_prune_exactly_or_refuse_for_a_stated_reason(case: tuple[nn.Sequential, dict[str, Tensor], bool]) -> None:
+    model, masks, prune_bias = case
+    before = _snapshot(model)
+    matches = _matches(model)
+    try:
+        pruned = fprune.apply_prune(model, masks, matches, prune_bias=prune_bias)
+    except fprune.PruneError as error:
+        # the only refusal here: a non-zero constant meeting zero padding
+        assert "zero-padded" in str(error) or "count_include_pad=True" in str(error), str(error)
+        _assert_unchanged(model, before)
+        return
+    _assert_unchanged(model, before)
+    first = model[0]
+    assert isinstance(first, nn.Conv2d)
+    x = torch.randn(2, first.in_channels, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, matches, prune_bias=prune_bias), (x,))
+        got = pruned(x)
+    last = f"{len(model) - 1}.weight"
+    if last in masks:
+        expected = expected[:, masks[last]]
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
