@@ -8,7 +8,17 @@ from torch import Tensor, nn
 
 from fprune._demo import ReferenceMLP
 
-__all__ = ["Branching", "ConvBNNet", "LSTMNet", "ReferenceMLP", "TwiceCalled", "HardCodedView"]
+__all__ = ["REFERENCE_PRUNED_SHAPES", "Branching", "ConvBNNet", "LSTMNet", "ReferenceMLP", "TwiceCalled", "HardCodedView"]
+
+REFERENCE_PRUNED_SHAPES = {
+    "seq.0.weight": (250, 700),
+    "seq.0.bias": (250,),
+    "seq.2.weight": (400, 250),
+    "seq.4.weight": (300, 400),
+    "seq.4.bias": (300,),
+    "linear.weight": (2, 300),
+}
+"""The reference MLP's parameter shapes after pruning every weight at level 0.5 (396150 parameters)."""
 
 
 class ConvBNNet(nn.Module):

@@ -34,6 +34,8 @@ from torch.testing._internal import common_pruning as cp
 
 import fprune
 
+from .models import REFERENCE_PRUNED_SHAPES, ReferenceMLP
+
 # torch.ao's pruner is untyped; keep it behind one `Any`.
 AO: Any = importlib.import_module("torch.ao.pruning._experimental.pruner")
 
@@ -315,22 +317,6 @@ AGREE: list[tuple[str, bool]] = [
 # --------------------------------------------------------------------------------------------
 
 
-class ReferenceMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seq = nn.Sequential(
-            nn.Linear(700, 500, bias=True),
-            nn.ReLU(),
-            nn.Linear(500, 800, bias=False),
-            nn.ReLU(),
-            nn.Linear(800, 600, bias=True),
-            nn.ReLU(),
-        )
-        self.linear = nn.Linear(600, 4, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.linear(self.seq(x))
-        return out
 
 
 def reference_mlp() -> tuple[ReferenceMLP, dict[str, Tensor], Tensor]:
@@ -350,14 +336,7 @@ def test_reference_mlp_fprune_equals_torch_ao_with_exact_shapes() -> None:
 
     assert isinstance(fp, ReferenceMLP)
     assert isinstance(ao, fx.GraphModule)
-    assert shapes(fp) == {
-        "seq.0.weight": (250, 700),
-        "seq.0.bias": (250,),
-        "seq.2.weight": (400, 250),
-        "seq.4.weight": (300, 400),
-        "seq.4.bias": (300,),
-        "linear.weight": (2, 300),
-    }
+    assert shapes(fp) == REFERENCE_PRUNED_SHAPES
     assert sum(p.numel() for p in fp.parameters()) == 396150
     assert_same_parameters(fp, ao)
 
