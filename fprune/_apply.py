@@ -149,8 +149,25 @@ def _attr(model: nn.Module, fqn: str) -> object:
     return getattr(model.get_submodule(owner) if owner else model, name)
 
 
+def _match_prune_bias(match: Match, prune_bias: bool | Mapping[str, bool]) -> bool:
+    """The prune_bias of one match: the flag, or the mapping's value for its tensors (default True)."""
+    if isinstance(prune_bias, bool):
+        return prune_bias
+    values = {bool(prune_bias[fqn]) for fqn in match.mask_fqns if fqn in prune_bias}
+    if len(values) > 1:
+        raise PruneError(
+            f"{' and '.join(f'`{f}`' for f in match.mask_fqns if f in prune_bias)} are pruned together "
+            f"(chain {' -> '.join(match.nodes)}) but prune_bias gives them different values; give them the same"
+        )
+    return values.pop() if values else True
+
+
 def apply_prune(
-    model: ModelT, masks: Mapping[str, Tensor], matches: Sequence[Match], *, prune_bias: bool = True
+    model: ModelT,
+    masks: Mapping[str, Tensor],
+    matches: Sequence[Match],
+    *,
+    prune_bias: bool | Mapping[str, bool] = True,
 ) -> ModelT:
     """A physically pruned copy of `model`; `model` itself is left exactly as it was.
 
@@ -162,7 +179,8 @@ def apply_prune(
         prune_bias: True removes the removed rows' bias with them. False keeps the masked
             model's semantics of a layer whose bias stays: the constant the removed channels
             still emit is carried through the chain's ops (in eval mode) and folded into the
-            consumer's bias.
+            consumer's bias. A mapping gives it per producer weight FQN (default True), e.g.
+            ``{"seq.0.weight": False}``; mixed values between neighbours are exact too.
 
     Returns:
         A new model of the same class with smaller modules (``in_features``, ``out_channels``,
@@ -187,7 +205,7 @@ def apply_prune(
             assert isinstance(producer, ModuleOp)
             keep = {fqn[len(producer.fqn) + 1 :]: masks[fqn] for fqn in match.mask_fqns if fqn in masks}
             try:
-                new = match.prune_fn(ops, keep, prune_bias=prune_bias)
+                new = match.prune_fn(ops, keep, prune_bias=_match_prune_bias(match, prune_bias))
             except PruneError as error:
                 raise PruneError(f"pruning `{match.weight_fqn}` (chain {' -> '.join(match.nodes)}): {error}") from None
             if not isinstance(new, tuple) or len(new) != len(ops):
@@ -214,13 +232,14 @@ def masked_parameters(
     masks: Mapping[str, Tensor],
     matches: Sequence[Match] | None = None,
     *,
-    prune_bias: bool = True,
+    prune_bias: bool | Mapping[str, bool] = True,
 ) -> dict[str, Tensor]:
     """Every parameter of `model` by FQN, with what pruning removes zeroed; `model` is unchanged.
 
     Zeroed: the producer rows where a mask is False and, with `prune_bias`, their bias entries
     and the affine entries of a BatchNorm (or an LSTM chain's LayerNorm) on those channels. An
     LSTM's masks zero the unit's rows in all 4 gates of ``weight_ih``/``weight_hh``/biases.
+    `prune_bias` may be a mapping per producer weight FQN, as in :func:`apply_prune`.
     The masked tensors are ``parameter * mask`` products, differentiable with respect to the
     originals, for ``torch.func.functional_call(model, masked_parameters(...), args)``.
     `matches` defaults to ``match_patterns(symbolic_trace(model), default_patterns())``.
@@ -232,7 +251,9 @@ def masked_parameters(
         matches = match_patterns(fx.symbolic_trace(model), default_patterns())
     active = _coverage(model, masks, matches)
     result: dict[str, Tensor] = dict(model.named_parameters())
+    flags = prune_bias
     for match in active:
+        prune_bias = _match_prune_bias(match, flags)
         producer = match.ops[0]
         assert isinstance(producer, ModuleOp)
         module = model.get_submodule(producer.fqn)
