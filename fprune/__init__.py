@@ -7,6 +7,22 @@ graph, and ``apply_prune`` returns a physically smaller copy of the model.
 from ._apply import apply_prune as apply_prune
 from ._apply import masked_parameters as masked_parameters
 from ._errors import PruneError as PruneError
+from ._flow_rules import default_flow_rules as default_flow_rules
+from ._group_prune import Criterion as Criterion
+from ._group_prune import group_masks as group_masks
+from ._group_prune import group_scores as group_scores
+from ._group_prune import l1_norm as l1_norm
+from ._group_prune import l2_norm as l2_norm
+from ._group_prune import prune_channels as prune_channels
+from ._groups import Axis as Axis
+from ._groups import Blocker as Blocker
+from ._groups import ChannelGroup as ChannelGroup
+from ._groups import ChannelSlice as ChannelSlice
+from ._groups import FlowContext as FlowContext
+from ._groups import FlowRule as FlowRule
+from ._groups import RuleKey as RuleKey
+from ._groups import channel_groups as channel_groups
+from ._groups import explain as explain
 from ._masks import fpgm_mask as fpgm_mask
 from ._masks import fpgm_scores as fpgm_scores
 from ._masks import lstm_saliency_mask as lstm_saliency_mask
@@ -48,6 +64,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATION_FUNCTIONS",
+    "Axis",
+    "Blocker",
+    "ChannelGroup",
+    "ChannelSlice",
+    "Criterion",
+    "FlowContext",
+    "FlowRule",
+    "RuleKey",
+    "channel_groups",
+    "default_flow_rules",
+    "explain",
+    "group_masks",
+    "group_scores",
+    "l1_norm",
+    "l2_norm",
+    "prune_channels",
     "ACTIVATION_METHODS",
     "ACTIVATION_MODULES",
     "OUTPUT",

@@ -13,6 +13,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from ._errors import PruneError
+from ._group_prune import apply_groups, masked_group_parameters
+from ._groups import ChannelGroup
 from ._match import explain_unmatched, match_patterns
 from ._patterns import default_patterns
 from ._records import Attr, Call, Match, ModuleOp, Op, OUTPUT, Output, Pattern, PruneFunction
@@ -162,10 +164,19 @@ def _match_prune_bias(match: Match, prune_bias: bool | Mapping[str, bool]) -> bo
     return values.pop() if values else True
 
 
+def _groups_only(records: Sequence[Match] | Sequence[ChannelGroup], function: str) -> Sequence[ChannelGroup] | None:
+    """The records as channel groups if they are groups, None if they are matches."""
+    if records and all(isinstance(r, ChannelGroup) for r in records):
+        return records  # type: ignore[return-value]
+    if any(isinstance(r, ChannelGroup) for r in records):
+        raise PruneError(f"{function}: pass either pattern matches or channel groups, not both")
+    return None
+
+
 def apply_prune(
     model: ModelT,
     masks: Mapping[str, Tensor],
-    matches: Sequence[Match],
+    matches: Sequence[Match] | Sequence[ChannelGroup],
     *,
     prune_bias: bool | Mapping[str, bool] = True,
 ) -> ModelT:
@@ -175,7 +186,9 @@ def apply_prune(
         model: the model `matches` were found in (the traced GraphModule or the original).
         masks: keep-masks by producer weight FQN (``"seq.0.weight"``): 1-D torch.bool over the
             weight's dim 0, True = keep, on the weight's device.
-        matches: from :func:`match_patterns`. Matches without a mask are left alone.
+        matches: from :func:`match_patterns` (matches without a mask are left alone), or
+            channel groups from :func:`channel_groups` (a mask keyed by any producer weight of
+            a group prunes the whole group; groups always remove their biases).
         prune_bias: True removes the removed rows' bias with them. False keeps the masked
             model's semantics of a layer whose bias stays: the constant the removed channels
             still emit is carried through the chain's ops (in eval mode) and folded into the
@@ -196,7 +209,12 @@ def apply_prune(
     """
     _check_model(model, "apply_prune")
     _check_masks(model, masks)
-    active = _coverage(model, masks, matches)
+    groups = _groups_only(matches, "apply_prune")
+    if groups is not None:
+        if prune_bias is not True:
+            raise PruneError("apply_prune: channel groups always prune biases with their channels; leave prune_bias=True")
+        return apply_groups(model, groups, masks)
+    active = _coverage(model, masks, matches)  # type: ignore[arg-type]
     current: dict[str, nn.Module] = {}
     with torch.no_grad():
         for match in _order(active):
@@ -230,7 +248,7 @@ def _row_mask(mask: Tensor, tensor: Tensor) -> Tensor:
 def masked_parameters(
     model: nn.Module,
     masks: Mapping[str, Tensor],
-    matches: Sequence[Match] | None = None,
+    matches: Sequence[Match] | Sequence[ChannelGroup] | None = None,
     *,
     prune_bias: bool | Mapping[str, bool] = True,
 ) -> dict[str, Tensor]:
@@ -242,14 +260,19 @@ def masked_parameters(
     `prune_bias` may be a mapping per producer weight FQN, as in :func:`apply_prune`.
     The masked tensors are ``parameter * mask`` products, differentiable with respect to the
     originals, for ``torch.func.functional_call(model, masked_parameters(...), args)``.
-    `matches` defaults to ``match_patterns(symbolic_trace(model), default_patterns())``.
+    `matches` defaults to ``match_patterns(symbolic_trace(model), default_patterns())``; with
+    channel groups, every producer row and carrier entry (bias, BatchNorm, depthwise filter,
+    added parameter) of a removed channel is zeroed.
     Raises PruneError for the same mask errors as :func:`apply_prune`.
     """
     _check_model(model, "masked_parameters")
     tensors = _check_masks(model, masks)
     if matches is None:
         matches = match_patterns(fx.symbolic_trace(model), default_patterns())
-    active = _coverage(model, masks, matches)
+    groups = _groups_only(matches, "masked_parameters")
+    if groups is not None:
+        return masked_group_parameters(model, groups, masks)
+    active = _coverage(model, masks, matches)  # type: ignore[arg-type]
     result: dict[str, Tensor] = dict(model.named_parameters())
     flags = prune_bias
     for match in active:

@@ -270,7 +270,7 @@ def test_mask_without_matches_names_the_fqn() -> None:
 
 def test_apply_prune_rejects_non_match_records() -> None:
     with pytest.raises(fprune.PruneError, match=r"matches must be fprune.Match records"):
-        fprune.apply_prune(ReferenceMLP(), {}, ["seq.0"])  # type: ignore[list-item]
+        fprune.apply_prune(ReferenceMLP(), {}, ["seq.0"])  # type: ignore[arg-type]
 
 
 # --- properties over random shapes and masks -----------------------------------------------------

@@ -15,7 +15,9 @@ EXPECTED = {
     "prune_conv2d_conv2d", "prune_conv2d_pool_activation_conv2d", "prune_conv2d_pool_flatten_linear",
     "prune_linear", "prune_linear_activation_linear", "prune_linear_linear",
     "prune_lstm_output_layernorm_linear", "prune_lstm_output_linear", "rebuild_module", "row_norms",
-    "saliency_mask", "select_kept",
+    "saliency_mask", "select_kept", "Axis", "Blocker", "ChannelGroup", "ChannelSlice", "Criterion",
+    "FlowContext", "FlowRule", "RuleKey", "channel_groups", "default_flow_rules", "explain",
+    "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels",
 }  # fmt: skip
 
 

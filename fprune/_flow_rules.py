@@ -1,0 +1,435 @@
+"""The default flow rules: how channels pass through each op ``channel_groups`` understands."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from ._errors import PruneError
+from ._groups import Axis, Flow, FlowContext, FlowRule, RuleKey, flatten_axis
+from ._patterns import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
+
+__all__ = ["default_flow_rules"]
+
+
+def _axis(ctx: FlowContext, index: int = 0) -> Axis | None:
+    flow = ctx.input(index)
+    if flow is None or isinstance(flow, Axis):
+        return flow
+    raise PruneError("expects one tensor input, got a tuple")
+
+
+def _linear(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert isinstance(module, nn.Linear)
+    axis = _axis(ctx)
+    ndim = None
+    if axis is not None and axis.inner == -1:  # a flatten of unknown trailing size: resolve it
+        if module.in_features % len(axis.ids):
+            raise PruneError(f"nn.Linear `{ctx.module_fqn}` has in_features={module.in_features}, not a multiple of the {len(axis.ids)} flattened channels")
+        axis = Axis(axis.dim, axis.ids, module.in_features // len(axis.ids), axis.outer, axis.ndim)
+    if axis is not None:
+        if axis.dim != -1:
+            raise PruneError(f"nn.Linear `{ctx.module_fqn}` reads the last dim, but the channels are on dim {axis.dim}")
+        if axis.width != module.in_features:
+            raise PruneError(f"nn.Linear `{ctx.module_fqn}` has in_features={module.in_features}, but {axis.width} channel positions reach it")
+        ctx.consume("weight", 1, axis)
+        ndim = axis.ndim
+    out = ctx.produce("weight", 0, module.out_features, ndim=ndim)
+    if module.bias is not None:
+        ctx.carry("bias", 0, Axis(0, out.ids))
+    return out
+
+
+def _conv(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert isinstance(module, _ConvNd)
+    spatial = len(module.kernel_size)
+    channel_dim = -(spatial + 1)
+    axis = _axis(ctx)
+    ndim = axis.ndim if axis is not None and axis.ndim is not None else spatial + 2
+    if module.transposed:
+        # weight: [in, out / groups, *k]
+        if module.groups != 1:
+            if axis is not None:
+                ctx.block(axis, f"grouped ConvTranspose `{ctx.module_fqn}` (groups={module.groups}) is not supported")
+            return None
+        if axis is not None:
+            _check_conv_input(ctx, axis, channel_dim, module.in_channels)
+            ctx.consume("weight", 0, axis)
+        out = ctx.produce("weight", 1, module.out_channels, ndim=ndim, out_dim=channel_dim)
+    elif module.groups == 1:
+        if axis is not None:
+            _check_conv_input(ctx, axis, channel_dim, module.in_channels)
+            ctx.consume("weight", 1, axis)
+        out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
+    elif module.groups == module.in_channels == module.out_channels and axis is not None:
+        # depthwise: output channel c reads only input channel c; its filter goes with it
+        _check_conv_input(ctx, axis, channel_dim, module.in_channels)
+        out = Axis(channel_dim, axis.ids, ndim=ndim)
+        ctx.carry("weight", 0, Axis(0, axis.ids))
+        if module.bias is not None:
+            ctx.carry("bias", 0, Axis(0, axis.ids))
+        return out
+    else:
+        reason = (
+            f"grouped conv `{ctx.module_fqn}` (groups={module.groups}, {module.in_channels} -> "
+            f"{module.out_channels} channels) mixes channels within groups of fixed size"
+        )
+        if axis is not None:
+            ctx.block(axis, reason)
+        out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
+        ctx.block(out, reason)
+        return out
+    if module.bias is not None:
+        ctx.carry("bias", 0, Axis(0, out.ids))
+    return out
+
+
+def _check_conv_input(ctx: FlowContext, axis: Axis, channel_dim: int, in_channels: int) -> None:
+    if axis.dim != channel_dim or axis.inner != 1 or axis.outer != 1:
+        raise PruneError(f"`{ctx.module_fqn}` reads channels on dim {channel_dim}, but they are on dim {axis.dim}")
+    if len(axis.ids) != in_channels:
+        raise PruneError(f"`{ctx.module_fqn}` has in_channels={in_channels}, but {len(axis.ids)} channels reach it")
+
+
+def _embedding(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert isinstance(module, nn.Embedding)
+    return ctx.produce("weight", 1, module.embedding_dim)
+
+
+def _batchnorm(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert isinstance(module, _BatchNorm)
+    axis = _axis(ctx)
+    if axis is None:
+        return None
+    if axis.inner != 1 or axis.outer != 1 or len(axis.ids) != module.num_features:
+        raise PruneError(f"BatchNorm `{ctx.module_fqn}` has num_features={module.num_features}, which the channels reaching it do not match")
+    expected = {-1, -2} if isinstance(module, nn.BatchNorm1d) else {-3 if isinstance(module, nn.BatchNorm2d) else -4}
+    if axis.dim not in expected:
+        raise PruneError(f"BatchNorm `{ctx.module_fqn}` normalizes dim 1, but the channels are on dim {axis.dim}")
+    if not module.affine:
+        raise PruneError(
+            f"BatchNorm `{ctx.module_fqn}` has no affine parameters: removed channels would leave it "
+            "as a non-zero constant (-mean / std) that the pruned model cannot reproduce"
+        )
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(module, name, None) is not None:
+            ctx.carry(name, 0, Axis(0, axis.ids))
+    return axis
+
+
+def _prelu(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert isinstance(module, nn.PReLU)
+    axis = _axis(ctx)
+    if axis is not None and module.num_parameters > 1:
+        if len(axis.ids) != module.num_parameters or axis.dim not in (-1, -3, -2, -4) or axis.inner != 1:
+            raise PruneError(f"PReLU `{ctx.module_fqn}` has {module.num_parameters} parameters, which the channels do not match")
+        ctx.carry("weight", 0, Axis(0, axis.ids))
+    return axis
+
+
+def _normalization(ctx: FlowContext) -> Flow:
+    axis = _axis(ctx)
+    if axis is not None:
+        ctx.block(
+            axis,
+            f"{type(ctx.module).__name__ if ctx.module is not None else 'normalization'} normalizes across "
+            "the channels: removing some changes every other channel's output, so the pruned model "
+            "could not match the masked one",
+        )
+    return None
+
+
+def _zero_preserving(apply: Callable[[Tensor], Tensor], what: str) -> None:
+    with torch.no_grad():
+        value = apply(torch.zeros(1, 1, 1, 1))
+    if bool((value != 0).any()):
+        raise PruneError(
+            f"{what} maps 0 to {float(value.reshape(-1)[0]):.4g}: removed channels would still feed "
+            "the next layers a non-zero value; chain patterns (match_patterns) fold such constants"
+        )
+
+
+def _elementwise_module(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert module is not None
+    axis = ctx.input(0)
+    if axis is not None:
+        if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
+            raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
+        was_training = module.training
+        _zero_preserving(lambda x: module.eval()(x) if not was_training else module(x), f"`{ctx.module_fqn}` ({type(module).__name__})")
+    return axis
+
+
+def _elementwise_call(ctx: FlowContext) -> Flow:
+    axis = ctx.input(0)
+    if axis is not None:
+        target = ctx.node.target
+        rest = ctx.node.args[1:]
+        kwargs = dict(ctx.node.kwargs)
+        if any(isinstance(a, torch.fx.Node) for a in list(rest) + list(kwargs.values())):
+            raise PruneError(f"{ctx.node.name} takes other tensors as arguments")
+        if isinstance(target, str):
+            _zero_preserving(lambda x: cast(Tensor, getattr(x, target)(*rest, **kwargs)), f"x.{target}()")
+        else:
+            assert callable(target)
+            _zero_preserving(lambda x: cast(Tensor, target(x, *rest, **kwargs)), getattr(target, "__name__", str(target)))
+    return axis
+
+
+def _keep(ctx: FlowContext) -> Flow:
+    """Ops that keep every channel where it is (pools, dropout, identity, contiguous)."""
+    return ctx.input(0)
+
+
+def _merge_elementwise(ctx: FlowContext) -> Flow:
+    """add / sub / mul of two tensors, or of a tensor and a constant or a model tensor."""
+    a, b = ctx.node.args[0], ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("other")
+    fa, fb = ctx.flow(a), ctx.flow(b)
+    if fa is not None and not isinstance(fa, Axis) or fb is not None and not isinstance(fb, Axis):
+        raise PruneError("elementwise op on tuples")
+    if isinstance(fa, Axis) and isinstance(fb, Axis):
+        merged = ctx.merge(fa, fb)
+        if merged is None:
+            raise PruneError(f"`{ctx.node.name}` combines tensors whose channels do not line up")
+        return merged
+    axis = fa if isinstance(fa, Axis) else fb
+    other = b if isinstance(fa, Axis) else a
+    if axis is None:
+        return None
+    if ctx.node.target in (operator.truediv, torch.div, "div") and other is a:
+        raise PruneError(f"`{ctx.node.name}` divides by the channels")
+    attr = ctx.attr(other)
+    if attr is not None:
+        fqn, tensor = attr
+        ndim = axis.ndim if axis.ndim is not None else max(tensor.dim(), -axis.dim)
+        dim_in_tensor = tensor.dim() + axis.dim if -axis.dim <= tensor.dim() else None
+        if dim_in_tensor is not None and tensor.shape[dim_in_tensor] == axis.width:
+            if axis.inner != 1 or axis.outer != 1:
+                raise PruneError(f"`{fqn}` is added to flattened channels")
+            ctx.carry("", dim_in_tensor, Axis(dim_in_tensor, axis.ids), fqn=fqn)
+        elif dim_in_tensor is not None and tensor.shape[dim_in_tensor] != 1:
+            raise PruneError(f"`{fqn}` does not broadcast over the channels")
+        del ndim
+    elif isinstance(other, torch.fx.Node):
+        shape = ctx.shape(other)
+        if shape is None or (-axis.dim <= len(shape) and shape[axis.dim] != 1):
+            raise PruneError(f"`{ctx.node.name}` combines the channels with a tensor fprune does not track")
+    return axis
+
+
+def _cat(ctx: FlowContext) -> Flow:
+    tensors = ctx.arg(0, "tensors")
+    dim = ctx.arg(1, "dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
+        raise PruneError("torch.cat with a computed list or dim")
+    flows = [ctx.flow(t) for t in tensors]
+    axes = [f for f in flows if isinstance(f, Axis)]
+    if not axes:
+        return None
+    if len(axes) != len(flows):
+        raise PruneError("torch.cat of tracked channels with untracked tensors")
+    first = axes[0]
+    ndim = next((a.ndim for a in axes if a.ndim is not None), None)
+    if ndim is None:
+        shape = ctx.shape()
+        ndim = len(shape) if shape is not None else None
+    cat_dim = dim if dim < 0 else (dim - ndim if ndim is not None else None)
+    if cat_dim is None:
+        raise PruneError("torch.cat along a positive dim of a tensor of unknown rank; pass example_inputs")
+    if all(a.dim == cat_dim for a in axes):
+        if any(a.inner != 1 or a.outer != 1 for a in axes):
+            raise PruneError("torch.cat of flattened channels")
+        return Axis(cat_dim, tuple(i for a in axes for i in a.ids), ndim=ndim)
+    merged: Axis | None = first
+    for other in axes[1:]:
+        merged = ctx.merge(first, other) if merged is not None else None
+    if merged is None:
+        raise PruneError("torch.cat along another dim of tensors whose channels do not line up")
+    return merged
+
+
+def _split(ctx: FlowContext) -> Flow:
+    axis = _axis(ctx)
+    if axis is None:
+        return None
+    size = ctx.arg(1, "split_size_or_sections", ctx.node.kwargs.get("split_size"))
+    dim = ctx.arg(2, "dim", 0)
+    chunks = ctx.node.target in (torch.chunk, "chunk")
+    if not isinstance(dim, int):
+        raise PruneError("split along a computed dim")
+    ndim = axis.ndim
+    norm_dim = dim if dim < 0 else (dim - ndim if ndim is not None else None)
+    if norm_dim is None:
+        raise PruneError("split along a positive dim of a tensor of unknown rank; pass example_inputs")
+    if norm_dim != axis.dim:
+        return tuple(axis for _ in range(_piece_count(ctx)))
+    if axis.inner != 1 or axis.outer != 1:
+        raise PruneError("split of flattened channels")
+    n = len(axis.ids)
+    if chunks:
+        if not isinstance(size, int):
+            raise PruneError("chunk with a computed count")
+        step = -(-n // size)
+        sizes = [min(step, n - s) for s in range(0, n, step)]
+    elif isinstance(size, int):
+        sizes = [min(size, n - s) for s in range(0, n, size)]
+    elif isinstance(size, (list, tuple)) and all(isinstance(s, int) for s in size):
+        sizes = [s for s in size if isinstance(s, int)]
+    else:
+        raise PruneError("split with computed sizes")
+    pieces: list[Flow] = []
+    start = 0
+    for s in sizes:
+        pieces.append(Axis(axis.dim, axis.ids[start : start + s], ndim=ndim))
+        start += s
+    return tuple(pieces)
+
+
+def _piece_count(ctx: FlowContext) -> int:
+    return max((int(u.args[1]) for u in ctx.node.users if u.target is operator.getitem and isinstance(u.args[1], int)), default=-1) + 1
+
+
+def _getitem(ctx: FlowContext) -> Flow:
+    source = ctx.input(0)
+    index = ctx.node.args[1]
+    if isinstance(source, tuple) and isinstance(index, int):
+        return source[index] if -len(source) <= index < len(source) else None
+    if source is None:
+        return None
+    raise PruneError(f"indexing a tensor ({index!r}) can drop or move its channels")
+
+
+def _flatten(ctx: FlowContext) -> Flow:
+    axis = _axis(ctx)
+    if axis is None:
+        return None
+    start: object
+    end: object
+    if ctx.module is not None:
+        assert isinstance(ctx.module, nn.Flatten)
+        start, end = ctx.module.start_dim, ctx.module.end_dim
+    else:
+        start = ctx.arg(1, "start_dim", 0)
+        end = ctx.arg(2, "end_dim", -1)
+    if not isinstance(start, int) or not isinstance(end, int):
+        raise PruneError("flatten with computed dims")
+    shape = ctx.shape(ctx.node.args[0])
+    ndim = len(shape) if shape is not None else axis.ndim
+    if ndim is None:
+        raise PruneError("flatten of a tensor of unknown rank; pass example_inputs")
+    if shape is None and axis.dim % ndim == start % ndim and end % ndim == ndim - 1:
+        # channels first in the flattened range: each spans the product of the dims after it,
+        # which the consumer resolves (a Linear's in_features / channels)
+        return Axis(-1, axis.ids, -1, 1, start % ndim + 1)
+    return flatten_axis(axis, start, end, ndim, shape)
+
+
+def _adaptive_pool(ctx: FlowContext) -> Flow:
+    return ctx.input(0)
+
+
+def _reduce_mean(ctx: FlowContext) -> Flow:
+    axis = _axis(ctx)
+    if axis is None:
+        return None
+    dims = ctx.arg(1, "dim")
+    keepdim = ctx.arg(2, "keepdim", False)
+    if dims is None or axis.ndim is None:
+        raise PruneError("a reduction over unknown dims")
+    dim_list = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else None
+    if dim_list is None or not all(isinstance(d, int) for d in dim_list):
+        raise PruneError("a reduction over computed dims")
+    ndim = axis.ndim
+    norm = {d % ndim for d in dim_list if isinstance(d, int)}
+    channel = axis.dim % ndim
+    if channel in norm:
+        raise PruneError("a reduction over the channel dim")
+    if keepdim:
+        return axis
+    new_ndim = ndim - len(norm)
+    shift = sum(1 for d in norm if d > channel)
+    return Axis(axis.dim + shift, axis.ids, axis.inner, axis.outer, new_ndim)
+
+
+def _lstm(ctx: FlowContext) -> Flow:
+    module = ctx.module
+    assert isinstance(module, nn.LSTM)
+    axis = _axis(ctx)
+    if axis is not None:
+        ctx.block(axis, "nn.LSTM inputs are not followed by channel groups yet; use the LSTM chain patterns")
+    if len(ctx.node.args) > 1:
+        ctx.block(ctx.input(1), "an LSTM state input")
+    return None
+
+
+def default_flow_rules() -> dict[RuleKey, FlowRule]:
+    """A fresh dict of the flow rules fprune ships, by module class, function or method name.
+
+    Extend it with rules for your own modules and pass it to :func:`channel_groups`.
+    """
+    rules: dict[RuleKey, FlowRule] = {
+        nn.Linear: _linear,
+        nn.Conv1d: _conv,
+        nn.Conv2d: _conv,
+        nn.Conv3d: _conv,
+        nn.ConvTranspose1d: _conv,
+        nn.ConvTranspose2d: _conv,
+        nn.ConvTranspose3d: _conv,
+        nn.Embedding: _embedding,
+        _BatchNorm: _batchnorm,
+        nn.PReLU: _prelu,
+        nn.LayerNorm: _normalization,
+        nn.GroupNorm: _normalization,
+        nn.LocalResponseNorm: _normalization,
+        nn.LSTM: _lstm,
+        nn.Flatten: _flatten,
+        torch.flatten: _flatten,
+        "flatten": _flatten,
+        operator.getitem: _getitem,
+        torch.cat: _cat,
+        torch.concat: _cat,
+        torch.split: _split,
+        torch.chunk: _split,
+        "split": _split,
+        "chunk": _split,
+        torch.mean: _reduce_mean,
+        "mean": _reduce_mean,
+        "contiguous": _keep,
+        "size": lambda ctx: None,
+        "dim": lambda ctx: None,
+    }
+    for module in ACTIVATION_MODULES:
+        if module is not nn.PReLU:
+            assert isinstance(module, type)
+            rules[module] = _elementwise_module
+    for module in (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.ReLU6, nn.Softsign):
+        rules[module] = _keep if module is nn.Identity or "Dropout" in module.__name__ else _elementwise_module
+    for function in ACTIVATION_FUNCTIONS + ACTIVATION_METHODS + ("relu_", "gelu", "silu"):
+        rules[function] = _elementwise_call
+    for pool in (
+        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+        F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+        F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+        F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+        F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    ):  # fmt: skip
+        rules[pool] = _keep
+    for merge in (operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub",
+                  operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, torch.div, "div"):  # fmt: skip
+        rules[merge] = _merge_elementwise
+    return rules

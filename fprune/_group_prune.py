@@ -1,0 +1,315 @@
+"""Scores, keep-masks and physical pruning for channel groups; all pure."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from ._errors import PruneError
+from ._groups import ChannelGroup, ChannelSlice, channel_groups
+
+__all__ = ["Criterion", "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels"]
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+Criterion = Callable[[Tensor], Tensor]
+"""Scores rows: takes ``[entries, features]`` (one row per channel position of a weight),
+returns ``[entries]``. Higher means more important."""
+
+
+def l2_norm(rows: Tensor) -> Tensor:
+    """The L2 norm of each row (the default criterion)."""
+    out: Tensor = torch.linalg.vector_norm(rows, ord=2, dim=1)
+    return out
+
+
+def l1_norm(rows: Tensor) -> Tensor:
+    """The L1 norm of each row."""
+    out: Tensor = torch.linalg.vector_norm(rows, ord=1, dim=1)
+    return out
+
+
+def _tensors(model: nn.Module) -> dict[str, Tensor]:
+    tensors: dict[str, Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+    return tensors
+
+
+def _tensor(tensors: Mapping[str, Tensor], fqn: str) -> Tensor:
+    tensor = tensors.get(fqn)
+    if tensor is None:
+        raise PruneError(f"the model has no tensor `{fqn}`; were the groups found on another model?")
+    return tensor
+
+
+def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l2_norm) -> Tensor:
+    """Per-channel importance of `group`: shape ``[group.size]``; `model` is unchanged.
+
+    Each weight member (producer rows, consumer columns) is scored row by row with
+    `criterion` over its channel positions; a channel's score sums its positions' scores over
+    all weight members. Biases, BatchNorm entries and other carriers do not count.
+    """
+    tensors = _tensors(model)
+    scores: Tensor | None = None
+    for member in group.members:
+        if member.role == "carrier":
+            continue
+        tensor = _tensor(tensors, member.fqn).detach()
+        if tensor.dim() < 2:
+            continue
+        rows = tensor.movedim(member.dim, 0)
+        rows = rows[torch.tensor(member.positions, device=tensor.device)].reshape(len(member.positions), -1)
+        values = criterion(rows.to(torch.float32)).to(torch.float32)
+        if scores is None:
+            scores = torch.zeros(group.size, dtype=torch.float32, device=tensor.device)
+        scores = scores.index_add(0, torch.tensor(member.channels, device=tensor.device), values)
+    if scores is None:
+        raise PruneError(f"group produced by {', '.join(group.producers) or '(none)'} has no weight to score")
+    return scores
+
+
+def _ignored(group: ChannelGroup, ignore: Collection[str] | None) -> bool:
+    if ignore is None:
+        return group.reaches_output
+    for member in group.members:
+        module = member.fqn.rpartition(".")[0]
+        if member.fqn in ignore or module in ignore:
+            return True
+    return False
+
+
+def _round_kept(kept: int, size: int, round_to: int) -> int:
+    if round_to <= 1 or size <= round_to:
+        return max(1, min(size, kept))
+    rounded = int(math.floor(kept / round_to + 0.5)) * round_to
+    return max(round_to, min(size, rounded))
+
+
+def _producer_mask(group: ChannelGroup, keep: Tensor) -> tuple[str, Tensor]:
+    producer = group.producers[0]
+    member = next(m for m in group.members if m.fqn == producer and m.role == "producer")
+    rows = max(member.positions) + 1
+    mask = torch.ones(rows, dtype=torch.bool, device=keep.device)
+    mask[torch.tensor(member.positions, device=keep.device)] = keep[torch.tensor(member.channels, device=keep.device)]
+    return producer, mask
+
+
+def group_masks(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    level: float,
+    *,
+    ignore: Collection[str] | None = None,
+    round_to: int = 1,
+    criterion: Criterion = l2_norm,
+    global_ranking: bool = False,
+) -> dict[str, Tensor]:
+    """Keep-masks removing a fraction `level` of the channels of each prunable group.
+
+    Args:
+        model: the model the groups were found in; left unchanged.
+        groups: from :func:`channel_groups`; groups that are not prunable are skipped.
+        level: fraction of channels removed, in [0, 1).
+        ignore: tensor or module FQNs never pruned: a group with any member among them is
+            skipped. None (the default) skips the groups that forward returns (the
+            classifier's outputs).
+        round_to: kept counts are rounded to a multiple of it (at least one multiple).
+        criterion: scores the rows of each weight member (see :func:`group_scores`).
+        global_ranking: rank channels across all groups (scores normalized by each group's
+            mean) instead of removing `level` of every group.
+
+    Returns:
+        A bool keep-mask per pruned group, keyed by its first producer's weight FQN, over that
+        weight's dim 0, for :func:`apply_prune`.
+    """
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level) or not 0 <= level < 1:
+        raise PruneError(f"group_masks: `level` must be in [0, 1), got {level!r}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise PruneError(f"group_masks: `round_to` must be a positive int, got {round_to!r}")
+    chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
+    scores = [group_scores(model, g, criterion) for g in chosen]
+    if any(bool(torch.isnan(s).any()) for s in scores):
+        raise PruneError("group_masks: channel scores contain NaN (does a weight hold NaN or inf?)")
+    kept_counts: list[int]
+    if global_ranking and chosen:
+        normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
+        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(chosen)])
+        remove = int(normalized.numel() * level)
+        order = torch.sort(normalized, stable=True).indices[:remove]
+        removed_per = torch.bincount(owner[order.cpu()], minlength=len(chosen))
+        kept_counts = [g.size - int(r) for g, r in zip(chosen, removed_per)]
+    else:
+        kept_counts = [g.size - int(g.size * level) for g in chosen]
+    masks: dict[str, Tensor] = {}
+    for group, score, kept in zip(chosen, scores, kept_counts):
+        kept = _round_kept(kept, group.size, round_to)
+        keep = torch.zeros(group.size, dtype=torch.bool, device=score.device)
+        keep[torch.sort(score, descending=True, stable=True).indices[:kept]] = True
+        fqn, mask = _producer_mask(group, keep)
+        masks[fqn] = mask
+    return masks
+
+
+# --- applying group masks ---------------------------------------------------------------------
+
+
+def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[int, Tensor]:
+    """Each masked group's keep vector over its channels (by index in `groups`), checked."""
+    where: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        for producer in group.producers:
+            where[producer] = index
+    keeps: dict[int, Tensor] = {}
+    for fqn, mask in masks.items():
+        found = where.get(fqn)
+        if found is None:
+            roles = [(m.role, i) for i, g in enumerate(groups) for m in g.members if m.fqn == fqn]
+            if roles:
+                owners = sorted({p for _, i in roles for p in groups[i].producers})
+                raise PruneError(
+                    f"mask for `{fqn}`: it is not a producer of a group; key the mask by a producer "
+                    f"weight of its group ({', '.join(owners) or 'the group has none'})"
+                )
+            raise PruneError(f"mask for `{fqn}`: no channel group has it as a producer")
+        index = found
+        group = groups[index]
+        if not group.prunable:
+            reasons = "; ".join(f"`{b.node}`: {b.reason}" for b in group.blockers) or "it has no producer"
+            raise PruneError(f"mask for `{fqn}`: its channel group cannot be pruned: {reasons}")
+        member = next(m for m in group.members if m.fqn == fqn and m.role == "producer")
+        positions = torch.tensor(member.positions, device=mask.device)
+        channels = torch.tensor(member.channels, device=mask.device)
+        keep = torch.ones(group.size, dtype=torch.bool, device=mask.device)
+        keep[channels] = mask[positions]
+        if not bool((keep[channels] == mask[positions]).all()):
+            raise PruneError(f"mask for `{fqn}`: rows that are one channel of the group disagree")
+        if index in keeps and not torch.equal(keeps[index], keep):
+            others = [p for p in group.producers if p in masks and p != fqn]
+            raise PruneError(
+                f"masks for `{fqn}` and `{others[0]}` disagree, but they prune one channel group; give one of them"
+            )
+        if not bool(keep.any()):
+            raise PruneError(f"mask for `{fqn}` removes every channel of its group; keep at least one")
+        keeps[index] = keep
+    return keeps
+
+
+def _removed_positions(groups: Sequence[ChannelGroup], keeps: Mapping[int, Tensor]) -> dict[tuple[str, int], set[int]]:
+    removed: dict[tuple[str, int], set[int]] = {}
+    for index, keep in keeps.items():
+        dropped = set((~keep).nonzero().squeeze(1).tolist())
+        if not dropped:
+            continue
+        for member in groups[index].members:
+            bucket = removed.setdefault((member.fqn, member.dim), set())
+            bucket.update(p for p, c in zip(member.positions, member.channels) if c in dropped)
+    return removed
+
+
+def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, object]:
+    """New size attributes of a module of a known type, from its new tensors."""
+    weight = tensors.get("weight")
+    if isinstance(module, nn.Linear) and weight is not None:
+        return {"in_features": weight.shape[1], "out_features": weight.shape[0]}
+    if isinstance(module, _ConvNd) and weight is not None:
+        if module.transposed:
+            return {"in_channels": weight.shape[0], "out_channels": weight.shape[1] * module.groups}
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+            return {"in_channels": weight.shape[0], "out_channels": weight.shape[0], "groups": weight.shape[0]}
+        return {"in_channels": weight.shape[1] * module.groups, "out_channels": weight.shape[0]}
+    if isinstance(module, _BatchNorm):
+        stat = tensors.get("running_mean", weight)
+        return {"num_features": stat.shape[0]} if stat is not None else {}
+    if isinstance(module, nn.PReLU) and weight is not None:
+        return {"num_parameters": weight.shape[0]}
+    if isinstance(module, nn.Embedding) and weight is not None:
+        return {"embedding_dim": weight.shape[1]}
+    return {}
+
+
+def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> ModelT:
+    """The physically pruned copy for group masks (see :func:`fprune.apply_prune`)."""
+    keeps = group_keeps(groups, masks)
+    removed = _removed_positions(groups, keeps)
+    tensors = _tensors(model)
+    new_tensors: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for (fqn, dim), positions in sorted(removed.items()):
+            current = new_tensors.get(fqn, _tensor(tensors, fqn).detach())
+            size = _tensor(tensors, fqn).shape[dim]
+            keep = torch.ones(size, dtype=torch.bool)
+            keep[sorted(positions)] = False
+            index = keep.nonzero().squeeze(1).to(current.device)
+            new_tensors[fqn] = torch.index_select(current, dim, index).contiguous()
+    memo: dict[int, object] = {}
+    for fqn, value in new_tensors.items():
+        old = tensors[fqn]
+        memo[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+    pruned = copy.deepcopy(model, memo)
+    by_module: dict[str, dict[str, Tensor]] = {}
+    for fqn, value in new_tensors.items():
+        owner, _, name = fqn.rpartition(".")
+        by_module.setdefault(owner, {})[name] = value
+    for owner, changed in by_module.items():
+        module = pruned.get_submodule(owner) if owner else pruned
+        for key, attribute in _resize(model.get_submodule(owner) if owner else model, changed).items():
+            setattr(module, key, attribute)
+        if isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
+    return pruned
+
+
+def masked_group_parameters(model: nn.Module, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Every parameter, with the groups' removed producer rows and carrier entries zeroed."""
+    keeps = group_keeps(groups, masks)
+    params: dict[str, Tensor] = dict(model.named_parameters())
+    for index, keep in keeps.items():
+        for member in groups[index].members:
+            if member.role == "consumer" or member.fqn not in params:
+                continue
+            tensor = params[member.fqn]
+            factor = torch.ones(tensor.shape[member.dim], dtype=tensor.dtype, device=tensor.device)
+            positions = torch.tensor(member.positions, device=tensor.device)
+            channels = torch.tensor(member.channels, device=tensor.device)
+            factor[positions] = keep[channels].to(tensor.dtype)
+            shape = [1] * tensor.dim()
+            shape[member.dim] = -1
+            params[member.fqn] = tensor * factor.reshape(shape)
+    return params
+
+
+def prune_channels(
+    model: ModelT,
+    level: float,
+    *,
+    example_inputs: Sequence[object] | None = None,
+    ignore: Collection[str] | None = None,
+    round_to: int = 1,
+    criterion: Criterion = l2_norm,
+    global_ranking: bool = False,
+) -> ModelT:
+    """Model to pruned copy in one call: trace, :func:`channel_groups`, :func:`group_masks`,
+    :func:`fprune.apply_prune`. `model` is left unchanged; arguments as in those functions.
+
+    Raises PruneError if `model` cannot be traced by ``torch.fx.symbolic_trace``.
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as error:  # noqa: BLE001 - reported as a PruneError
+        raise PruneError(
+            f"prune_channels: torch.fx.symbolic_trace failed ({type(error).__name__}: {error}); the model "
+            "must be fx-traceable (no data-dependent control flow; mark such submodules as leaf modules)"
+        ) from None
+    groups = channel_groups(gm, example_inputs=example_inputs)
+    masks = group_masks(model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking)
+    return apply_groups(model, groups, masks)
+
+
+_ = ChannelSlice

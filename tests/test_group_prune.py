@@ -1,0 +1,148 @@
+"""Group scores, masks and pruning on real architecture families: exact, smaller, pure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+import fprune
+
+from .zoo import ZOO
+
+CNNS = ["resnet18", "resnet50", "mobilenetv2", "densenet"]
+
+
+def flops(model: nn.Module, x: Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _snapshot(model: nn.Module) -> dict[str, tuple[int, Tensor]]:
+    state = {k: (id(v), v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
+    return state
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("level", [0.3, 0.5])
+def test_zoo_models_prune_exactly_and_shrink(name: str, level: float) -> None:
+    model, x = ZOO[name]()
+    before = _snapshot(model)
+    gm = torch.fx.symbolic_trace(model)
+    groups = fprune.channel_groups(gm, example_inputs=(x,))
+    masks = fprune.group_masks(model, groups, level)
+    pruned = fprune.apply_prune(model, masks, groups)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
+        got = pruned(x)
+    assert got.shape == expected.shape == model(x).shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    params = sum(p.numel() for p in model.parameters())
+    pruned_params = sum(p.numel() for p in pruned.parameters())
+    if name in CNNS:
+        assert len(masks) == sum(g.prunable and not g.reaches_output for g in groups)
+        # weights shrink on both sides of most groups: close to (1 - level)^2; depthwise convs
+        # and BatchNorms only linearly
+        assert pruned_params < params * (1 - level) ** 1.4
+        assert flops(pruned, x) < flops(model, x) * (1 - level) ** 1.4
+    elif name == "lstm_lm":
+        assert not masks  # the LSTM is not followed by channel groups yet
+    else:
+        assert masks and pruned_params < params
+    after = _snapshot(model)
+    assert after.keys() == before.keys()
+    for key, (ident, value) in before.items():
+        assert after[key][0] == ident and torch.equal(after[key][1], value)
+    assert type(pruned) is type(model)
+
+
+def test_group_masks_round_kept_counts_and_ignore() -> None:
+    model, x = ZOO["resnet18"]()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    masks = fprune.group_masks(model, groups, 0.3, round_to=8)
+    assert all(int(m.sum()) % 8 == 0 for m in masks.values())
+    assert int(masks["conv1.weight"].sum()) == 16  # 16 - int(4.8) = 12 -> the nearest multiple of 8, ties up
+    assert int(masks["layer2.0.conv1.weight"].sum()) == 24  # 32 - int(9.6) = 23 -> 24
+    ignored = fprune.group_masks(model, groups, 0.3, ignore={"layer1.0.conv1"})
+    assert "layer1.0.conv1.weight" not in ignored and "layer1.1.conv1.weight" in ignored
+    with_head = fprune.group_masks(model, groups, 0.3, ignore=())
+    assert "fc.weight" in with_head and "fc.weight" not in masks
+
+
+def test_global_ranking_prunes_the_same_total_unevenly() -> None:
+    model, x = ZOO["resnet50"]()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    even = fprune.group_masks(model, groups, 0.5)
+    ranked = fprune.group_masks(model, groups, 0.5, global_ranking=True)
+    assert even.keys() == ranked.keys()
+    kept_even = sum(int(m.sum()) for m in even.values())
+    kept_ranked = sum(int(m.sum()) for m in ranked.values())
+    assert abs(kept_even - kept_ranked) <= len(even)
+    assert any(int(even[k].sum()) != int(ranked[k].sum()) for k in even)
+
+
+def test_group_scores_sum_weight_members() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    group = next(g for g in groups if g.producers == ("0.weight",))
+    w0, w2 = model.get_parameter("0.weight"), model.get_parameter("2.weight")
+    expected = w0.detach().norm(dim=1) + w2.detach().norm(dim=0)
+    torch.testing.assert_close(fprune.group_scores(model, group), expected)
+    torch.testing.assert_close(fprune.group_scores(model, group, fprune.l1_norm), w0.detach().abs().sum(1) + w2.detach().abs().sum(0))
+
+
+def test_prune_channels_in_one_call() -> None:
+    model, x = ZOO["mobilenetv2"]()
+    pruned = fprune.prune_channels(model, 0.5, example_inputs=(x,), round_to=4)
+    assert pruned(x).shape == model(x).shape
+    assert sum(p.numel() for p in pruned.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 6)
+        self.fc3 = nn.Linear(6, 2)
+        self.norm_fc = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+        self.twice = nn.Linear(2, 2)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.fc1(x)
+        h = h + torch.relu(self.fc2(h))
+        return self.twice(self.twice(self.fc3(h))), self.norm(self.norm_fc(x))
+
+
+def test_group_mask_errors_name_the_tensor() -> None:
+    model = _Residual()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    keep = torch.tensor([True, False, True, True, False, True])
+    with pytest.raises(fprune.PruneError, match=r"masks for `fc2.weight` and `fc1.weight` disagree, but they prune one channel group"):
+        fprune.apply_prune(model, {"fc1.weight": keep, "fc2.weight": ~keep | torch.tensor([True] + [False] * 5)}, groups)
+    with pytest.raises(fprune.PruneError, match=r"mask for `norm_fc.weight`: its channel group cannot be pruned: `norm`: LayerNorm normalizes"):
+        fprune.apply_prune(model, {"norm_fc.weight": keep}, groups)
+    with pytest.raises(fprune.PruneError, match=r"mask for `fc3.weight`: its channel group cannot be pruned: `twice`: module `twice` is called 2 times"):
+        fprune.apply_prune(model, {"fc3.weight": torch.tensor([True, False])}, groups)
+    with pytest.raises(fprune.PruneError, match=r"channel groups always prune biases"):
+        fprune.apply_prune(model, {"fc1.weight": keep}, groups, prune_bias=False)
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    both = fprune.match_patterns(torch.fx.symbolic_trace(mlp), fprune.default_patterns())
+    assert both
+    with pytest.raises(fprune.PruneError, match=r"pass either pattern matches or channel groups, not both"):
+        fprune.apply_prune(model, {}, [*both, *groups])  # type: ignore[arg-type]
+    pruned = fprune.apply_prune(model, {"fc2.weight": keep}, groups)  # the residual group, keyed by any producer
+    assert pruned.get_submodule("fc1").get_parameter("weight").shape == (4, 4)
+    assert pruned.get_submodule("fc3").get_parameter("weight").shape == (2, 4)
+
+
+@pytest.mark.parametrize("level", [1.0, -0.1, float("nan")])
+def test_group_masks_reject_bad_levels(level: float) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    with pytest.raises(fprune.PruneError, match=r"group_masks: `level` must be in \[0, 1\)"):
+        fprune.group_masks(model, groups, level)

@@ -1,0 +1,202 @@
+"""channel_groups: which slices are pruned together, and what blocks a group."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import fprune
+from fprune import ChannelGroup
+
+from .zoo import ZOO
+
+
+def _groups(model: nn.Module, x: Tensor | None = None) -> tuple[ChannelGroup, ...]:
+    return fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=None if x is None else (x,))
+
+
+def _by_producer(groups: tuple[ChannelGroup, ...], fqn: str) -> ChannelGroup:
+    return next(g for g in groups if fqn in g.producers)
+
+
+def _members(group: ChannelGroup) -> set[tuple[str, int, str]]:
+    return {(m.fqn, m.dim, m.role) for m in group.members}
+
+
+def test_resnet_residual_stream_is_one_group_with_every_block_output() -> None:
+    model, x = ZOO["resnet18"]()
+    groups = _groups(model, x)
+    stream = _by_producer(groups, "layer2.0.conv2.weight")
+    assert stream.producers == ("layer2.0.conv2.weight", "layer2.0.downsample.0.weight", "layer2.1.conv2.weight")
+    assert stream.size == 32 and stream.prunable and not stream.reaches_output
+    members = _members(stream)
+    assert ("layer2.0.downsample.1.weight", 0, "carrier") in members
+    assert ("layer2.1.conv1.weight", 1, "consumer") in members
+    assert ("layer3.0.downsample.0.weight", 1, "consumer") in members
+    inner = _by_producer(groups, "layer2.0.conv1.weight")
+    assert _members(inner) == {
+        ("layer2.0.conv1.weight", 0, "producer"),
+        ("layer2.0.bn1.weight", 0, "carrier"),
+        ("layer2.0.bn1.bias", 0, "carrier"),
+        ("layer2.0.bn1.running_mean", 0, "carrier"),
+        ("layer2.0.bn1.running_var", 0, "carrier"),
+        ("layer2.0.conv2.weight", 1, "consumer"),
+    }
+
+
+def test_classifier_outputs_reach_the_output_and_features_flatten_into_its_columns() -> None:
+    model, x = ZOO["resnet18"]()
+    groups = _groups(model, x)
+    head = _by_producer(groups, "fc.weight")
+    assert head.reaches_output and head.size == 10
+    last = _by_producer(groups, "layer4.1.conv2.weight")
+    fc = next(m for m in last.members if m.fqn == "fc.weight")
+    assert fc.role == "consumer" and fc.dim == 1 and fc.positions == tuple(range(128)) and fc.channels == tuple(range(128))
+
+
+def test_densenet_concat_offsets_each_producer_into_the_consumer_columns() -> None:
+    model, x = ZOO["densenet"]()
+    groups = _groups(model, x)
+    stem = _by_producer(groups, "conv0.weight")
+    first_new = _by_producer(groups, "block1.0.conv2.weight")
+    consumer = "block1.2.conv1.weight"
+    stem_cols = next(m for m in stem.members if m.fqn == consumer)
+    new_cols = next(m for m in first_new.members if m.fqn == consumer)
+    assert stem_cols.positions == tuple(range(16))
+    assert new_cols.positions == tuple(range(16, 24))
+    assert stem.size == 16 and first_new.size == 8
+
+
+def test_depthwise_conv_carries_its_input_channels() -> None:
+    model, x = ZOO["mobilenetv2"]()
+    expand = _by_producer(_groups(model, x), "features.2.conv.0.0.weight")
+    assert expand.size == 48 and expand.prunable
+    assert _members(expand) == {
+        ("features.2.conv.0.0.weight", 0, "producer"),
+        *{(f"features.2.conv.0.1.{n}", 0, "carrier") for n in ("weight", "bias", "running_mean", "running_var")},
+        ("features.2.conv.1.0.weight", 0, "carrier"),  # the depthwise filters go with their channels
+        *{(f"features.2.conv.1.1.{n}", 0, "carrier") for n in ("weight", "bias", "running_mean", "running_var")},
+        ("features.2.conv.2.weight", 1, "consumer"),
+    }
+
+
+class _WithNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.norm = nn.LayerNorm(8)
+        self.fc2 = nn.Linear(8, 8)
+        self.fc3 = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc2(self.norm(self.fc1(x)))
+        out: Tensor = self.fc3(torch.sigmoid(h))
+        return out
+
+
+def test_normalization_and_non_zero_preserving_ops_block_their_groups_with_reasons() -> None:
+    groups = _groups(_WithNorm())
+    normed = _by_producer(groups, "fc1.weight")
+    assert not normed.prunable
+    assert normed.blockers[0].node == "norm" and "normalizes across the channels" in normed.blockers[0].reason
+    sig = _by_producer(groups, "fc2.weight")
+    assert not sig.prunable and "maps 0 to 0.5" in sig.blockers[0].reason
+    text = fprune.explain(groups)
+    assert "3 channel groups, 1 prunable" in text  # fc3: the output group
+    assert "blocked at `norm`" in text and "NOT prunable" in text
+
+
+class _Unknown(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc2(torch.cumsum(self.fc1(x), dim=-1))
+        return out
+
+
+class _Scale(nn.Module):
+    """A user module: multiplies each channel by a learned scale."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(channels) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class _Leaf(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _Scale) or super().is_leaf_module(m, module_qualified_name)
+
+
+class _WithScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.scale = _Scale(8)
+        self.fc2 = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc2(F.relu(self.scale(self.fc1(x))))
+        return out
+
+
+def _scale_rule(ctx: fprune.FlowContext) -> fprune.Axis | None:
+    axis = ctx.input(0)
+    if isinstance(axis, fprune.Axis):
+        ctx.carry("scale", 0, fprune.Axis(0, axis.ids))
+        return axis
+    return None
+
+
+def test_unknown_ops_block_and_user_rules_teach_new_modules() -> None:
+    unknown = _by_producer(_groups(_Unknown()), "fc1.weight")
+    assert not unknown.prunable and "function cumsum is not understood" in unknown.blockers[0].reason
+
+    model = _WithScale()
+    gm = torch.fx.GraphModule(model, _Leaf().trace(model))
+    blocked = _by_producer(fprune.channel_groups(gm), "fc1.weight")
+    assert not blocked.prunable and "module `scale` (_Scale)" in blocked.blockers[0].reason
+    rules = fprune.default_flow_rules()
+    rules[_Scale] = _scale_rule
+    group = _by_producer(fprune.channel_groups(gm, rules=rules), "fc1.weight")
+    assert group.prunable and ("scale.scale", 0, "carrier") in _members(group)
+    keep = torch.tensor([True, False] * 4)
+    pruned = fprune.apply_prune(model, {"fc1.weight": keep}, fprune.channel_groups(gm, rules=rules))
+    assert pruned.get_submodule("scale").get_parameter("scale").shape == (4,)
+    x = torch.randn(3, 4)
+    expected = torch.func.functional_call(model, fprune.masked_parameters(model, {"fc1.weight": keep}, fprune.channel_groups(gm, rules=rules)), (x,))
+    torch.testing.assert_close(pruned(x), expected)
+
+
+def test_grouped_conv_blocks_both_sides() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    groups = _groups(model)
+    assert not _by_producer(groups, "0.weight").prunable
+    assert "grouped conv `2` (groups=2" in _by_producer(groups, "2.weight").blockers[0].reason
+    assert _by_producer(groups, "4.weight").reaches_output
+
+
+def test_records_are_frozen_and_analysis_leaves_the_graph_alone() -> None:
+    model, x = ZOO["resnet18"]()
+    gm = torch.fx.symbolic_trace(model)
+    code = gm.code
+    metas = [dict(n.meta) for n in gm.graph.nodes]
+    groups = fprune.channel_groups(gm, example_inputs=(x,))
+    assert gm.code == code and [dict(n.meta) for n in gm.graph.nodes] == metas
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        groups[0].size = 3  # type: ignore[misc]
+    assert groups == fprune.channel_groups(gm, example_inputs=(x,))
+
+
+def test_channel_groups_needs_a_graph_module() -> None:
+    with pytest.raises(fprune.PruneError, match=r"channel_groups expects a torch.fx.GraphModule, got Sequential"):
+        fprune.channel_groups(nn.Sequential())  # type: ignore[arg-type]
