@@ -36,8 +36,12 @@ def _check_model(model: nn.Module, function: str) -> None:
             )
 
 
-def _check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The model's tensors by FQN, after checking every mask against its tensor."""
+def _check_masks(model: nn.Module, masks: Mapping[str, Tensor], dims: Mapping[str, int] | None = None) -> dict[str, Tensor]:
+    """The model's tensors by FQN, after checking every mask against its tensor.
+
+    A mask runs over dim 0 of its tensor, or over ``dims[fqn]`` (a channel group's producer
+    dim, e.g. 1 for an Embedding).
+    """
     if not isinstance(masks, Mapping):
         raise PruneError(f"masks must be a mapping from tensor FQN to bool keep-mask, got {type(masks).__name__}")
     tensors: dict[str, Tensor] = dict(model.named_parameters(remove_duplicate=False))
@@ -56,11 +60,10 @@ def _check_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> dict[str, Ten
             )
         if tensor.dim() < 2:
             raise PruneError(f"mask for `{fqn}`: the tensor has {tensor.dim()} dim(s); masks go on a producer's 2+-dim weight")
-        if mask.shape != (tensor.shape[0],):
-            raise PruneError(
-                f"mask for `{fqn}` has shape {tuple(mask.shape)}, expected ({tensor.shape[0]},) "
-                "(one entry per row: the weight's dim 0)"
-            )
+        dim = dims.get(fqn, 0) if dims is not None else 0
+        if mask.shape != (tensor.shape[dim],):
+            what = "one entry per row: the weight's dim 0" if dim == 0 else f"one entry per channel: the weight's dim {dim}"
+            raise PruneError(f"mask for `{fqn}` has shape {tuple(mask.shape)}, expected ({tensor.shape[dim]},) ({what})")
         if mask.device != tensor.device:
             raise PruneError(f"mask for `{fqn}` is on {mask.device}, but the tensor is on {tensor.device}; move the mask")
         if not bool(mask.any()):
@@ -164,6 +167,12 @@ def _match_prune_bias(match: Match, prune_bias: bool | Mapping[str, bool]) -> bo
     return values.pop() if values else True
 
 
+def _producer_dims(groups: Sequence[ChannelGroup] | None) -> dict[str, int] | None:
+    if groups is None:
+        return None
+    return {m.fqn: m.dim for g in groups for m in g.members if m.role == "producer"}
+
+
 def _groups_only(records: Sequence[Match] | Sequence[ChannelGroup], function: str) -> Sequence[ChannelGroup] | None:
     """The records as channel groups if they are groups, None if they are matches."""
     if records and all(isinstance(r, ChannelGroup) for r in records):
@@ -208,8 +217,8 @@ def apply_prune(
             where the pruned model could not compute exactly what the masked model computes.
     """
     _check_model(model, "apply_prune")
-    _check_masks(model, masks)
     groups = _groups_only(matches, "apply_prune")
+    _check_masks(model, masks, _producer_dims(groups))
     if groups is not None:
         if prune_bias is not True:
             raise PruneError("apply_prune: channel groups always prune biases with their channels; leave prune_bias=True")
@@ -266,10 +275,10 @@ def masked_parameters(
     Raises PruneError for the same mask errors as :func:`apply_prune`.
     """
     _check_model(model, "masked_parameters")
-    tensors = _check_masks(model, masks)
     if matches is None:
         matches = match_patterns(fx.symbolic_trace(model), default_patterns())
     groups = _groups_only(matches, "masked_parameters")
+    tensors = _check_masks(model, masks, _producer_dims(groups))
     if groups is not None:
         return masked_group_parameters(model, groups, masks)
     active = _coverage(model, masks, matches)  # type: ignore[arg-type]

@@ -365,14 +365,61 @@ def _reduce_mean(ctx: FlowContext) -> Flow:
 
 
 def _lstm(ctx: FlowContext) -> Flow:
+    """nn.LSTM: each layer's hidden units are channels, in all 4 gates at once.
+
+    Producers: the layer's ``weight_ih`` and ``weight_hh`` rows (gate-major: unit j is rows
+    j, H + j, 2H + j, 3H + j) with both biases; consumers: ``weight_hh`` columns and the next
+    layer's ``weight_ih`` columns (or, for the last layer, whatever reads the output).
+    """
     module = ctx.module
     assert isinstance(module, nn.LSTM)
     axis = _axis(ctx)
-    if axis is not None:
-        ctx.block(axis, "nn.LSTM inputs are not followed by channel groups yet; use the LSTM chain patterns")
-    if len(ctx.node.args) > 1:
-        ctx.block(ctx.input(1), "an LSTM state input")
-    return None
+    reason = ""
+    if module.bidirectional or module.proj_size:
+        reason = "bidirectional LSTMs and LSTMs with proj_size are not supported yet"
+    elif len(ctx.node.args) > 1 or ctx.node.kwargs:
+        reason = "an LSTM called with an initial state: the state's units would have to be pruned too"
+    elif axis is not None and (axis.dim != -1 or axis.inner != 1 or axis.outer != 1):
+        reason = "the LSTM's input channels are not on the last dim"
+    hidden = module.hidden_size
+    layers: list[Axis] = []
+    previous = axis
+    for layer in range(module.num_layers):
+        if previous is not None and not reason:
+            ctx.consume(f"weight_ih_l{layer}", 1, previous)
+        units = ctx.produce(f"weight_ih_l{layer}", 0, hidden)
+        gates = Axis(0, units.ids, outer=4)
+        ctx.carry("", 0, gates, fqn=f"{ctx.module_fqn}.weight_hh_l{layer}")
+        ctx.consume(f"weight_hh_l{layer}", 1, Axis(-1, units.ids))
+        if module.bias:
+            ctx.carry(f"bias_ih_l{layer}", 0, gates)
+            ctx.carry(f"bias_hh_l{layer}", 0, gates)
+        _gate_rows(ctx, f"weight_ih_l{layer}", units)
+        layers.append(Axis(-1, units.ids))
+        previous = layers[-1]
+    state_used = any(
+        u.args[1] != 0 and any(v.op != "output" for v in u.users) for u in ctx.node.users if u.target is operator.getitem
+    )
+    if state_used:
+        reason = reason or "the LSTM's (h, c) state is used by other ops; only returning it is supported"
+    if reason:
+        for units in layers:
+            ctx.block(units, reason)
+        if axis is not None:
+            ctx.block(axis, reason)
+    state = layers[-1] if module.num_layers == 1 else None
+    return (layers[-1], (state, state))
+
+
+def _gate_rows(ctx: FlowContext, name: str, units: Axis) -> None:
+    """Fix up the producer record of `name`: its rows are the units in all 4 gates."""
+    analysis = ctx._analysis
+    fqn = f"{ctx.module_fqn}.{name}"
+    for index in range(len(analysis.members) - 1, -1, -1):
+        member = analysis.members[index]
+        if member.fqn == fqn and member.role == "producer":
+            analysis.members[index] = type(member)(fqn, 0, "producer", Axis(0, units.ids, outer=4))
+            return
 
 
 def default_flow_rules() -> dict[RuleKey, FlowRule]:

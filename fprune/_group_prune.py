@@ -231,6 +231,18 @@ def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, objec
         return {"num_parameters": weight.shape[0]}
     if isinstance(module, nn.Embedding) and weight is not None:
         return {"embedding_dim": weight.shape[1]}
+    if isinstance(module, nn.LSTM):
+        sizes = set()
+        for layer in range(module.num_layers):
+            hh = tensors.get(f"weight_hh_l{layer}", getattr(module, f"weight_hh_l{layer}"))
+            sizes.add(hh.shape[1])
+        if len(sizes) > 1:
+            raise PruneError(
+                f"nn.LSTM has one hidden_size for all layers, but the masks keep {sorted(sizes)} units in its layers; "
+                "keep the same number of units in every layer"
+            )
+        ih = tensors.get("weight_ih_l0", getattr(module, "weight_ih_l0"))
+        return {"hidden_size": sizes.pop(), "input_size": ih.shape[1]}
     return {}
 
 

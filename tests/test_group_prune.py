@@ -50,7 +50,9 @@ def test_zoo_models_prune_exactly_and_shrink(name: str, level: float) -> None:
         assert pruned_params < params * (1 - level) ** 1.4
         assert flops(pruned, x) < flops(model, x) * (1 - level) ** 1.4
     elif name == "lstm_lm":
-        assert not masks  # the LSTM is not followed by channel groups yet
+        assert set(masks) == {"embedding.weight", "lstm.weight_ih_l0", "lstm.weight_ih_l1"}
+        lstm = pruned.get_submodule("lstm")
+        assert isinstance(lstm, nn.LSTM) and lstm.hidden_size == 32 - int(32 * level)
     else:
         assert masks and pruned_params < params
     after = _snapshot(model)
@@ -146,3 +148,42 @@ def test_group_masks_reject_bad_levels(level: float) -> None:
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     with pytest.raises(fprune.PruneError, match=r"group_masks: `level` must be in \[0, 1\)"):
         fprune.group_masks(model, groups, level)
+
+
+def test_lstm_layers_must_keep_the_same_number_of_units() -> None:
+    model, x = ZOO["lstm_lm"]()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    keep_a = torch.tensor([True, False] * 16).repeat(4)
+    keep_b = torch.tensor([True] * 20 + [False] * 12).repeat(4)
+    with pytest.raises(fprune.PruneError, match=r"nn.LSTM has one hidden_size for all layers, but the masks keep \[16, 20\] units"):
+        fprune.apply_prune(model, {"lstm.weight_ih_l0": keep_a, "lstm.weight_ih_l1": keep_b}, groups)
+
+
+class _Conv1dTranspose(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 8, 3)
+        self.c2 = nn.Conv1d(8, 6, 3)
+        self.up = nn.ConvTranspose2d(4, 6, 2, stride=2)
+        self.c3 = nn.Conv2d(6, 2, 3)
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.c2(torch.relu(self.c1(x))), self.c3(torch.relu(self.up(y)))
+
+
+def test_conv1d_and_conv_transpose_groups_prune_exactly() -> None:
+    torch.manual_seed(0)
+    model = _Conv1dTranspose().eval()
+    x, y = torch.randn(2, 3, 12), torch.randn(2, 4, 5, 5)
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x, y))
+    masks = fprune.group_masks(model, groups, 0.5)
+    assert set(masks) == {"c1.weight", "up.weight"}
+    assert masks["up.weight"].shape == (6,)  # a transposed conv's output channels are its weight's dim 1
+    pruned = fprune.apply_prune(model, masks, groups)
+    up = pruned.get_submodule("up")
+    assert isinstance(up, nn.ConvTranspose2d) and up.out_channels == 3 and up.weight.shape == (4, 3, 2, 2)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (x, y))
+        got = pruned(x, y)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
