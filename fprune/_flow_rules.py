@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ._errors import PruneError
-from ._groups import Axis, Flow, FlowContext, FlowRule, RuleKey, flatten_axis
+from ._groups import Axis, Flow, FlowContext, FlowRule, HeadAxis, RuleKey, flatten_axis
 from ._patterns import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
 
 __all__ = ["default_flow_rules"]
@@ -23,7 +23,194 @@ def _axis(ctx: FlowContext, index: int = 0) -> Axis | None:
     flow = ctx.input(index)
     if flow is None or isinstance(flow, Axis):
         return flow
+    if isinstance(flow, HeadAxis):
+        raise PruneError(f"attention heads reach `{ctx.node.name}`, which does not follow them")
     raise PruneError("expects one tensor input, got a tuple")
+
+
+# --- attention: heads ----------------------------------------------------------------------------
+
+
+def size_args(node: torch.fx.Node) -> list[object]:
+    """The size arguments of a view / reshape node (after the tensor), flattened."""
+    rest: list[object] = list(node.args[1:]) if node.op == "call_method" else list(node.args[1:2])
+    if "shape" in node.kwargs:
+        rest = [node.kwargs["shape"]]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        return list(rest[0])
+    return rest
+
+
+def _view(ctx: FlowContext) -> Flow:
+    """view / reshape: split the last (channel) dim into heads, merge heads back, or keep it."""
+    flow = ctx.input(0)
+    if flow is None:
+        return None
+    in_shape, out_shape = ctx.shape(ctx.node.args[0]), ctx.shape()
+    if in_shape is None or out_shape is None:
+        raise PruneError("a view / reshape of channels needs shapes; pass example_inputs")
+    sizes = size_args(ctx.node)
+    if isinstance(flow, Axis):
+        if flow.dim != -1 or flow.inner != 1 or flow.outer != 1:
+            raise PruneError("a view / reshape of channels that are not on the last dim")
+        if out_shape[-1] == in_shape[-1]:
+            return Axis(-1, flow.ids, ndim=len(out_shape))
+        if len(out_shape) >= 2 and out_shape[:-2] == in_shape[:-1] and out_shape[-2] * out_shape[-1] == in_shape[-1]:
+            heads, size = out_shape[-2], out_shape[-1]
+            axis = HeadAxis(-2, -1, tuple(flow.ids[h * size : (h + 1) * size] for h in range(heads)), len(out_shape))
+            _size_literal(ctx, sizes, len(sizes) - 2, heads, axis, 1)
+            return axis
+        raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} that moves the channels")
+    if isinstance(flow, HeadAxis):
+        if flow.head_dim == -2 and flow.inner_dim == -1 and out_shape == in_shape[:-2] + (in_shape[-2] * in_shape[-1],):
+            _size_literal(ctx, sizes, len(sizes) - 1, out_shape[-1], flow, in_shape[-1])
+            return Axis(-1, flow.ids, ndim=len(out_shape))
+        if out_shape == in_shape:
+            return flow
+        raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} of attention heads")
+    raise PruneError("a view / reshape of a tuple")
+
+
+def _size_literal(ctx: FlowContext, sizes: list[object], index: int, value: int, heads: HeadAxis, factor: int) -> None:
+    if index < 0 or index >= len(sizes):
+        raise PruneError("a view / reshape whose sizes fprune cannot read")
+    size = sizes[index]
+    if size == -1:
+        return
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size != value:
+            raise PruneError(f"a view / reshape size {size} where {value} was expected")
+        ctx.literal(index, value, heads, factor)
+        return
+    raise PruneError("a view / reshape whose head count is computed from tensors; write it with a module attribute or -1")
+
+
+def _moved(dim: int, ndim: int, order: list[int]) -> int:
+    """Where dim `dim` (negative) goes under the permutation `order`, as a negative dim."""
+    return order.index(dim % ndim) - ndim
+
+
+def _permute_flow(flow: Flow, ndim: int, order: list[int]) -> Flow:
+    if isinstance(flow, Axis):
+        if flow.inner != 1 or flow.outer != 1:
+            raise PruneError("a permute of flattened channels")
+        return Axis(_moved(flow.dim, ndim, order), flow.ids, ndim=ndim)
+    if isinstance(flow, HeadAxis):
+        inner = None if flow.inner_dim is None else _moved(flow.inner_dim, ndim, order)
+        return HeadAxis(_moved(flow.head_dim, ndim, order), inner, flow.heads, ndim)
+    raise PruneError("a permute of a tuple")
+
+
+def _flow_ndim(ctx: FlowContext, flow: Flow) -> int:
+    shape = ctx.shape(ctx.node.args[0])
+    if shape is not None:
+        return len(shape)
+    if isinstance(flow, (Axis, HeadAxis)) and flow.ndim is not None:
+        return flow.ndim
+    raise PruneError("a transpose / permute of a tensor of unknown rank; pass example_inputs")
+
+
+def _transpose(ctx: FlowContext) -> Flow:
+    flow = ctx.input(0)
+    if flow is None:
+        return None
+    a, b = ctx.arg(1, "dim0"), ctx.arg(2, "dim1")
+    if not isinstance(a, int) or not isinstance(b, int):
+        raise PruneError("a transpose of computed dims")
+    ndim = _flow_ndim(ctx, flow)
+    order = list(range(ndim))
+    order[a % ndim], order[b % ndim] = order[b % ndim], order[a % ndim]
+    return _permute_flow(flow, ndim, order)
+
+
+def _permute(ctx: FlowContext) -> Flow:
+    flow = ctx.input(0)
+    if flow is None:
+        return None
+    dims = list(ctx.node.args[1:]) if ctx.node.op == "call_method" else [ctx.arg(1, "dims")]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = list(dims[0])
+    if not all(isinstance(d, int) for d in dims):
+        raise PruneError("a permute of computed dims")
+    ndim = _flow_ndim(ctx, flow)
+    return _permute_flow(flow, ndim, [d % ndim for d in dims if isinstance(d, int)])
+
+
+def _repeat_interleave(ctx: FlowContext) -> Flow:
+    """Grouped-query attention: each key / value head serves `repeats` query heads."""
+    flow = ctx.input(0)
+    if flow is None:
+        return None
+    repeats, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
+    if not isinstance(flow, HeadAxis) or not isinstance(repeats, int) or not isinstance(dim, int):
+        raise PruneError("repeat_interleave is followed only over attention heads, by a constant count")
+    if dim % flow.ndim != flow.head_dim % flow.ndim:
+        raise PruneError("repeat_interleave over a dim other than the heads")
+    return HeadAxis(flow.head_dim, flow.inner_dim, tuple(h for h in flow.heads for _ in range(repeats)), flow.ndim)
+
+
+def _heads(flow: Flow, what: str) -> HeadAxis:
+    if not isinstance(flow, HeadAxis) or flow.head_dim != -3 or flow.inner_dim not in (-1, -2, None):
+        raise PruneError(f"attention {what} must be split into heads on dim -3 ([batch, heads, tokens, head_dim])")
+    return flow
+
+
+def _tie_heads(ctx: FlowContext, *parts: HeadAxis) -> None:
+    counts = {len(p.heads) for p in parts}
+    if len(counts) != 1:
+        raise PruneError(f"attention inputs with different head counts {sorted(counts)}")
+    for i in range(counts.pop()):
+        ctx.tie([c for p in parts for c in p.heads[i]])
+
+
+def _sdpa(ctx: FlowContext) -> Flow:
+    q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
+    if q is None and k is None and v is None:
+        return None
+    qh, kh, vh = _heads(q, "queries"), _heads(k, "keys"), _heads(v, "values")
+    if qh.inner_dim != -1 or kh.inner_dim != -1 or vh.inner_dim != -1:
+        raise PruneError("scaled_dot_product_attention of heads not laid out [batch, heads, tokens, head_dim]")
+    for name in ("attn_mask",):
+        mask = ctx.node.kwargs.get(name, ctx.node.args[3] if len(ctx.node.args) > 3 else None)
+        if ctx.flow(mask) is not None:
+            raise PruneError("an attention mask computed from the channels")
+    if len(kh.heads) != len(qh.heads):  # enable_gqa: query head i reads key head i // ratio
+        if not ctx.node.kwargs.get("enable_gqa") or len(qh.heads) % len(kh.heads):
+            raise PruneError("queries and keys with different head counts")
+        ratio = len(qh.heads) // len(kh.heads)
+        kh = HeadAxis(kh.head_dim, kh.inner_dim, tuple(h for h in kh.heads for _ in range(ratio)), kh.ndim)
+        vh = HeadAxis(vh.head_dim, vh.inner_dim, tuple(h for h in vh.heads for _ in range(ratio)), vh.ndim)
+    _tie_heads(ctx, qh, kh, vh)
+    return vh
+
+
+def _matmul(ctx: FlowContext) -> Flow:
+    """Hand-written attention: ``q @ k.transpose(-2, -1)``, then ``scores @ v``."""
+    a, b = ctx.input(0), ctx.input(1)
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        raise PruneError("a matmul of channels with an untracked tensor")
+    ah, bh = _heads(a, "scores or queries"), _heads(b, "keys or values")
+    if ah.inner_dim == -1 and bh.inner_dim == -2:  # q @ k^T: the head dims are summed away
+        _tie_heads(ctx, ah, bh)
+        return HeadAxis(-3, None, tuple(x + y for x, y in zip(ah.heads, bh.heads)), ah.ndim)
+    if ah.inner_dim is None and bh.inner_dim == -1:  # scores @ v
+        _tie_heads(ctx, ah, bh)
+        return bh
+    raise PruneError("a matmul of attention heads that is neither q @ k^T nor scores @ v")
+
+
+def _softmax(ctx: FlowContext) -> Flow:
+    flow = ctx.input(0)
+    dim = ctx.arg(1, "dim")
+    if flow is None:
+        return None
+    if not isinstance(dim, int):
+        raise PruneError("a softmax over a computed dim")
+    if isinstance(flow, HeadAxis) and flow.inner_dim is None and dim % flow.ndim != flow.head_dim % flow.ndim:
+        return flow
+    raise PruneError("a softmax across channels: removing some changes the others")
 
 
 def _linear(ctx: FlowContext) -> Flow:
@@ -198,6 +385,8 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
     """add / sub / mul of two tensors, or of a tensor and a constant or a model tensor."""
     a, b = ctx.node.args[0], ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("other")
     fa, fb = ctx.flow(a), ctx.flow(b)
+    if isinstance(fa, HeadAxis) or isinstance(fb, HeadAxis):
+        return _merge_heads(ctx, a, b, fa, fb)
     if fa is not None and not isinstance(fa, Axis) or fb is not None and not isinstance(fb, Axis):
         raise PruneError("elementwise op on tuples")
     if isinstance(fa, Axis) and isinstance(fb, Axis):
@@ -228,6 +417,22 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
         if shape is None or (-axis.dim <= len(shape) and shape[axis.dim] != 1):
             raise PruneError(f"`{ctx.node.name}` combines the channels with a tensor fprune does not track")
     return axis
+
+
+def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> Flow:
+    """Scores or heads scaled by a constant, or plus a mask that is the same for every head."""
+    heads = fa if isinstance(fa, HeadAxis) else fb
+    other, other_flow = (b, fb) if heads is fa else (a, fa)
+    assert isinstance(heads, HeadAxis)
+    if other_flow is not None:
+        raise PruneError("an elementwise op of attention heads with other channels")
+    if ctx.node.target in (operator.truediv, torch.div, "div") and other is a:
+        raise PruneError("a division by attention heads")
+    if isinstance(other, torch.fx.Node):
+        shape = ctx.shape(other)
+        if shape is None or (len(shape) >= -heads.head_dim and shape[heads.head_dim] != 1):
+            raise PruneError("an elementwise op of attention heads with a tensor that differs per head")
+    return heads
 
 
 def _cat(ctx: FlowContext) -> Flow:
@@ -422,6 +627,24 @@ def _gate_rows(ctx: FlowContext, name: str, units: Axis) -> None:
             return
 
 
+def _multihead_attention(ctx: FlowContext) -> Flow:
+    """nn.MultiheadAttention ties its query width, every head and its output to one embed_dim."""
+    reason = (
+        "nn.MultiheadAttention ties its heads to embed_dim, the width of its input and output: its "
+        "heads cannot be removed without the residual stream; write the attention with q/k/v "
+        "Linears to prune heads"
+    )
+    module = ctx.module
+    assert isinstance(module, nn.MultiheadAttention)
+    for index in range(len(ctx.node.args)):
+        ctx.block(ctx.input(index), reason)
+    for value in ctx.node.kwargs.values():
+        ctx.block(ctx.flow(value), reason)
+    out = ctx.produce("out_proj.weight", 0, module.embed_dim)
+    ctx.block(out, reason)
+    return (out, None)
+
+
 def default_flow_rules() -> dict[RuleKey, FlowRule]:
     """A fresh dict of the flow rules fprune ships, by module class, function or method name.
 
@@ -442,6 +665,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         nn.GroupNorm: _normalization,
         nn.LocalResponseNorm: _normalization,
         nn.LSTM: _lstm,
+        nn.MultiheadAttention: _multihead_attention,
         nn.Flatten: _flatten,
         torch.flatten: _flatten,
         "flatten": _flatten,
@@ -455,6 +679,22 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         torch.mean: _reduce_mean,
         "mean": _reduce_mean,
         "contiguous": _keep,
+        "view": _view,
+        "reshape": _view,
+        torch.reshape: _view,
+        "transpose": _transpose,
+        torch.transpose: _transpose,
+        "permute": _permute,
+        torch.permute: _permute,
+        "repeat_interleave": _repeat_interleave,
+        torch.repeat_interleave: _repeat_interleave,
+        F.scaled_dot_product_attention: _sdpa,
+        operator.matmul: _matmul,
+        torch.matmul: _matmul,
+        "matmul": _matmul,
+        F.softmax: _softmax,
+        torch.softmax: _softmax,
+        "softmax": _softmax,
         "size": lambda ctx: None,
         "dim": lambda ctx: None,
     }

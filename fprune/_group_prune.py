@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ._errors import PruneError
-from ._groups import ChannelGroup, ChannelSlice, channel_groups
+from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
 
 __all__ = ["Criterion", "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels"]
 
@@ -149,9 +149,16 @@ def group_masks(
         kept_counts = [g.size - int(g.size * level) for g in chosen]
     masks: dict[str, Tensor] = {}
     for group, score, kept in zip(chosen, scores, kept_counts):
-        kept = _round_kept(kept, group.size, round_to)
         keep = torch.zeros(group.size, dtype=torch.bool, device=score.device)
-        keep[torch.sort(score, descending=True, stable=True).indices[:kept]] = True
+        if group.units:  # whole heads: rank units by their channels' summed score
+            units = [torch.tensor(u, device=score.device) for u in group.units]
+            unit_scores = torch.stack([score[u].sum() for u in units])
+            kept_units = max(1, len(units) - int(len(units) * (1 - kept / group.size) + 1e-9))
+            for u in torch.sort(unit_scores, descending=True, stable=True).indices[:kept_units].tolist():
+                keep[units[u]] = True
+        else:
+            kept = _round_kept(kept, group.size, round_to)
+            keep[torch.sort(score, descending=True, stable=True).indices[:kept]] = True
         fqn, mask = _producer_mask(group, keep)
         masks[fqn] = mask
     return masks
@@ -187,9 +194,24 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
         positions = torch.tensor(member.positions, device=mask.device)
         channels = torch.tensor(member.channels, device=mask.device)
         keep = torch.ones(group.size, dtype=torch.bool, device=mask.device)
+        known = torch.zeros(group.size, dtype=torch.bool, device=mask.device)
         keep[channels] = mask[positions]
+        known[channels] = True
         if not bool((keep[channels] == mask[positions]).all()):
             raise PruneError(f"mask for `{fqn}`: rows that are one channel of the group disagree")
+        for unit in group.units:
+            u = torch.tensor(unit, device=mask.device)
+            values = keep[u][known[u]]
+            if values.numel() and not bool((values == values[0]).all()):
+                raise PruneError(
+                    f"mask for `{fqn}` removes part of an attention head ({len(unit)} channels with its "
+                    "key / value dims); heads are pruned whole: keep or remove all rows of a head"
+                )
+            if values.numel():
+                keep[u] = values[0]
+                known[u] = True
+        if not bool(known.all()):
+            raise PruneError(f"mask for `{fqn}` does not decide every channel of its group; key it by another producer: {', '.join(group.producers)}")
         if index in keeps and not torch.equal(keeps[index], keep):
             others = [p for p in group.producers if p in masks and p != fqn]
             raise PruneError(
@@ -275,7 +297,111 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
             setattr(module, key, attribute)
         if isinstance(module, nn.RNNBase):
             module._init_flat_weights()
+    updates = {
+        (literal.node, literal.index): (literal, sum(bool(keeps[index][c]) for c in literal.heads) * literal.factor)
+        for index in keeps
+        for literal in groups[index].literals
+    }
+    updates = {key: value for key, value in updates.items() if value[1] != value[0].value}
+    if updates:
+        _update_head_counts(model, pruned, {k: v[1] for k, v in updates.items()}, [v[0] for v in updates.values()])
     return pruned
+
+
+def _update_head_counts(
+    model: nn.Module, pruned: nn.Module, new: Mapping[tuple[str, int], int], literals: Sequence[SizeLiteral]
+) -> None:
+    """Make the pruned copy's forward compute the new head counts, and check that it does.
+
+    A GraphModule gets the numbers in its graph replaced. Any other model gets the integer
+    attributes of the modules that wrote them (``self.num_heads``) set to the new counts; then
+    both models are traced and their graphs must be the same but for exactly those numbers.
+    """
+    from ._flow_rules import size_args
+
+    if isinstance(pruned, fx.GraphModule):
+        nodes = {n.name: n for n in pruned.graph.nodes}
+        for (name, index), value in new.items():
+            _set_size(nodes[name], index, value)
+        pruned.recompile()
+        return
+    attempts = [False, True]  # all matching int attributes; then only names about heads
+    for narrow in attempts:
+        changes: dict[tuple[str, str], int] = {}
+        for literal in literals:
+            owner = pruned.get_submodule(literal.module) if literal.module else pruned
+            for attr, value in vars(owner).items():
+                if attr.startswith("_") or isinstance(value, bool) or not isinstance(value, int) or value != literal.value:
+                    continue
+                if narrow and ("head" not in attr.lower() or "dim" in attr.lower() or "size" in attr.lower()):
+                    continue
+                target = new[(literal.node, literal.index)]
+                if changes.setdefault((literal.module, attr), target) != target:
+                    changes[(literal.module, attr)] = -1  # ambiguous: two different new values
+        originals = {}
+        for (module_fqn, attr), value in changes.items():
+            owner = pruned.get_submodule(module_fqn) if module_fqn else pruned
+            originals[(module_fqn, attr)] = getattr(owner, attr)
+            if value >= 0:
+                setattr(owner, attr, value)
+        problem = _verify_graph(model, pruned, new, size_args)
+        if problem is None:
+            return
+        for (module_fqn, attr), value in originals.items():
+            setattr(pruned.get_submodule(module_fqn) if module_fqn else pruned, attr, value)
+    raise PruneError(
+        f"pruning attention heads changes head counts that forward writes into view / reshape ({problem}); "
+        "fprune could not find the module attributes they come from. Compute them from an attribute such as "
+        "`self.num_heads` (fprune updates it), or use -1 in the view"
+    )
+
+
+def _set_size(node: fx.Node, index: int, value: int) -> None:
+    args = list(node.args)
+    rest = args[1:] if node.op == "call_method" else args[1:2]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        sizes = list(rest[0])
+        sizes[index] = value
+        args[1] = type(rest[0])(sizes)
+    else:
+        args[1 + index] = value
+    node.args = tuple(args)
+
+
+def _verify_graph(
+    model: nn.Module, pruned: nn.Module, new: Mapping[tuple[str, int], int], size_args: Callable[[fx.Node], list[object]]
+) -> str | None:
+    """None if the pruned copy traces to the original graph but for the `new` numbers."""
+    try:
+        before, after = fx.symbolic_trace(model).graph, fx.symbolic_trace(pruned).graph
+    except Exception as error:  # noqa: BLE001 - reported as the problem
+        return f"the models could not be traced again to check ({type(error).__name__})"
+    old_nodes = list(before.nodes)
+    new_nodes = list(after.nodes)
+    if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
+        return "the pruned model's forward has a different structure"
+    for old, fresh in zip(old_nodes, new_nodes):
+        if fresh.op in ("call_method", "call_function") and fresh.target in ("view", "reshape", torch.reshape):
+            expected = size_args(old)
+            for (name, index), value in new.items():
+                if name == old.name:
+                    expected[index] = value
+            if _names(size_args(fresh)) != _names(expected):
+                return f"`{old.name}` has sizes {_names(size_args(fresh))}, expected {_names(expected)}"
+        elif _names(fresh.args) != _names(old.args) or _names(fresh.kwargs) != _names(old.kwargs):
+            return f"`{old.name}` changed its arguments"
+    return None
+
+
+def _names(value: object) -> object:
+    """Arguments with nodes replaced by their names, for comparison."""
+    if isinstance(value, fx.Node):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [_names(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _names(v) for k, v in value.items()}
+    return value
 
 
 def masked_group_parameters(model: nn.Module, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

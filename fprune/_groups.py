@@ -73,6 +73,29 @@ class Blocker:
 
 
 @dataclass(frozen=True)
+class SizeLiteral:
+    """A number written in the traced graph that counts a group's heads (e.g. the ``4`` of
+    ``q.view(b, t, 4, 16)``); pruning heads changes it, so the module attribute it came from
+    (``self.num_heads``) must change too.
+
+    Attributes:
+        node: the fx node name (a ``view`` / ``reshape``).
+        index: the position of the number among the node's size arguments.
+        value: the number in the original graph.
+        heads: the group channel of one channel of each head it counts.
+        factor: the number per head (1 for a head count, ``head_dim`` for a width).
+        module: the FQN of the module whose forward wrote the number ("" for the model).
+    """
+
+    node: str
+    index: int
+    value: int
+    heads: tuple[int, ...]
+    factor: int
+    module: str = ""
+
+
+@dataclass(frozen=True)
 class ChannelGroup:
     """A set of channels that must be pruned together, with every tensor slice they touch.
 
@@ -83,6 +106,10 @@ class ChannelGroup:
         members: every tensor slice of the group.
         blockers: why the group cannot be pruned (empty if it can).
         reaches_output: the channels are part of a tensor forward returns (pruning shrinks it).
+        units: sets of channels kept or removed only together (an attention head with its
+            query, key and value dims; with grouped-query attention, a key/value head with all
+            its query heads); empty when each channel stands alone.
+        literals: head counts written in the graph that pruning the group changes.
     """
 
     size: int
@@ -90,6 +117,8 @@ class ChannelGroup:
     members: tuple[ChannelSlice, ...]
     blockers: tuple[Blocker, ...]
     reaches_output: bool
+    units: tuple[tuple[int, ...], ...] = ()
+    literals: tuple[SizeLiteral, ...] = ()
 
     @property
     def prunable(self) -> bool:
@@ -100,6 +129,8 @@ class ChannelGroup:
         head = f"group of {self.size} channels, produced by {', '.join(self.producers) or 'no prunable weight'}"
         status = "prunable" if self.prunable else "NOT prunable"
         lines = [f"{head}: {status}" + (" (returned by forward)" if self.reaches_output else "")]
+        if self.units:
+            lines.append(f"  pruned in {len(self.units)} whole units (attention heads) of {len(self.units[0])} channels")
         for blocker in self.blockers:
             lines.append(f"  blocked at `{blocker.node}`: {blocker.reason}")
         if not self.producers:
@@ -153,7 +184,29 @@ class Axis:
         return len(self.ids) * self.inner * self.outer
 
 
-Flow: TypeAlias = Union[Axis, tuple["Flow", ...], None]
+@dataclass(frozen=True)
+class HeadAxis:
+    """Channels split into attention heads: one dim indexes heads, another the dims of a head.
+
+    Attributes:
+        head_dim: the dim indexing heads, negative.
+        inner_dim: the dim indexing channels within a head, negative; None after the head
+            dims were contracted away (attention scores).
+        heads: the channel ids of each head, in order along `head_dim`.
+        ndim: the tensor's number of dims.
+    """
+
+    head_dim: int
+    inner_dim: int | None
+    heads: tuple[tuple[int, ...], ...]
+    ndim: int
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(i for head in self.heads for i in head)
+
+
+Flow: TypeAlias = Union[Axis, HeadAxis, tuple["Flow", ...], None]
 
 
 @dataclass
@@ -263,6 +316,26 @@ class FlowContext:
             self._analysis.uf.union(x, y)
         return a if a.ndim is not None else b
 
+    def tie(self, ids: Sequence[int]) -> None:
+        """The channels `ids` are kept or removed only together (one unit, e.g. a head)."""
+        units = self._analysis.units
+        for i in ids:
+            units.setdefault(i, i)
+        root = _unit_root(units, ids[0])
+        for i in ids[1:]:
+            other = _unit_root(units, i)
+            if other != root:
+                units[other] = root
+
+    def literal(self, index: int, value: int, heads: HeadAxis, factor: int) -> None:
+        """Size argument `index` of this node is the number `value` = heads * `factor`."""
+        stack = self.node.meta.get("nn_module_stack") or {}
+        module = ""
+        if stack:
+            key, entry = list(stack.items())[-1]
+            module = entry[0] if isinstance(entry, tuple) and isinstance(entry[0], str) else str(key)
+        self._analysis.literals.append((self.node.name, index, value, tuple(h[0] for h in heads.heads), factor, module))
+
     def block(self, flow: Flow, reason: str) -> None:
         """Mark every channel of `flow` not prunable, because of this node."""
         for axis in _axes(flow):
@@ -273,12 +346,19 @@ class FlowContext:
         return f"{self.module_fqn}.{name}" if self.module_fqn else name
 
 
-def _axes(flow: Flow) -> Iterator[Axis]:
-    if isinstance(flow, Axis):
+def _axes(flow: Flow) -> Iterator[Axis | HeadAxis]:
+    if isinstance(flow, (Axis, HeadAxis)):
         yield flow
     elif isinstance(flow, tuple):
         for item in flow:
             yield from _axes(item)
+
+
+def _unit_root(units: dict[int, int], i: int) -> int:
+    while units[i] != i:
+        units[i] = units[units[i]]
+        i = units[i]
+    return i
 
 
 class FlowRule(Protocol):
@@ -310,6 +390,8 @@ class _Analysis:
     producers: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     blocked: dict[int, Blocker] = field(default_factory=dict)
     returned: set[int] = field(default_factory=set)
+    units: dict[int, int] = field(default_factory=dict)
+    literals: list[tuple[str, int, int, tuple[int, ...], int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -446,6 +528,8 @@ def _collect(analysis: _Analysis) -> tuple[ChannelGroup, ...]:
         roots = [uf.find(i) for i in ids]
         for root in roots[1:]:
             groups.union(roots[0], root)
+    for i in analysis.units:  # a unit (an attention head) lies in one group
+        groups.union(uf.find(i), uf.find(_unit_root(analysis.units, i)))
     order: dict[int, list[int]] = {}  # group root -> its channel classes, in first-seen order
     seen: set[int] = set()
     sources = [ids for _, ids in analysis.producers] + [m.axis.ids for m in analysis.members]
@@ -480,6 +564,16 @@ def _collect(analysis: _Analysis) -> tuple[ChannelGroup, ...]:
         root = index_of[uf.find(ids[0])][0]
         if fqn not in producers[root]:
             producers[root].append(fqn)
+    units: dict[int, dict[int, set[int]]] = {root: {} for root in order}
+    for i in analysis.units:
+        if uf.find(i) not in index_of:
+            continue
+        root, j = index_of[uf.find(i)]
+        units[root].setdefault(_unit_root(analysis.units, i), set()).add(j)
+    literals: dict[int, list[SizeLiteral]] = {root: [] for root in order}
+    for node, index, value, heads, factor, module in analysis.literals:
+        root = index_of[uf.find(heads[0])][0]
+        literals[root].append(SizeLiteral(node, index, value, tuple(index_of[uf.find(h)][1] for h in heads), factor, module))
     return tuple(
         ChannelGroup(
             size=len(order[root]),
@@ -487,6 +581,8 @@ def _collect(analysis: _Analysis) -> tuple[ChannelGroup, ...]:
             members=tuple(by_group[root]),
             blockers=tuple(blockers[root]),
             reaches_output=root in returned,
+            units=tuple(sorted(tuple(sorted(u)) for u in units[root].values())),
+            literals=tuple(literals[root]),
         )
         for root in order
     )
@@ -510,5 +606,5 @@ def flatten_axis(axis: Axis, start: int, end: int, ndim: int, shape: tuple[int, 
     return Axis(start - new_ndim, axis.ids, inner, outer, new_ndim)
 
 
-__all__ += ["Blocker", "flatten_axis"]
+__all__ += ["Blocker", "HeadAxis", "SizeLiteral", "flatten_axis"]
 _ = operator  # keep the import for rule modules that extend this one

@@ -1,0 +1,128 @@
+"""Attention heads as channel groups: whole heads, grouped-query attention, head counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+import fprune
+
+from .zoo import ZOO, LlamaStyleDecoder
+
+
+class ManualAttention(nn.Module):
+    """BERT-style attention written out: permute into heads, softmax(q k^T / sqrt(d)) v."""
+
+    def __init__(self, dim: int = 32, num_heads: int = 4, literal: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_size = dim // num_heads
+        self.all_head_size = dim
+        self.literal = literal
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, t = x.shape[0], x.shape[1]
+        heads = 4 if self.literal else self.num_heads
+        q = self.query(x).view(b, t, heads, self.head_size).permute(0, 2, 1, 3)
+        k = self.key(x).view(b, t, heads, self.head_size).permute(0, 2, 1, 3)
+        v = self.value(x).view(b, t, heads, self.head_size).permute(0, 2, 1, 3)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size) + mask
+        context = torch.softmax(scores, dim=-1) @ v
+        merged = context.permute(0, 2, 1, 3).contiguous().view(b, t, heads * self.head_size)
+        out: Tensor = self.out(merged)
+        return out
+
+
+def _inputs() -> tuple[Tensor, Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(2, 5, 32), torch.zeros(2, 1, 1, 5)
+
+
+def _prune(model: nn.Module, args: tuple[Tensor, ...], level: float) -> tuple[nn.Module, dict[str, Tensor], tuple[fprune.ChannelGroup, ...]]:
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=args)
+    masks = fprune.group_masks(model, groups, level)
+    return fprune.apply_prune(model, masks, groups), masks, groups
+
+
+def test_manual_attention_prunes_whole_heads_and_its_head_count() -> None:
+    model = ManualAttention().eval()
+    args = _inputs()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=args)
+    heads = next(g for g in groups if g.units)
+    assert heads.producers == ("query.weight", "key.weight", "value.weight")
+    assert len(heads.units) == 4 and all(len(u) == 24 for u in heads.units)  # 8 dims each of q, k, v
+    assert {(m.fqn, m.role) for m in heads.members} >= {("query.bias", "carrier"), ("out.weight", "consumer")}
+    pruned, masks, groups = _prune(model, args, 0.5)
+    attention = pruned
+    assert isinstance(attention, ManualAttention) and attention.num_heads == 2
+    assert attention.query.out_features == 16 and attention.out.in_features == 16
+    assert model.num_heads == 4  # the original is untouched
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), args)
+        torch.testing.assert_close(pruned(*args), expected)
+
+
+def test_gqa_removes_a_key_value_head_with_all_its_query_heads() -> None:
+    model, ids = ZOO["llama"]()
+    pruned, masks, groups = _prune(model, (ids,), 0.5)
+    assert isinstance(pruned, LlamaStyleDecoder)
+    for layer in range(2):
+        attention = pruned.get_submodule(f"layers.{layer}.self_attn")
+        assert (getattr(attention, "heads"), getattr(attention, "kv_heads")) == (2, 1)
+        k_proj = attention.get_submodule("k_proj")
+        assert isinstance(k_proj, nn.Linear) and k_proj.out_features == 16
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (ids,))
+        torch.testing.assert_close(pruned(ids), expected)
+
+
+def test_plain_multi_head_llama_prunes_heads_one_by_one() -> None:
+    torch.manual_seed(0)
+    model = LlamaStyleDecoder(vocab=50, dim=32, depth=1, heads=4, kv_heads=4, hidden=48).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    pruned, masks, groups = _prune(model, (ids,), 0.5)
+    attention = pruned.get_submodule("layers.0.self_attn")
+    assert (getattr(attention, "heads"), getattr(attention, "kv_heads")) == (2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids), functional_call(model, fprune.masked_parameters(model, masks, groups), (ids,)))
+
+
+def test_a_head_count_written_as_a_literal_is_refused() -> None:
+    model = ManualAttention(literal=True).eval()
+    with pytest.raises(fprune.PruneError, match=r"pruning attention heads changes head counts .*could not find the module attributes"):
+        _prune(model, _inputs(), 0.5)
+
+
+def test_a_traced_graph_module_gets_its_head_counts_rewritten() -> None:
+    model = ManualAttention(literal=True).eval()
+    args = _inputs()
+    gm = torch.fx.symbolic_trace(model)
+    groups = fprune.channel_groups(gm, example_inputs=args)
+    masks = fprune.group_masks(gm, groups, 0.5)
+    pruned = fprune.apply_prune(gm, masks, groups)
+    assert isinstance(pruned, torch.fx.GraphModule) and "view(getitem, getitem_1, 2, 8)" in pruned.code
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(*args), functional_call(gm, fprune.masked_parameters(gm, masks, groups), args))
+    assert "view(getitem, getitem_1, 4, 8)" in gm.code  # the input graph is untouched
+
+
+def test_part_of_a_head_cannot_be_removed() -> None:
+    model = ManualAttention().eval()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=_inputs())
+    keep = torch.ones(32, dtype=torch.bool)
+    keep[3] = False
+    with pytest.raises(fprune.PruneError, match=r"mask for `query.weight` removes part of an attention head"):
+        fprune.apply_prune(model, {"query.weight": keep}, groups)
+
+
+def test_multihead_attention_module_blocks_with_a_reason() -> None:
+    model, x = ZOO["vit"]()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    reasons = {b.reason for g in groups for b in g.blockers}
+    assert any("nn.MultiheadAttention ties its heads to embed_dim" in r for r in reasons)
