@@ -495,11 +495,18 @@ def _split(ctx: FlowContext) -> Flow:
         sizes = [s for s in size if isinstance(s, int)]
     else:
         raise PruneError("split with computed sizes")
-    pieces: list[Flow] = []
+    pieces: list[Axis] = []
     start = 0
     for s in sizes:
         pieces.append(Axis(axis.dim, axis.ids[start : start + s], ndim=ndim))
         start += s
+    if len(set(sizes)) != 1:
+        raise PruneError(f"a split into pieces of unequal sizes {sizes}: pruning cannot keep them")
+    # the pieces are cut by position: they must all lose the same positions
+    for j in range(sizes[0]):
+        ctx.tie([piece.ids[j] for piece in pieces])
+    if not chunks and len(pieces) > 1:
+        ctx.literal(0, sizes[0], pieces[0].ids, 1)
     return tuple(pieces)
 
 

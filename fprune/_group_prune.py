@@ -350,9 +350,9 @@ def _update_head_counts(
         for (module_fqn, attr), value in originals.items():
             setattr(pruned.get_submodule(module_fqn) if module_fqn else pruned, attr, value)
     raise PruneError(
-        f"pruning attention heads changes head counts that forward writes into view / reshape ({problem}); "
-        "fprune could not find the module attributes they come from. Compute them from an attribute such as "
-        "`self.num_heads` (fprune updates it), or use -1 in the view"
+        f"pruning changes counts that forward writes into a view / reshape / split ({problem}); fprune could "
+        "not find the module attributes they come from. Compute them from an attribute such as "
+        "`self.num_heads` (fprune updates it), or use -1 in a view"
     )
 
 
@@ -380,8 +380,9 @@ def _verify_graph(
     new_nodes = list(after.nodes)
     if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
         return "the pruned model's forward has a different structure"
+    changed = {name for name, _ in new}
     for old, fresh in zip(old_nodes, new_nodes):
-        if fresh.op in ("call_method", "call_function") and fresh.target in ("view", "reshape", torch.reshape):
+        if old.name in changed:
             expected = size_args(old)
             for (name, index), value in new.items():
                 if name == old.name:

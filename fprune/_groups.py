@@ -327,14 +327,16 @@ class FlowContext:
             if other != root:
                 units[other] = root
 
-    def literal(self, index: int, value: int, heads: HeadAxis, factor: int) -> None:
-        """Size argument `index` of this node is the number `value` = heads * `factor`."""
+    def literal(self, index: int, value: int, heads: HeadAxis | Sequence[int], factor: int) -> None:
+        """Size argument `index` of this node is `value`: the kept count of `heads` (heads, or
+        channels given by one id each) times `factor`."""
+        counted = tuple(h[0] for h in heads.heads) if isinstance(heads, HeadAxis) else tuple(heads)
         stack = self.node.meta.get("nn_module_stack") or {}
         module = ""
         if stack:
             key, entry = list(stack.items())[-1]
             module = entry[0] if isinstance(entry, tuple) and isinstance(entry[0], str) else str(key)
-        self._analysis.literals.append((self.node.name, index, value, tuple(h[0] for h in heads.heads), factor, module))
+        self._analysis.literals.append((self.node.name, index, value, counted, factor, module))
 
     def block(self, flow: Flow, reason: str) -> None:
         """Mark every channel of `flow` not prunable, because of this node."""

@@ -53,8 +53,9 @@ def test_zoo_models_prune_exactly_and_shrink(name: str, level: float) -> None:
         assert set(masks) == {"embedding.weight", "lstm.weight_ih_l0", "lstm.weight_ih_l1"}
         lstm = pruned.get_submodule("lstm")
         assert isinstance(lstm, nn.LSTM) and lstm.hidden_size == 32 - int(32 * level)
-    else:
+    else:  # transformers: MLP widths and (Llama, at 50%) attention heads
         assert masks and pruned_params < params
+        assert flops(pruned, x) < flops(model, x)
     after = _snapshot(model)
     assert after.keys() == before.keys()
     for key, (ident, value) in before.items():

@@ -200,3 +200,78 @@ def test_records_are_frozen_and_analysis_leaves_the_graph_alone() -> None:
 def test_channel_groups_needs_a_graph_module() -> None:
     with pytest.raises(fprune.PruneError, match=r"channel_groups expects a torch.fx.GraphModule, got Sequential"):
         fprune.channel_groups(nn.Sequential())  # type: ignore[arg-type]
+
+
+class _SplitMerge(nn.Module):
+    """chunk / split / sub / mul / torch.add / mean over space: every op a channel can pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3)
+        self.left = nn.Conv2d(6, 6, 1)
+        self.right = nn.Conv2d(6, 6, 1)
+        self.fc = nn.Linear(6, 5)
+        self.gate = nn.Linear(6, 5)
+        self.out = nn.Linear(5, 2)
+        self.piece = 3
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = torch.chunk(F.relu(self.conv(x)), 2, dim=1)
+        c, d = self.left(a).split(self.piece, dim=1)
+        e = torch.cat([d, c], dim=1)
+        r = self.right(b)
+        h = torch.add(e, r) - e * r
+        pooled = h.mean((2, 3))
+        out: Tensor = self.out(self.fc(pooled) * torch.tanh(self.gate(pooled)))
+        return out
+
+
+def test_split_chunk_sub_mul_and_mean_are_followed_exactly() -> None:
+    torch.manual_seed(3)
+    model = _SplitMerge().eval()
+    x = torch.randn(2, 3, 7, 7)
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    conv = _by_producer(groups, "conv.weight")
+    assert conv.prunable and conv.size == 12
+    mixed = _by_producer(groups, "left.weight")
+    assert mixed.producers == ("left.weight", "right.weight") and mixed.size == 6
+    left = next(m for m in mixed.members if m.fqn == "left.weight" and m.role == "producer")
+    right = next(m for m in mixed.members if m.fqn == "right.weight" and m.role == "producer")
+    # cat([d, c]) swaps the halves of `left` before the add with `right`: channel j of right is
+    # channel (j + 3) % 6 of left
+    assert [left.channels[(j + 3) % 6] for j in range(6)] == list(right.channels)
+    gated = _by_producer(groups, "fc.weight")
+    assert gated.producers == ("fc.weight", "gate.weight")
+    masks = fprune.group_masks(model, groups, 0.5)
+    assert set(masks) == {"conv.weight", "left.weight", "fc.weight"}
+    pruned = fprune.apply_prune(model, masks, groups)
+    with torch.no_grad():
+        expected = torch.func.functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
+    torch.testing.assert_close(pruned(x), expected)
+    assert pruned.get_submodule("right").get_parameter("weight").shape == (4, 3, 1, 1)  # left/right: units of 2
+    assert getattr(pruned, "piece") == 2 and getattr(model, "piece") == 3  # the split size follows
+    assert mixed.units == ((0, 3), (1, 4), (2, 5))  # split pieces lose the same positions
+    assert conv.units == tuple((j, j + 6) for j in range(6))  # and so do chunks
+
+
+class _LiteralSplit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 1)
+        self.a = nn.Conv2d(3, 2, 1)
+        self.b = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        left, right = self.conv(x).split(3, dim=1)
+        out: Tensor = self.a(left) + self.b(right)
+        return out
+
+
+def test_a_split_size_written_as_a_literal_is_refused() -> None:
+    model = _LiteralSplit()
+    x = torch.randn(1, 3, 4, 4)
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    conv = _by_producer(groups, "conv.weight")
+    assert len(conv.units) == 3 and conv.literals[0].value == 3
+    with pytest.raises(fprune.PruneError, match=r"pruning changes counts that forward writes into a view / reshape / split"):
+        fprune.apply_prune(model, fprune.group_masks(model, groups, 0.4), groups)
