@@ -23,6 +23,7 @@ from ._groups import FlowRule as FlowRule
 from ._groups import RuleKey as RuleKey
 from ._groups import channel_groups as channel_groups
 from ._groups import explain as explain
+from ._mha import HeadPrunedMultiheadAttention as HeadPrunedMultiheadAttention
 from ._masks import fpgm_mask as fpgm_mask
 from ._masks import fpgm_scores as fpgm_scores
 from ._masks import lstm_saliency_mask as lstm_saliency_mask
@@ -69,6 +70,7 @@ __all__ = [
     "ChannelGroup",
     "ChannelSlice",
     "Criterion",
+    "HeadPrunedMultiheadAttention",
     "FlowContext",
     "FlowRule",
     "RuleKey",

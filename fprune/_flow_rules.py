@@ -635,21 +635,57 @@ def _gate_rows(ctx: FlowContext, name: str, units: Axis) -> None:
 
 
 def _multihead_attention(ctx: FlowContext) -> Flow:
-    """nn.MultiheadAttention ties its query width, every head and its output to one embed_dim."""
-    reason = (
-        "nn.MultiheadAttention ties its heads to embed_dim, the width of its input and output: its "
-        "heads cannot be removed without the residual stream; write the attention with q/k/v "
-        "Linears to prune heads"
-    )
+    """nn.MultiheadAttention: whole heads (rows of the packed ``in_proj_weight`` with the
+    matching ``out_proj`` columns), its input width (``in_proj_weight`` columns) and its output
+    width (``out_proj`` rows). The pruned copy is a HeadPrunedMultiheadAttention."""
     module = ctx.module
     assert isinstance(module, nn.MultiheadAttention)
-    for index in range(len(ctx.node.args)):
-        ctx.block(ctx.input(index), reason)
-    for value in ctx.node.kwargs.values():
-        ctx.block(ctx.flow(value), reason)
+    inputs = [ctx.input(i) if i < len(ctx.node.args) else ctx.flow(ctx.node.kwargs.get(name)) for i, name in enumerate(("query", "key", "value"))]
+    reason = ""
+    if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+        reason = "nn.MultiheadAttention with kdim / vdim, bias_k / bias_v or add_zero_attn is not supported"
+    elif any(ctx.flow(v) is not None for k, v in ctx.node.kwargs.items() if k not in ("query", "key", "value")):
+        reason = "an attention mask computed from the channels"
+    axes = [f for f in inputs if f is not None]
+    tracked: Axis | None = None
+    if not reason and axes:
+        if len(axes) != 3 or not all(isinstance(a, Axis) and a.dim == -1 and a.inner == 1 and a.outer == 1 for a in axes):
+            reason = "nn.MultiheadAttention reads query, key and value with one in_proj_weight: they must carry the same channels"
+        else:
+            first = axes[0]
+            assert isinstance(first, Axis)
+            for other in axes[1:]:
+                assert isinstance(other, Axis)
+                if ctx.merge(first, other) is None:
+                    reason = "query, key and value of nn.MultiheadAttention do not line up"
+            tracked = first
+    if reason:
+        for flow in inputs:
+            ctx.block(flow, reason)
+        out = ctx.produce("out_proj.weight", 0, module.embed_dim)
+        ctx.block(out, reason)
+        return (out, None)
+    if tracked is not None:
+        ctx.consume("in_proj_weight", 1, tracked)
+    inner = module.num_heads * module.head_dim
+    rows = ctx.produce("in_proj_weight", 0, 3 * inner)
+    if module.in_proj_bias is not None:
+        ctx.carry("in_proj_bias", 0, Axis(0, rows.ids))
+    size = module.head_dim
+    for head in range(module.num_heads):
+        ctx.tie([rows.ids[part * inner + head * size + d] for part in range(3) for d in range(size)])
+    ctx.consume("out_proj.weight", 1, Axis(-1, rows.ids[2 * inner :]))
     out = ctx.produce("out_proj.weight", 0, module.embed_dim)
-    ctx.block(out, reason)
+    if module.out_proj.bias is not None:
+        ctx.carry("out_proj.bias", 0, Axis(0, out.ids))
     return (out, None)
+
+
+def _metadata(ctx: FlowContext) -> Flow:
+    """``x.shape`` / ``x.dtype`` / ``x.device``: no channels flow into metadata."""
+    if ctx.node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda"):
+        return None
+    raise PruneError(f"attribute {ctx.node.args[1]!r} of a tensor of channels")
 
 
 def default_flow_rules() -> dict[RuleKey, FlowRule]:
@@ -703,6 +739,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         torch.softmax: _softmax,
         "softmax": _softmax,
         "size": lambda ctx: None,
+        getattr: _metadata,
         "dim": lambda ctx: None,
     }
     for module in ACTIVATION_MODULES:

@@ -14,6 +14,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ._errors import PruneError
 from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
+from ._mha import HeadPrunedMultiheadAttention
 
 __all__ = ["Criterion", "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels"]
 
@@ -268,6 +269,16 @@ def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, objec
     return {}
 
 
+def _resize_attention(module: nn.MultiheadAttention) -> None:
+    """A pruned nn.MultiheadAttention (of the copy) becomes a HeadPrunedMultiheadAttention."""
+    rows = module.in_proj_weight
+    assert rows is not None
+    module.__class__ = HeadPrunedMultiheadAttention
+    module.num_heads = rows.shape[0] // 3 // module.head_dim
+    module.embed_dim = module.out_proj.out_features
+    module.kdim = module.vdim = rows.shape[1]
+
+
 def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> ModelT:
     """The physically pruned copy for group masks (see :func:`fprune.apply_prune`)."""
     keeps = group_keeps(groups, masks)
@@ -297,6 +308,9 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
             setattr(module, key, attribute)
         if isinstance(module, nn.RNNBase):
             module._init_flat_weights()
+    for fqn, module in pruned.named_modules():
+        if isinstance(module, nn.MultiheadAttention) and any(k == fqn or k.startswith(f"{fqn}.") for k in by_module):
+            _resize_attention(module)
     updates = {
         (literal.node, literal.index): (literal, sum(bool(keeps[index][c]) for c in literal.heads) * literal.factor)
         for index in keeps

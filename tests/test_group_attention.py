@@ -121,8 +121,77 @@ def test_part_of_a_head_cannot_be_removed() -> None:
         fprune.apply_prune(model, {"query.weight": keep}, groups)
 
 
-def test_multihead_attention_module_blocks_with_a_reason() -> None:
+def test_multihead_attention_heads_are_pruned_into_a_drop_in_subclass() -> None:
     model, x = ZOO["vit"]()
-    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
-    reasons = {b.reason for g in groups for b in g.blockers}
-    assert any("nn.MultiheadAttention ties its heads to embed_dim" in r for r in reasons)
+    pruned, masks, groups = _prune(model, (x,), 0.5)
+    heads = next(g for g in groups if "blocks.0.attn.in_proj_weight" in g.producers)
+    assert len(heads.units) == 4 and heads.size == 192
+    attention = pruned.get_submodule("blocks.0.attn")
+    assert isinstance(attention, fprune.HeadPrunedMultiheadAttention) and isinstance(attention, nn.MultiheadAttention)
+    assert attention.num_heads == 2 and attention.embed_dim == 64 and attention.in_proj_weight.shape == (96, 64)
+    assert type(model.get_submodule("blocks.0.attn")) is nn.MultiheadAttention
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), functional_call(model, fprune.masked_parameters(model, masks, groups), (x,)), rtol=1e-5, atol=1e-5)
+
+
+class _SeqFirstAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 4)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor, padding: Tensor) -> tuple[Tensor, Tensor | None]:
+        h = torch.relu(self.proj(x))
+        out, weights = self.attn(h, h, h, key_padding_mask=padding)
+        return self.head(out), weights
+
+
+def test_multihead_attention_input_width_masks_and_weights_follow() -> None:
+    torch.manual_seed(1)
+    model = _SeqFirstAttention().eval()
+    args = (torch.randn(6, 2, 8), torch.tensor([[False] * 5 + [True], [False] * 6]))
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=args)
+    proj = next(g for g in groups if "proj.weight" in g.producers)
+    assert ("attn.in_proj_weight", 1, "consumer") in {(m.fqn, m.dim, m.role) for m in proj.members}
+    masks = fprune.group_masks(model, groups, 0.5)
+    assert set(masks) == {"proj.weight", "attn.in_proj_weight", "attn.out_proj.weight"}
+    pruned = fprune.apply_prune(model, masks, groups)
+    attention = pruned.get_submodule("attn")
+    assert isinstance(attention, fprune.HeadPrunedMultiheadAttention)
+    assert attention.num_heads == 2 and attention.in_proj_weight.shape == (24, 8) and attention.out_proj.weight.shape == (8, 8)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), args)
+        got = pruned(*args)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert got[1] is not None and got[1].shape == (2, 6, 6)  # attention weights, averaged over the kept heads
+
+
+def test_multihead_attention_with_kdim_blocks_with_a_reason() -> None:
+    class CrossAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=6, batch_first=True)
+
+        def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+            out: Tensor = self.attn(x, memory, memory, need_weights=False)[0]
+            return out
+
+    model = CrossAttention()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(torch.randn(1, 3, 8), torch.randn(1, 4, 6)))
+    (group,) = groups
+    assert not group.prunable and "kdim / vdim" in group.blockers[0].reason
+
+
+def test_multihead_attention_with_only_its_output_pruned_still_runs() -> None:
+    torch.manual_seed(2)
+    model = _SeqFirstAttention().eval()
+    args = (torch.randn(6, 2, 8), torch.tensor([[False] * 5 + [True], [False] * 6]))
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=args)
+    keep = torch.tensor([True, False] * 8)
+    pruned = fprune.apply_prune(model, {"attn.out_proj.weight": keep}, groups)
+    attention = pruned.get_submodule("attn")
+    assert isinstance(attention, fprune.HeadPrunedMultiheadAttention) and attention.embed_dim == 8 and attention.num_heads == 4
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, {"attn.out_proj.weight": keep}, groups), args)
+        torch.testing.assert_close(pruned(*args)[0], expected[0], rtol=1e-5, atol=1e-5)

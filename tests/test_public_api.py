@@ -17,7 +17,7 @@ EXPECTED = {
     "prune_lstm_output_layernorm_linear", "prune_lstm_output_linear", "rebuild_module", "row_norms",
     "saliency_mask", "select_kept", "Axis", "Blocker", "ChannelGroup", "ChannelSlice", "Criterion",
     "FlowContext", "FlowRule", "RuleKey", "channel_groups", "default_flow_rules", "explain",
-    "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels",
+    "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels", "HeadPrunedMultiheadAttention",
 }  # fmt: skip
 
 
