@@ -400,7 +400,13 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
         return None
     if ctx.node.target in (operator.truediv, torch.div, "div") and other is a:
         raise PruneError(f"`{ctx.node.name}` divides by the channels")
+    additive = ctx.node.target in _ADDITIVE
     attr = ctx.attr(other)
+    if additive and attr is None and not (isinstance(other, (int, float)) and other == 0):
+        raise PruneError(
+            f"`{ctx.node.name}` adds a value to the channels: removed channels would pass it on to the "
+            "next layers, which the pruned model could not reproduce"
+        )
     if attr is not None:
         fqn, tensor = attr
         ndim = axis.ndim if axis.ndim is not None else max(tensor.dim(), -axis.dim)
@@ -419,6 +425,9 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
     return axis
 
 
+_ADDITIVE = (operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub")
+
+
 def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> Flow:
     """Scores or heads scaled by a constant, or plus a mask that is the same for every head."""
     heads = fa if isinstance(fa, HeadAxis) else fb
@@ -428,6 +437,8 @@ def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> 
         raise PruneError("an elementwise op of attention heads with other channels")
     if ctx.node.target in (operator.truediv, torch.div, "div") and other is a:
         raise PruneError("a division by attention heads")
+    if ctx.node.target in _ADDITIVE and heads.inner_dim is not None and not (isinstance(other, (int, float)) and other == 0):
+        raise PruneError("a value added to queries, keys or values: removed heads would not stay zero")
     if isinstance(other, torch.fx.Node):
         shape = ctx.shape(other)
         if shape is None or (len(shape) >= -heads.head_dim and shape[heads.head_dim] != 1):

@@ -121,7 +121,9 @@ def group_masks(
         ignore: tensor or module FQNs never pruned: a group with any member among them is
             skipped. None (the default) skips the groups that forward returns (the
             classifier's outputs).
-        round_to: kept counts are rounded to a multiple of it (at least one multiple).
+        round_to: kept counts are rounded to the nearest multiple of it, ties up (at least
+            one multiple). Groups pruned in whole units (attention heads) count units instead:
+            ``int(units * level)`` are removed, at least one is kept.
         criterion: scores the rows of each weight member (see :func:`group_scores`).
         global_ranking: rank channels across all groups (scores normalized by each group's
             mean) instead of removing `level` of every group.

@@ -275,3 +275,24 @@ def test_a_split_size_written_as_a_literal_is_refused() -> None:
     assert len(conv.units) == 3 and conv.literals[0].value == 3
     with pytest.raises(fprune.PruneError, match=r"pruning changes counts that forward writes into a view / reshape / split"):
         fprune.apply_prune(model, fprune.group_masks(model, groups, 0.4), groups)
+
+
+class _AddsConstant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 2)
+        self.fc3 = nn.Linear(4, 6)
+        self.fc4 = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        added = self.fc2(torch.relu(self.fc1(x)) + 1.0)
+        scaled = self.fc4(torch.relu(self.fc3(x)) * 2.0 - 0)
+        return added, scaled
+
+
+def test_adding_a_value_to_channels_blocks_but_scaling_does_not() -> None:
+    groups = _groups(_AddsConstant(), torch.randn(3, 4))
+    added = _by_producer(groups, "fc1.weight")
+    assert not added.prunable and "adds a value to the channels" in added.blockers[0].reason
+    assert _by_producer(groups, "fc3.weight").prunable
