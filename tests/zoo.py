@@ -63,7 +63,32 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.downsample(x))
 
 
-class ResNet18Style(nn.Module):
+class _ResNet(nn.Module):
+    """The stem, four stages, pool and classifier that both ResNet layouts share; subclasses
+    set conv1, bn1, layer1..layer4, avgpool and fc."""
+
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+    layer4: nn.Module
+    avgpool: nn.Module
+    fc: nn.Linear
+
+    @staticmethod
+    def example_input() -> Tensor:
+        """A 2x3x32x32 image batch."""
+        return _image_input()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        out: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return out
+
+
+class ResNet18Style(_ResNet):
     """ResNet-18 layout at small width.
 
     Stem conv3x3(3->w)-BN-ReLU (no max pool); 4 stages of 2 `BasicBlock`s with widths
@@ -86,16 +111,6 @@ class ResNet18Style(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
 
-    @staticmethod
-    def example_input() -> Tensor:
-        """A 2x3x32x32 image batch."""
-        return _image_input()
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        out: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
-        return out
 
 
 class Bottleneck(nn.Module):
@@ -129,7 +144,7 @@ class Bottleneck(nn.Module):
         return F.relu(out + self.downsample(x))
 
 
-class ResNet50Style(nn.Module):
+class ResNet50Style(_ResNet):
     """ResNet-50 layout (bottleneck blocks) with reduced depth and width.
 
     Stem conv3x3(3->w)-BN-ReLU; 4 stages of `Bottleneck` blocks with bottleneck widths
@@ -159,16 +174,6 @@ class ResNet50Style(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
 
-    @staticmethod
-    def example_input() -> Tensor:
-        """A 2x3x32x32 image batch."""
-        return _image_input()
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        out: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
-        return out
 
 
 # --------------------------------------------------------------------------- MobileNetV2
