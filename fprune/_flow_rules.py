@@ -355,8 +355,7 @@ def _elementwise_module(ctx: FlowContext) -> Flow:
     if axis is not None:
         if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
             raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
-        was_training = module.training
-        _zero_preserving(lambda x: module.eval()(x) if not was_training else module(x), f"`{ctx.module_fqn}` ({type(module).__name__})")
+        _zero_preserving(module, f"`{ctx.module_fqn}` ({type(module).__name__})")
     return axis
 
 
@@ -409,7 +408,6 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
         )
     if attr is not None:
         fqn, tensor = attr
-        ndim = axis.ndim if axis.ndim is not None else max(tensor.dim(), -axis.dim)
         dim_in_tensor = tensor.dim() + axis.dim if -axis.dim <= tensor.dim() else None
         if dim_in_tensor is not None and tensor.shape[dim_in_tensor] == axis.width:
             if axis.inner != 1 or axis.outer != 1:
@@ -417,7 +415,6 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
             ctx.carry("", dim_in_tensor, Axis(dim_in_tensor, axis.ids), fqn=fqn)
         elif dim_in_tensor is not None and tensor.shape[dim_in_tensor] != 1:
             raise PruneError(f"`{fqn}` does not broadcast over the channels")
-        del ndim
     elif isinstance(other, torch.fx.Node):
         shape = ctx.shape(other)
         if shape is None or (-axis.dim <= len(shape) and shape[axis.dim] != 1):
@@ -558,10 +555,6 @@ def _flatten(ctx: FlowContext) -> Flow:
         # which the consumer resolves (a Linear's in_features / channels)
         return Axis(-1, axis.ids, -1, 1, start % ndim + 1)
     return flatten_axis(axis, start, end, ndim, shape)
-
-
-def _adaptive_pool(ctx: FlowContext) -> Flow:
-    return ctx.input(0)
 
 
 def _reduce_mean(ctx: FlowContext) -> Flow:

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ._errors import PruneError
-from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
+from ._groups import ChannelGroup, SizeLiteral, channel_groups
 from ._mha import HeadPrunedMultiheadAttention
 
 __all__ = ["Criterion", "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels"]
@@ -466,5 +466,3 @@ def prune_channels(
     masks = group_masks(model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking)
     return apply_groups(model, groups, masks)
 
-
-_ = ChannelSlice

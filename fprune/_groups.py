@@ -12,7 +12,6 @@ Ids united by merges form one channel; channels that share a producer form one g
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, Union
@@ -609,4 +608,3 @@ def flatten_axis(axis: Axis, start: int, end: int, ndim: int, shape: tuple[int, 
 
 
 __all__ += ["Blocker", "HeadAxis", "SizeLiteral", "flatten_axis"]
-_ = operator  # keep the import for rule modules that extend this one
