@@ -37,6 +37,13 @@ def _image_input() -> Tensor:
 # --------------------------------------------------------------------------- ResNet
 
 
+def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    """A residual block's shortcut: conv1x1-BN where the shape changes, else identity."""
+    if stride != 1 or in_ch != out_ch:
+        return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+    return nn.Identity()
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, plus a shortcut, then ReLU after the add.
 
@@ -49,13 +56,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.downsample: nn.Module
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
-        else:
-            self.downsample = nn.Identity()
+        self.downsample = _shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -129,13 +130,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid_ch)
         self.conv3 = nn.Conv2d(mid_ch, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
-        self.downsample: nn.Module
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
-        else:
-            self.downsample = nn.Identity()
+        self.downsample = _shortcut(in_ch, out_ch, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -148,16 +143,20 @@ class ResNet50Style(_ResNet):
     """ResNet-50 layout (bottleneck blocks) with reduced depth and width.
 
     Stem conv3x3(3->w)-BN-ReLU; 4 stages of `Bottleneck` blocks with bottleneck widths
-    w, 2w, 4w, 8w (outputs 4x that) and depths (1, 2, 2, 1) instead of ResNet-50's (3, 4, 6, 3),
-    to stay small. Stages 2-4 start with stride 2; the first block of every stage has a
+    w, 2w, 4w, 8w (outputs 4x that) and depths (1, 2, 2, 1) by default instead of ResNet-50's
+    (3, 4, 6, 3), to stay small (``width=64, depths=(3, 4, 6, 3)`` gives ResNet-50's ~25M
+    parameters). Stages 2-4 start with stride 2; the first block of every stage has a
     conv1x1-BN downsample shortcut (the channel count changes), later blocks use the identity.
     AdaptiveAvgPool2d(1) -> flatten(1) -> Linear(32w, num_classes).
     """
 
-    depths = (1, 2, 2, 1)
+    depths: tuple[int, int, int, int] = (1, 2, 2, 1)
 
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(
+        self, num_classes: int = 10, width: int = 16, depths: tuple[int, int, int, int] = (1, 2, 2, 1)
+    ) -> None:
         super().__init__()
+        self.depths = depths
         self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         in_ch = width
@@ -229,12 +228,21 @@ class MobileNetV2Style(nn.Module):
     `config` rows (expand_ratio t, channels c, repeats n, first stride s), channels scaled by
     width_mult; final conv1x1-BN-ReLU6 (1280 * width_mult channels); AdaptiveAvgPool2d(1) ->
     flatten(1) -> Dropout(0.2) -> Linear(num_classes). Channel counts are rounded to multiples of 8.
+    `config` defaults to the short class-level list; MobileNetV2's full list is ``((1, 16, 1, 1),
+    (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))``.
     """
 
     config: tuple[tuple[int, int, int, int], ...] = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 1, 2))
 
-    def __init__(self, num_classes: int = 10, width_mult: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width_mult: float = 0.5,
+        config: tuple[tuple[int, int, int, int], ...] | None = None,
+    ) -> None:
         super().__init__()
+        if config is not None:
+            self.config = config
         in_ch = _make_divisible(32 * width_mult)
         last_ch = _make_divisible(1280 * width_mult)
         layers: list[nn.Module] = [_conv_bn_relu6(3, in_ch, 3, stride=2)]
