@@ -114,24 +114,33 @@ def _order(active: list[Match]) -> list[Match]:
 
     Folding a removed channel's constant into a consumer must see the consumer's own rows
     already removed (the masked model zeroes them), so matches run against chain order.
+    Iterative (a depth-first post-order with an explicit stack), so chains of any length work.
     """
     producer_of = {m.ops[0].fqn: m for m in active if isinstance(m.ops[0], ModuleOp)}
     done: set[int] = set()
+    on_path: set[int] = set()
     ordered: list[Match] = []
-
-    def visit(match: Match, stack: tuple[int, ...]) -> None:
-        if id(match) in done:
-            return
-        if id(match) in stack:
-            raise PruneError(f"matches form a cycle at {match.nodes}")
-        for op in match.ops[1:]:
-            if isinstance(op, ModuleOp) and op.fqn in producer_of:
-                visit(producer_of[op.fqn], (*stack, id(match)))
-        done.add(id(match))
-        ordered.append(match)
-
-    for match in active:
-        visit(match, ())
+    for root in active:
+        if id(root) in done:
+            continue
+        stack: list[tuple[Match, bool]] = [(root, False)]
+        while stack:
+            match, expanded = stack.pop()
+            if expanded:
+                on_path.discard(id(match))
+                if id(match) not in done:
+                    done.add(id(match))
+                    ordered.append(match)
+                continue
+            if id(match) in done:
+                continue
+            if id(match) in on_path:
+                raise PruneError(f"matches form a cycle at {match.nodes}")
+            on_path.add(id(match))
+            stack.append((match, True))
+            for op in reversed(match.ops[1:]):
+                if isinstance(op, ModuleOp) and op.fqn in producer_of and id(producer_of[op.fqn]) not in done:
+                    stack.append((producer_of[op.fqn], False))
     return ordered
 
 

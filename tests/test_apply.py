@@ -86,6 +86,21 @@ def test_prune_bias_false_folds_the_removed_bias_into_the_next_layer() -> None:
     torch.testing.assert_close(bias.detach(), w2[:, removed] @ torch.relu(b0.detach()[removed]))
 
 
+def test_very_long_chains_prune_without_recursion_limits() -> None:
+    torch.manual_seed(9)
+    layers: list[nn.Module] = []
+    for _ in range(1200):
+        layers += [nn.Linear(3, 3), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(3, 2))
+    keep = torch.tensor([True, False, True])
+    masks = {f"{2 * i}.weight": keep for i in range(1200)}
+    pruned = fprune.apply_prune(model, masks, _matches(model), prune_bias=False)
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, _matches(model), prune_bias=False), (x,))
+    torch.testing.assert_close(pruned(x), expected)
+
+
 def test_input_model_is_left_exactly_as_it_was() -> None:
     torch.manual_seed(3)
     model = ConvBNNet()
