@@ -1,0 +1,156 @@
+"""Peak memory of pruning: the RSS high-water mark of each step, in a fresh process per case.
+
+The child (``python -m benchmarks.memory CASE LIBRARY``) builds the model, then before each step
+collects garbage, returns free heap pages to the OS (malloc_trim), reads VmRSS and resets the
+high-water mark (``5 > /proc/self/clear_refs``); after the step it reads VmHWM. A step's extra
+memory is its VmHWM minus the VmRSS it started from; the pipeline's is the highest VmHWM of
+its steps minus the VmRSS with only the model (and input) loaded.
+
+With default glibc malloc these figures vary from process to process (freed heap chunks are kept
+or reused depending on which thread allocated what and on the dynamic mmap threshold), so each
+case runs in several processes and the median is reported, plus one run with `LIVE_ENV`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .cases import PIPELINES, case_named, size_mib
+from .child import emit, run_child
+
+_LIBC = ctypes.CDLL("libc.so.6")
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _settle() -> float:
+    """Collect garbage, trim the heap, reset the high-water mark; the RSS now, in MiB."""
+    gc.collect()
+    _LIBC.malloc_trim(0)
+    rss = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return rss
+
+
+class MemoryProbe:
+    """(RSS at the start, VmHWM during) of each step, in MiB."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, tuple[float, float]] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = _settle()
+        try:
+            yield
+        finally:
+            self.steps[name] = (start, _status_mib("VmHWM"))
+
+
+@dataclass(frozen=True)
+class Memory:
+    """MiB: loaded RSS, model and pruned-model tensor sizes, extra peak of the whole pipeline
+    and of each step (over the RSS the step started from), absolute peak RSS."""
+
+    case: str
+    library: str
+    loaded_rss: float
+    model: float
+    pruned: float
+    extra: float
+    step_extra: dict[str, float]
+    peak_rss: float
+
+
+def _child(case_name: str, library: str) -> None:
+    torch.set_num_threads(2)
+    case = case_named(case_name)
+    model = case.build()
+    example = case.example(1)
+    model_mib = size_mib(model)
+    loaded = _settle()
+    probe = MemoryProbe()
+    pruned = PIPELINES[library](case, model, example, probe)
+    peak = max(hwm for _, hwm in probe.steps.values())
+    result = Memory(
+        case=case_name,
+        library=library,
+        loaded_rss=loaded,
+        model=model_mib,
+        pruned=size_mib(pruned),
+        extra=peak - loaded,
+        step_extra={name: hwm - start for name, (start, hwm) in probe.steps.items()},
+        peak_rss=peak,
+    )
+    emit(asdict(result))
+
+
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+"""glibc setting for the "live" figure: every allocation of 64 KiB or more gets its own mapping,
+returned to the OS when freed (a fixed threshold also turns off glibc's dynamic threshold), so
+VmHWM follows the memory actually in use instead of what the heap keeps after frees."""
+
+
+def measure_memory(case_name: str, library: str, env: Mapping[str, str] | None = None) -> Memory:
+    """Run one case with one library in a fresh Python process and return its memory figures."""
+    return Memory(**run_child("memory", case_name, library, env=env))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class MemorySummary:
+    """Medians over `runs` fresh processes with default malloc, their min-max, and one run with
+    `LIVE_ENV` (`live_*`)."""
+
+    case: str
+    library: str
+    runs: int
+    model: float
+    pruned: float
+    extra: float
+    extra_range: tuple[float, float]
+    step_extra: dict[str, float]
+    apply_range: tuple[float, float] | None
+    peak_rss: float
+    live_extra: float
+    live_step_extra: dict[str, float]
+
+
+def summarize_memory(case_name: str, library: str, runs: int) -> MemorySummary:
+    """`runs` default-malloc processes and one live-memory process for one case and library."""
+    results = [measure_memory(case_name, library) for _ in range(runs)]
+    live = measure_memory(case_name, library, LIVE_ENV)
+    extras = [r.extra for r in results]
+    applies = [r.step_extra["apply"] for r in results if "apply" in r.step_extra]
+    return MemorySummary(
+        case=case_name,
+        library=library,
+        runs=runs,
+        model=results[0].model,
+        pruned=results[0].pruned,
+        extra=statistics.median(extras),
+        extra_range=(min(extras), max(extras)),
+        step_extra={name: statistics.median(r.step_extra[name] for r in results) for name in results[0].step_extra},
+        apply_range=(min(applies), max(applies)) if applies else None,
+        peak_rss=statistics.median(r.peak_rss for r in results),
+        live_extra=live.extra,
+        live_step_extra=live.step_extra,
+    )
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])
