@@ -57,7 +57,10 @@ def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l
     `criterion` over its channel positions; a channel's score sums its positions' scores over
     all weight members. Biases, BatchNorm entries and other carriers do not count.
     """
-    tensors = _tensors(model)
+    return _scores(_tensors(model), group, criterion)
+
+
+def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion) -> Tensor:
     scores: Tensor | None = None
     for member in group.members:
         if member.role == "carrier":
@@ -137,7 +140,8 @@ def group_masks(
     if not isinstance(round_to, int) or round_to < 1:
         raise PruneError(f"group_masks: `round_to` must be a positive int, got {round_to!r}")
     chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
-    scores = [group_scores(model, g, criterion) for g in chosen]
+    tensors = _tensors(model)  # once: per group it would make scoring quadratic in depth
+    scores = [_scores(tensors, g, criterion) for g in chosen]
     if any(bool(torch.isnan(s).any()) for s in scores):
         raise PruneError("group_masks: channel scores contain NaN (does a weight hold NaN or inf?)")
     kept_counts: list[int]
