@@ -24,16 +24,23 @@ __all__ = ["apply_prune", "masked_parameters"]
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
+def parametrized_module(model: nn.Module) -> str | None:
+    """The name of the first module of `model` that carries parametrizations, or None."""
+    for fqn, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            return fqn or type(model).__name__
+    return None
+
+
 def _check_model(model: nn.Module, function: str) -> None:
     if not isinstance(model, nn.Module):
         raise PruneError(f"{function} expects an nn.Module, got {type(model).__name__}")
-    for fqn, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            raise PruneError(
-                f"module `{fqn or type(model).__name__}` carries torch.nn.utils.parametrize "
-                "parametrizations; remove them first (parametrize.remove_parametrizations, or a "
-                "sparsifier's squash_mask) so fprune sees the real weights"
-            )
+    name = parametrized_module(model)
+    if name is not None:
+        raise PruneError(
+            f"module `{name}` carries torch.nn.utils.parametrize parametrizations; remove them first "
+            "(parametrize.remove_parametrizations, or a sparsifier's squash_mask) so fprune sees the real weights"
+        )
 
 
 def _check_masks(model: nn.Module, masks: Mapping[str, Tensor], dims: Mapping[str, int] | None = None) -> dict[str, Tensor]:

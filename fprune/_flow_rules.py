@@ -603,14 +603,13 @@ def _lstm(ctx: FlowContext) -> Flow:
     for layer in range(module.num_layers):
         if previous is not None and not reason:
             ctx.consume(f"weight_ih_l{layer}", 1, previous)
-        units = ctx.produce(f"weight_ih_l{layer}", 0, hidden)
+        units = ctx.produce(f"weight_ih_l{layer}", 0, hidden, outer=4)
         gates = Axis(0, units.ids, outer=4)
         ctx.carry("", 0, gates, fqn=f"{ctx.module_fqn}.weight_hh_l{layer}")
         ctx.consume(f"weight_hh_l{layer}", 1, Axis(-1, units.ids))
         if module.bias:
             ctx.carry(f"bias_ih_l{layer}", 0, gates)
             ctx.carry(f"bias_hh_l{layer}", 0, gates)
-        _gate_rows(ctx, f"weight_ih_l{layer}", units)
         layers.append(Axis(-1, units.ids))
         previous = layers[-1]
     state_used = any(
@@ -625,17 +624,6 @@ def _lstm(ctx: FlowContext) -> Flow:
             ctx.block(axis, reason)
     state = layers[-1] if module.num_layers == 1 else None
     return (layers[-1], (state, state))
-
-
-def _gate_rows(ctx: FlowContext, name: str, units: Axis) -> None:
-    """Fix up the producer record of `name`: its rows are the units in all 4 gates."""
-    analysis = ctx._analysis
-    fqn = f"{ctx.module_fqn}.{name}"
-    for index in range(len(analysis.members) - 1, -1, -1):
-        member = analysis.members[index]
-        if member.fqn == fqn and member.role == "producer":
-            analysis.members[index] = type(member)(fqn, 0, "producer", Axis(0, units.ids, outer=4))
-            return
 
 
 def _multihead_attention(ctx: FlowContext) -> Flow:

@@ -290,12 +290,18 @@ class FlowContext:
                 return fqn, tensor
         return None
 
-    def produce(self, name: str, dim: int, count: int, *, ndim: int | None = None, out_dim: int = -1) -> Axis:
-        """New channels: rows `dim` of this module's tensor `name`; returns the output's axis."""
+    def produce(
+        self, name: str, dim: int, count: int, *, ndim: int | None = None, out_dim: int = -1, outer: int = 1
+    ) -> Axis:
+        """New channels: rows `dim` of this module's tensor `name`; returns the output's axis.
+
+        `outer` > 1: the tensor holds the channels `outer` times along `dim`, block after block
+        (an LSTM's 4 gates: unit j is rows j, H + j, 2H + j, 3H + j).
+        """
         ids = self._analysis.uf.new(count)
         axis = Axis(out_dim, ids, ndim=ndim)
         fqn = self._tensor_fqn(name)
-        self._analysis.members.append(_Member(fqn, dim, "producer", Axis(dim, ids)))
+        self._analysis.members.append(_Member(fqn, dim, "producer", Axis(dim, ids, outer=outer)))
         self._analysis.producers.append((fqn, ids))
         return axis
 

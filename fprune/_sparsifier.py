@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from ._apply import apply_prune, masked_parameters
+from ._apply import apply_prune, masked_parameters, parametrized_module
 from ._errors import PruneError
 from ._match import match_patterns
 from ._patterns import default_patterns
@@ -240,12 +240,12 @@ class BaseStructuredSparsifier(abc.ABC):
             )
         if not isinstance(model, nn.Module):
             raise PruneError(f"prepare() expects an nn.Module, got {type(model).__name__}")
-        for fqn, module in model.named_modules():
-            if parametrize.is_parametrized(module):
-                raise PruneError(
-                    f"prepare(): module `{fqn or type(model).__name__}` already carries parametrizations; "
-                    "remove them first (is the model prepared by another sparsifier?)"
-                )
+        already = parametrized_module(model)
+        if already is not None:
+            raise PruneError(
+                f"prepare(): module `{already}` already carries parametrizations; "
+                "remove them first (is the model prepared by another sparsifier?)"
+            )
         if config is None:
             config = _default_config(model)
         if isinstance(config, (str, Mapping)) or not isinstance(config, Sequence):
