@@ -546,15 +546,67 @@ def _flatten(ctx: FlowContext) -> Flow:
         end = ctx.arg(2, "end_dim", -1)
     if not isinstance(start, int) or not isinstance(end, int):
         raise PruneError("flatten with computed dims")
-    shape = ctx.shape(ctx.node.args[0])
+    source = ctx.node.args[0]
+    shape = ctx.shape(source, run=False)
     ndim = len(shape) if shape is not None else axis.ndim
     if ndim is None:
+        shape = ctx.shape(source)
+        ndim = len(shape) if shape is not None else None
+    if ndim is None:
         raise PruneError("flatten of a tensor of unknown rank; pass example_inputs")
-    if shape is None and axis.dim % ndim == start % ndim and end % ndim == ndim - 1:
+    first, last, channel = start % ndim, end % ndim, axis.dim % ndim
+    if shape is None and first <= channel <= last:
+        # the sizes of the merged dims matter: known from a pool's output size, else measured
+        static = _static_shape(ctx, source, ndim)
+        needed = static[first:channel] + static[channel + 1 : last + 1] if static is not None else (-1,)
+        shape = static if all(size >= 0 for size in needed) else ctx.shape(source)
+    if shape is None and channel == first and last == ndim - 1:
         # channels first in the flattened range: each spans the product of the dims after it,
         # which the consumer resolves (a Linear's in_features / channels)
-        return Axis(-1, axis.ids, -1, 1, start % ndim + 1)
+        return Axis(-1, axis.ids, -1, 1, first + 1)
     return flatten_axis(axis, start, end, ndim, shape)
+
+
+_ADAPTIVE_POOLS: dict[object, int] = {
+    nn.AdaptiveAvgPool1d: 1,
+    nn.AdaptiveAvgPool2d: 2,
+    nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1,
+    nn.AdaptiveMaxPool2d: 2,
+    nn.AdaptiveMaxPool3d: 3,
+    F.adaptive_avg_pool1d: 1,
+    F.adaptive_avg_pool2d: 2,
+    F.adaptive_avg_pool3d: 3,
+    F.adaptive_max_pool1d: 1,
+    F.adaptive_max_pool2d: 2,
+    F.adaptive_max_pool3d: 3,
+}
+
+
+def _static_shape(ctx: FlowContext, value: object, ndim: int) -> tuple[int, ...] | None:
+    """The shape of an adaptive pool's output as far as its arguments say (-1: unknown)."""
+    if not isinstance(value, torch.fx.Node):
+        return None
+    size: object
+    if value.op == "call_module":
+        module = ctx.module_of(value)
+        spatial = _ADAPTIVE_POOLS.get(type(module))
+        size = getattr(module, "output_size", None)
+    elif value.op == "call_function":
+        try:
+            spatial = _ADAPTIVE_POOLS.get(value.target)
+        except TypeError:
+            return None
+        size = value.args[1] if len(value.args) > 1 else value.kwargs.get("output_size")
+    else:
+        return None
+    if spatial is None or ndim < spatial:
+        return None
+    sizes = [size] * spatial if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else None
+    if sizes is None or len(sizes) != spatial:
+        return None
+    known = [s if isinstance(s, int) and not isinstance(s, bool) else -1 for s in sizes]
+    return (-1,) * (ndim - spatial) + tuple(known)
 
 
 def _reduce_mean(ctx: FlowContext) -> Flow:

@@ -50,6 +50,61 @@ def _tensor(tensors: Mapping[str, Tensor], fqn: str) -> Tensor:
     return tensor
 
 
+def _take(values: Tensor, index: Sequence[int]) -> Tensor:
+    """`values[index]` along dim 0: a view for an increasing range, else a gather."""
+    if isinstance(index, range) and index.step > 0:
+        return values[index.start : index.stop : index.step]
+    return values[torch.tensor(index, dtype=torch.long, device=values.device)]
+
+
+def _put(target: Tensor, index: Sequence[int], values: Tensor) -> None:
+    """``target[index] = values`` along dim 0, in place (`target` is the caller's own tensor)."""
+    if isinstance(index, range) and index.step > 0:
+        target[index.start : index.stop : index.step] = values
+    else:
+        target[torch.tensor(index, dtype=torch.long, device=target.device)] = values
+
+
+def _covers(index: Sequence[int], size: int) -> bool:
+    return isinstance(index, range) and index == range(size)
+
+
+_CHUNK = 1 << 18  # elements per block when summing over leading dims (stays in cache)
+
+
+def _dim_norms(tensor: Tensor, dim: int, p: int) -> Tensor:
+    """The L`p` norm (p = 1 or 2) of each slice ``tensor.select(dim, i)``, in float32.
+
+    Never copies the tensor: trailing dims are reduced first (contiguous), then leading dims
+    block by block, so columns cost about what rows do.
+    """
+    size = tensor.shape[dim]
+    lead = math.prod(tensor.shape[:dim])
+    flat = tensor.reshape(lead, size, -1)
+    half = flat.dtype not in (torch.float32, torch.float64)  # accumulate float16 / bfloat16 in float32
+    if lead == 1:
+        rows = flat[0]
+        norms: Tensor = torch.linalg.vector_norm(rows.float() if half else rows, ord=p, dim=1)
+        return norms.to(torch.float32)
+    total = torch.zeros(size, dtype=torch.float64 if flat.dtype == torch.float64 else torch.float32, device=tensor.device)
+    step = max(1, _CHUNK // max(1, size * flat.shape[2]))
+    for start in range(0, lead, step):
+        block = flat[start : start + step]
+        block = block.float() if half else block
+        part = block.abs() if p == 1 else block * block
+        total += part.sum(dim=(0, 2))
+    return (total if p == 1 else total.sqrt()).to(torch.float32)
+
+
+def _member_scores(tensor: Tensor, dim: int, positions: Sequence[int], criterion: Criterion) -> Tensor:
+    """The criterion of each row ``tensor.select(dim, position)``, for `positions`."""
+    if criterion is l2_norm or criterion is l1_norm:
+        return _take(_dim_norms(tensor, dim, 2 if criterion is l2_norm else 1), positions)
+    rows = tensor.movedim(dim, 0)
+    rows = rows if _covers(positions, rows.shape[0]) else _take(rows, positions)
+    return criterion(rows.reshape(len(positions), -1).to(torch.float32)).to(torch.float32)
+
+
 def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l2_norm) -> Tensor:
     """Per-channel importance of `group`: shape ``[group.size]``; `model` is unchanged.
 
@@ -68,12 +123,15 @@ def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Crite
         tensor = _tensor(tensors, member.fqn).detach()
         if tensor.dim() < 2:
             continue
-        rows = tensor.movedim(member.dim, 0)
-        rows = rows[torch.tensor(member.positions, device=tensor.device)].reshape(len(member.positions), -1)
-        values = criterion(rows.to(torch.float32)).to(torch.float32)
+        values = _member_scores(tensor, member.dim, member.positions, criterion)
         if scores is None:
             scores = torch.zeros(group.size, dtype=torch.float32, device=tensor.device)
-        scores = scores.index_add(0, torch.tensor(member.channels, device=tensor.device), values)
+        if _covers(member.channels, group.size):
+            scores += values
+        elif isinstance(member.channels, range) and member.channels.step > 0:
+            scores[member.channels.start : member.channels.stop : member.channels.step] += values
+        else:
+            scores = scores.index_add(0, torch.tensor(member.channels, dtype=torch.long, device=tensor.device), values)
     if scores is None:
         raise PruneError(f"group produced by {', '.join(group.producers) or '(none)'} has no weight to score")
     return scores
@@ -99,9 +157,10 @@ def _round_kept(kept: int, size: int, round_to: int) -> int:
 def _producer_mask(group: ChannelGroup, keep: Tensor) -> tuple[str, Tensor]:
     producer = group.producers[0]
     member = next(m for m in group.members if m.fqn == producer and m.role == "producer")
-    rows = max(member.positions) + 1
+    positions = member.positions
+    rows = max(positions[0], positions[-1]) + 1 if isinstance(positions, range) else max(positions) + 1
     mask = torch.ones(rows, dtype=torch.bool, device=keep.device)
-    mask[torch.tensor(member.positions, device=keep.device)] = keep[torch.tensor(member.channels, device=keep.device)]
+    _put(mask, positions, _take(keep, member.channels))
     return producer, mask
 
 
@@ -198,24 +257,28 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
             reasons = "; ".join(f"`{b.node}`: {b.reason}" for b in group.blockers) or "it has no producer"
             raise PruneError(f"mask for `{fqn}`: its channel group cannot be pruned: {reasons}")
         member = next(m for m in group.members if m.fqn == fqn and m.role == "producer")
-        positions = torch.tensor(member.positions, device=mask.device)
-        channels = torch.tensor(member.channels, device=mask.device)
-        keep = torch.ones(group.size, dtype=torch.bool, device=mask.device)
-        known = torch.zeros(group.size, dtype=torch.bool, device=mask.device)
-        keep[channels] = mask[positions]
-        known[channels] = True
-        if not bool((keep[channels] == mask[positions]).all()):
-            raise PruneError(f"mask for `{fqn}`: rows that are one channel of the group disagree")
+        values = _take(mask, member.positions)
+        if _covers(member.channels, group.size):  # each channel once, in order: nothing to check
+            keep = values.clone()
+            known = torch.ones(group.size, dtype=torch.bool, device=mask.device)
+        else:
+            channels = torch.tensor(member.channels, dtype=torch.long, device=mask.device)
+            keep = torch.ones(group.size, dtype=torch.bool, device=mask.device)
+            known = torch.zeros(group.size, dtype=torch.bool, device=mask.device)
+            keep[channels] = values
+            known[channels] = True
+            if not bool((keep[channels] == values).all()):
+                raise PruneError(f"mask for `{fqn}`: rows that are one channel of the group disagree")
         for unit in group.units:
             u = torch.tensor(unit, device=mask.device)
-            values = keep[u][known[u]]
-            if values.numel() and not bool((values == values[0]).all()):
+            unit_values = keep[u][known[u]]
+            if unit_values.numel() and not bool((unit_values == unit_values[0]).all()):
                 raise PruneError(
                     f"mask for `{fqn}` removes part of an attention head ({len(unit)} channels with its "
                     "key / value dims); heads are pruned whole: keep or remove all rows of a head"
                 )
-            if values.numel():
-                keep[u] = values[0]
+            if unit_values.numel():
+                keep[u] = unit_values[0]
                 known[u] = True
         if not bool(known.all()):
             raise PruneError(f"mask for `{fqn}` does not decide every channel of its group; key it by another producer: {', '.join(group.producers)}")
@@ -230,16 +293,45 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
     return keeps
 
 
-def _removed_positions(groups: Sequence[ChannelGroup], keeps: Mapping[int, Tensor]) -> dict[tuple[str, int], set[int]]:
-    removed: dict[tuple[str, int], set[int]] = {}
+def _kept_indices(
+    groups: Sequence[ChannelGroup], keeps: Mapping[int, Tensor], tensors: Mapping[str, Tensor]
+) -> dict[str, dict[int, Tensor]]:
+    """Per tensor FQN and dim, the indices the pruned tensor keeps (only where some go)."""
+    kept: dict[str, dict[int, Tensor]] = {}
     for index, keep in keeps.items():
-        dropped = set((~keep).nonzero().squeeze(1).tolist())
-        if not dropped:
+        if bool(keep.all()):
             continue
         for member in groups[index].members:
-            bucket = removed.setdefault((member.fqn, member.dim), set())
-            bucket.update(p for p, c in zip(member.positions, member.channels) if c in dropped)
-    return removed
+            tensor = _tensor(tensors, member.fqn)
+            dims = kept.setdefault(member.fqn, {})
+            vector = dims.get(member.dim)
+            if vector is None:
+                vector = dims[member.dim] = torch.ones(tensor.shape[member.dim], dtype=torch.bool, device=keep.device)
+            _put(vector, member.positions, _take(keep, member.channels))
+    return {fqn: {dim: vector.nonzero().squeeze(1) for dim, vector in dims.items()} for fqn, dims in kept.items()}
+
+
+_BLOCK = 1 << 18  # elements gathered at a time when a tensor loses rows and columns
+
+
+def _gather(tensor: Tensor, index: Mapping[int, Tensor]) -> Tensor:
+    """The sub-tensor at `index` (indices per dim), contiguous, built without an intermediate
+    the size of a half-pruned tensor: rows and columns are taken block by block."""
+    dims = sorted(index)
+    if len(dims) == 1:
+        return torch.index_select(tensor, dims[0], index[dims[0]].to(tensor.device)).contiguous()
+    if dims[:2] != [0, 1] or len(dims) > 2:
+        result = tensor
+        for dim in dims:
+            result = torch.index_select(result, dim, index[dim].to(tensor.device))
+        return result.contiguous()
+    rows, columns = index[0].to(tensor.device), index[1].to(tensor.device)
+    out = torch.empty((rows.numel(), columns.numel()) + tuple(tensor.shape[2:]), dtype=tensor.dtype, device=tensor.device)
+    step = max(1, _BLOCK // max(1, tensor[0].numel()))
+    for start in range(0, rows.numel(), step):
+        block = torch.index_select(tensor, 0, rows[start : start + step])
+        torch.index_select(block, 1, columns, out=out[start : start + step])
+    return out
 
 
 def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, object]:
@@ -288,17 +380,11 @@ def _resize_attention(module: nn.MultiheadAttention) -> None:
 def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> ModelT:
     """The physically pruned copy for group masks (see :func:`fprune.apply_prune`)."""
     keeps = group_keeps(groups, masks)
-    removed = _removed_positions(groups, keeps)
     tensors = _tensors(model)
     new_tensors: dict[str, Tensor] = {}
     with torch.no_grad():
-        for (fqn, dim), positions in sorted(removed.items()):
-            current = new_tensors.get(fqn, _tensor(tensors, fqn).detach())
-            size = _tensor(tensors, fqn).shape[dim]
-            keep = torch.ones(size, dtype=torch.bool)
-            keep[sorted(positions)] = False
-            index = keep.nonzero().squeeze(1).to(current.device)
-            new_tensors[fqn] = torch.index_select(current, dim, index).contiguous()
+        for fqn, index in _kept_indices(groups, keeps, tensors).items():
+            new_tensors[fqn] = _gather(tensors[fqn].detach(), index)
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]

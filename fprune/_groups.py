@@ -47,15 +47,16 @@ class ChannelSlice:
             per-channel tensor that goes with them: biases, BatchNorm affine and statistics,
             depthwise conv filters, per-channel parameters added to the channels).
         positions: indices along `dim`, each belonging to the group channel at the same place
-            in `channels`.
-        channels: the group channel of each position.
+            in `channels`: a ``range`` when they step evenly (the common case, kept compact),
+            else a tuple.
+        channels: the group channel of each position (a ``range`` or a tuple, likewise).
     """
 
     fqn: str
     dim: int
     role: Role
-    positions: tuple[int, ...]
-    channels: tuple[int, ...]
+    positions: Sequence[int]
+    channels: Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -217,26 +218,38 @@ class _Member:
 
 
 class _UnionFind:
+    """Union-find over ids 0..count-1; only united ids are stored (`parent` of the others is
+    themselves), so creating ids costs nothing per id."""
+
     def __init__(self) -> None:
-        self.parent: list[int] = []
+        self.count = 0
+        self.parent: dict[int, int] = {}
 
     def new(self, n: int) -> tuple[int, ...]:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
+        start = self.count
+        self.count += n
         return tuple(range(start, start + n))
 
     def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
+        parent = self.parent
+        while x in parent:
+            up = parent[x]
+            if up in parent:
+                parent[x] = parent[up]
+            x = up
+        return x
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+    def roots(self) -> Tensor:
+        """The root (the smallest id) of every id's class, as an int64 tensor."""
+        parent = torch.arange(self.count)
+        if self.parent:
+            parent[torch.tensor(list(self.parent.keys()))] = torch.tensor(list(self.parent.values()))
+        return _roots(parent)
 
 
 class FlowContext:
@@ -274,11 +287,21 @@ class FlowContext:
             return self.node.args[index]
         return self.node.kwargs.get(name, default)
 
-    def shape(self, value: object = None) -> tuple[int, ...] | None:
-        """The shape of the node's output (or of another node), if shapes are known."""
+    def shape(self, value: object = None, *, run: bool = True) -> tuple[int, ...] | None:
+        """The shape of the node's output (or of another node), if shapes are known.
+
+        Shapes come from ``node.meta`` if tracing recorded them, else from one run of the
+        example inputs, made on the first call that needs it (``run=False`` never runs it).
+        """
         node = self.node if value is None else value
         if isinstance(node, fx.Node):
-            return self._analysis.shapes.get(node.name)
+            return self._analysis.shapes.get(node.name, run=run)
+        return None
+
+    def module_of(self, value: object) -> nn.Module | None:
+        """The module a ``call_module`` node calls (None for any other value)."""
+        if isinstance(value, fx.Node) and value.op == "call_module":
+            return self._analysis.modules.get(str(value.target))
         return None
 
     def attr(self, value: object) -> tuple[str, Tensor] | None:
@@ -298,7 +321,9 @@ class FlowContext:
         `outer` > 1: the tensor holds the channels `outer` times along `dim`, block after block
         (an LSTM's 4 gates: unit j is rows j, H + j, 2H + j, 3H + j).
         """
+        start = self._analysis.uf.count
         ids = self._analysis.uf.new(count)
+        self._analysis.id_tensors[id(ids)] = (ids, torch.arange(start, start + count))
         axis = Axis(out_dim, ids, ndim=ndim)
         fqn = self._tensor_fqn(name)
         self._analysis.members.append(_Member(fqn, dim, "producer", Axis(dim, ids, outer=outer)))
@@ -388,7 +413,7 @@ RuleKey: TypeAlias = Union[type[nn.Module], Callable[..., object], str]
 class _Analysis:
     gm: fx.GraphModule
     rules: Mapping[RuleKey, FlowRule]
-    shapes: dict[str, tuple[int, ...]]
+    shapes: _Shapes
     modules: dict[str, nn.Module] = field(init=False)
     tensors: dict[str, Tensor] = field(init=False)
     uf: _UnionFind = field(default_factory=_UnionFind)
@@ -399,6 +424,14 @@ class _Analysis:
     returned: set[int] = field(default_factory=set)
     units: dict[int, int] = field(default_factory=dict)
     literals: list[tuple[str, int, int, tuple[int, ...], int, str]] = field(default_factory=list)
+    id_tensors: dict[int, tuple[tuple[int, ...], Tensor]] = field(default_factory=dict)
+
+    def ids_tensor(self, ids: tuple[int, ...]) -> Tensor:
+        """`ids` as an int64 tensor, converted once per tuple object."""
+        cached = self.id_tensors.get(id(ids))
+        if cached is None:
+            cached = self.id_tensors[id(ids)] = (ids, torch.tensor(ids, dtype=torch.long))
+        return cached[1]
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
@@ -480,19 +513,80 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _shapes(gm: fx.GraphModule, example_inputs: Sequence[object] | None) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    for node in gm.graph.nodes:
-        meta = node.meta.get("tensor_meta")
-        shape = getattr(meta, "shape", None)
-        if shape is not None:
-            shapes[node.name] = tuple(int(s) for s in shape)
-    if example_inputs is not None:
-        recorder = _ShapeRecorder(gm)
-        with torch.no_grad():
-            recorder.run(*example_inputs)
-        shapes.update(recorder.shapes)
-    return shapes
+class _Recording(nn.Module):
+    """`gm` as a submodule, run through a _ShapeRecorder (for functional_call)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def forward(self, *args: object) -> object:
+        recorder = _ShapeRecorder(self.gm)
+        result = recorder.run(*args)
+        self.shapes = recorder.shapes
+        return result
+
+
+def _on_meta(value: object) -> object:
+    if isinstance(value, Tensor):
+        return torch.empty_like(value, device="meta")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_meta(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _on_meta(v) for k, v in value.items()}
+    return value
+
+
+def _record_shapes(gm: fx.GraphModule, example_inputs: Sequence[object]) -> dict[str, tuple[int, ...]]:
+    """Every node's output shape for one forward of `example_inputs`.
+
+    The forward runs on meta tensors (shapes without arithmetic: a ResNet-50 at 224x224 in
+    ~50 ms instead of ~0.8 s); ops that cannot run on meta (data-dependent shapes, ``.item()``)
+    make it run again on the real tensors.
+    """
+    recording = _Recording(gm)
+    with torch.no_grad():
+        try:
+            state = {
+                f"gm.{name}": torch.empty_like(tensor, device="meta")
+                for name, tensor in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
+            }
+            torch.func.functional_call(recording, state, tuple(_on_meta(x) for x in example_inputs))
+            return recording.shapes
+        except Exception:  # noqa: BLE001 - not runnable on meta: run it for real below
+            pass
+        try:
+            recording(*example_inputs)
+        except Exception as error:  # noqa: BLE001 - reported as a PruneError
+            raise PruneError(
+                f"channel_groups: running example_inputs through the model failed ({type(error).__name__}: {error}); "
+                "pass the arguments forward takes"
+            ) from None
+    return recording.shapes
+
+
+class _Shapes:
+    """Node output shapes, by node name: those tracing recorded, else from one forward of the
+    example inputs, run on the first request for a shape it does not know (many graphs, e.g.
+    plain CNNs, never need it)."""
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[object] | None) -> None:
+        self._gm = gm
+        self._inputs = example_inputs
+        self._known: dict[str, tuple[int, ...]] = {}
+        for node in gm.graph.nodes:
+            shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+            if shape is not None:
+                self._known[node.name] = tuple(int(s) for s in shape)
+
+    def get(self, name: str, *, run: bool = True) -> tuple[int, ...] | None:
+        shape = self._known.get(name)
+        if shape is None and run and self._inputs is not None:
+            inputs, self._inputs = self._inputs, None
+            self._known.update(_record_shapes(self._gm, inputs))
+            shape = self._known.get(name)
+        return shape
 
 
 def channel_groups(
@@ -521,77 +615,195 @@ def channel_groups(
         from ._flow_rules import default_flow_rules
 
         rules = default_flow_rules()
-    analysis = _Analysis(gm, rules, _shapes(gm, example_inputs))
+    analysis = _Analysis(gm, rules, _Shapes(gm, example_inputs))
     analysis.run()
     return _collect(analysis)
 
 
-def _collect(analysis: _Analysis) -> tuple[ChannelGroup, ...]:
-    uf = analysis.uf
-    # channels: classes of united ids; groups: classes that share a producer
-    groups = _UnionFind()
-    groups.new(len(uf.parent))
-    for _, ids in analysis.producers:
-        roots = [uf.find(i) for i in ids]
-        for root in roots[1:]:
-            groups.union(roots[0], root)
-    for i in analysis.units:  # a unit (an attention head) lies in one group
-        groups.union(uf.find(i), uf.find(_unit_root(analysis.units, i)))
-    order: dict[int, list[int]] = {}  # group root -> its channel classes, in first-seen order
-    seen: set[int] = set()
-    sources = [ids for _, ids in analysis.producers] + [m.axis.ids for m in analysis.members]
-    for ids in sources:
-        for i in ids:
-            cls = uf.find(i)
-            if cls not in seen:
-                seen.add(cls)
-                order.setdefault(groups.find(cls), []).append(cls)
-    index_of: dict[int, tuple[int, int]] = {}
-    for root, classes in order.items():
-        for j, cls in enumerate(classes):
-            index_of[cls] = (root, j)
-    by_group: dict[int, list[ChannelSlice]] = {root: [] for root in order}
+def _roots(parent: Tensor) -> Tensor:
+    """The root of every node of a forest given as a parent vector (pointer jumping)."""
+    while True:
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            return parent
+        parent = grand
+
+
+def _components(n: int, a: Tensor, b: Tensor) -> Tensor:
+    """The smallest node of each node's connected component, for `n` nodes and edges a[i]-b[i]."""
+    label = torch.arange(n)
+    while True:
+        low = torch.minimum(label[a], label[b])
+        new = label.scatter_reduce(0, a, low, "amin").scatter_reduce(0, b, low, "amin")
+        new = _roots(new)
+        if torch.equal(new, label):
+            return label
+        label = new
+
+
+def _compact(values: Tensor) -> Sequence[int]:
+    """A range if `values` step evenly (by a nonzero step), else a tuple."""
+    n = values.numel()
+    if n == 1:
+        first = int(values[0])
+        return range(first, first + 1)
+    if n > 1:
+        steps = values[1:] - values[:-1]
+        step = int(steps[0])
+        if step != 0 and bool((steps == step).all()):
+            first = int(values[0])
+            return range(first, first + n * step, step)
+    return tuple(values.tolist())
+
+
+@dataclass(frozen=True)
+class _IdsInfo:
+    """Where the ids of one tuple went: their groups and channels, and the common case."""
+
+    groups: Tensor  # group index of each id
+    channels: Tensor  # channel index (within its group) of each id
+    group: int  # the group of all ids, or -1 if they span several
+    channel_range: range | None  # the channels, if one group and they step evenly
+
+
+def _ids_infos(analysis: _Analysis, id_group: Tensor, id_channel: Tensor) -> dict[int, _IdsInfo]:
+    """_IdsInfo per distinct ids tuple of the members (by id()), computed in one vectorised pass."""
+    tuples: dict[int, tuple[int, ...]] = {}
     for member in analysis.members:
-        per_group: dict[int, tuple[list[int], list[int]]] = {}
-        for position, k in member.axis.positions():
-            root, j = index_of[uf.find(member.axis.ids[k])]
-            positions, channels = per_group.setdefault(root, ([], []))
-            positions.append(position)
-            channels.append(j)
-        for root, (positions, channels) in per_group.items():
-            by_group[root].append(ChannelSlice(member.fqn, member.dim, member.role, tuple(positions), tuple(channels)))
-    blockers: dict[int, list[Blocker]] = {root: [] for root in order}
-    for channel, blocker in analysis.blocked.items():
-        root = index_of[uf.find(channel)][0]
-        if blocker not in blockers[root]:
-            blockers[root].append(blocker)
-    returned = {index_of[uf.find(c)][0] for c in analysis.returned}
-    producers: dict[int, list[str]] = {root: [] for root in order}
-    for fqn, ids in analysis.producers:
-        root = index_of[uf.find(ids[0])][0]
-        if fqn not in producers[root]:
-            producers[root].append(fqn)
-    units: dict[int, dict[int, set[int]]] = {root: {} for root in order}
-    for i in analysis.units:
-        if uf.find(i) not in index_of:
-            continue
-        root, j = index_of[uf.find(i)]
-        units[root].setdefault(_unit_root(analysis.units, i), set()).add(j)
-    literals: dict[int, list[SizeLiteral]] = {root: [] for root in order}
-    for node, index, value, heads, factor, module in analysis.literals:
-        root = index_of[uf.find(heads[0])][0]
-        literals[root].append(SizeLiteral(node, index, value, tuple(index_of[uf.find(h)][1] for h in heads), factor, module))
+        tuples.setdefault(id(member.axis.ids), member.axis.ids)
+    keys = list(tuples)
+    if not keys:
+        return {}
+    parts = [analysis.ids_tensor(tuples[k]) for k in keys]
+    lengths = torch.tensor([p.numel() for p in parts])
+    flat = torch.cat(parts)
+    segment = torch.repeat_interleave(torch.arange(len(parts)), lengths)
+    groups, channels = id_group[flat], id_channel[flat]
+    count = len(parts)
+    gmin = torch.full((count,), flat.numel() + 1).scatter_reduce(0, segment, groups, "amin")
+    gmax = torch.full((count,), -1).scatter_reduce(0, segment, groups, "amax")
+    starts = torch.cumsum(lengths, 0) - lengths
+    first_channel = channels[starts]
+    # the step of each segment: channel[1] - channel[0] (0 for one-id segments, marked regular)
+    second = torch.where(lengths > 1, starts + 1, starts)
+    step = channels[second] - first_channel
+    inside = segment[1:] == segment[:-1]
+    uneven = inside & ((channels[1:] - channels[:-1]) != step[segment[1:]])
+    irregular = torch.zeros(count, dtype=torch.bool).index_put((segment[1:][uneven],), torch.tensor(True), accumulate=False)
+    irregular |= (step == 0) & (lengths > 1)
+    infos: dict[int, _IdsInfo] = {}
+    split_groups = torch.split(groups, lengths.tolist())
+    split_channels = torch.split(channels, lengths.tolist())
+    rows = zip(keys, gmin.tolist(), gmax.tolist(), first_channel.tolist(), step.tolist(), lengths.tolist(), irregular.tolist())
+    for k, (key, low, high, first, st, length, odd) in enumerate(rows):
+        group = low if low == high else -1
+        channel_range = None
+        if group >= 0 and not odd:
+            step_ = st if length > 1 else 1
+            channel_range = range(first, first + length * step_, step_)
+        infos[key] = _IdsInfo(split_groups[k], split_channels[k], group, channel_range)
+    return infos
+
+
+def _member_slices(member: _Member, info: _IdsInfo) -> list[tuple[int, ChannelSlice]]:
+    """The member's slices, one per group its positions fall in (in order of first position)."""
+    axis = member.axis
+    if axis.inner < 0:
+        raise PruneError("the size of flattened channels is unknown; pass example_inputs")
+    width = axis.width
+    if info.group >= 0 and info.channel_range is not None and axis.inner == 1 and axis.outer == 1:
+        return [(info.group, ChannelSlice(member.fqn, member.dim, member.role, range(width), info.channel_range))]
+    count = len(axis.ids)
+    positions = torch.arange(width)
+    k = torch.div(positions, axis.inner, rounding_mode="floor") % count
+    groups, channels = info.groups[k], info.channels[k]
+    if info.group >= 0:
+        return [(info.group, ChannelSlice(member.fqn, member.dim, member.role, range(width), _compact(channels)))]
+    found, first = torch.unique(groups, return_inverse=True)
+    first_position = torch.full((found.numel(),), width).scatter_reduce(0, first, positions, "amin")
+    slices = []
+    for g in found[torch.argsort(first_position)].tolist():
+        chosen = groups == g
+        slices.append((g, ChannelSlice(member.fqn, member.dim, member.role, _compact(positions[chosen]), _compact(channels[chosen]))))
+    return slices
+
+
+def _collect(analysis: _Analysis) -> tuple[ChannelGroup, ...]:
+    n = analysis.uf.count
+    if n == 0:
+        return ()
+    # every id was made by a producer, in order: producer k owns ids starts[k] .. + counts[k]
+    counts = torch.tensor([len(ids) for _, ids in analysis.producers], dtype=torch.long)
+    starts = torch.tensor([ids[0] if ids else 0 for _, ids in analysis.producers], dtype=torch.long)
+    # channels: classes of united ids, each named by its smallest id (so in first-seen order)
+    cls = analysis.uf.roots()
+    # groups: components of channel classes linked by a shared producer or a unit (a head)
+    a_parts = [cls[torch.repeat_interleave(starts, counts)]]
+    b_parts = [cls]
+    if analysis.units:
+        keys = torch.tensor(list(analysis.units.keys()), dtype=torch.long)
+        unit_parent = torch.arange(n)
+        unit_parent[keys] = torch.tensor(list(analysis.units.values()), dtype=torch.long)
+        unit_root = _roots(unit_parent)
+        a_parts.append(cls[keys])
+        b_parts.append(cls[unit_root[keys]])
+    component = _components(n, torch.cat(a_parts), torch.cat(b_parts))
+    # groups in the order of their first channel; channels numbered in id order within a group
+    present = (cls == torch.arange(n)).nonzero().squeeze(1)
+    group_labels, class_group = torch.unique(component[present], return_inverse=True)
+    group_count = group_labels.numel()
+    sizes = torch.bincount(class_group, minlength=group_count)
+    order = torch.sort(class_group, stable=True).indices
+    class_channel = torch.empty_like(class_group)
+    class_channel[order] = torch.arange(present.numel()) - (torch.cumsum(sizes, 0) - sizes)[class_group[order]]
+    id_group = torch.full((n,), -1)
+    id_group[present] = class_group
+    id_group = id_group[cls]
+    id_channel = torch.full((n,), -1)
+    id_channel[present] = class_channel
+    id_channel = id_channel[cls]
+
+    infos = _ids_infos(analysis, id_group, id_channel)
+    by_group: list[list[ChannelSlice]] = [[] for _ in range(group_count)]
+    for member in analysis.members:
+        for g, piece in _member_slices(member, infos[id(member.axis.ids)]):
+            by_group[g].append(piece)
+    blockers: list[list[Blocker]] = [[] for _ in range(group_count)]
+    if analysis.blocked:
+        blocked_groups = id_group[torch.tensor(list(analysis.blocked.keys()), dtype=torch.long)].tolist()
+        for g, blocker in zip(blocked_groups, analysis.blocked.values()):
+            if blocker not in blockers[g]:
+                blockers[g].append(blocker)
+    returned = set(id_group[torch.tensor(sorted(analysis.returned), dtype=torch.long)].tolist()) if analysis.returned else set()
+    producers: list[list[str]] = [[] for _ in range(group_count)]
+    if analysis.producers:
+        heads = id_group[torch.tensor([ids[0] for _, ids in analysis.producers], dtype=torch.long)].tolist()
+        for g, (fqn, _) in zip(heads, analysis.producers):
+            if fqn not in producers[g]:
+                producers[g].append(fqn)
+    units: list[dict[int, set[int]]] = [{} for _ in range(group_count)]
+    if analysis.units:
+        unit_ids = list(analysis.units.keys())
+        index = torch.tensor(unit_ids, dtype=torch.long)
+        rows = zip(unit_ids, id_group[index].tolist(), id_channel[index].tolist(), unit_root[index].tolist())
+        for _, g, j, root in rows:
+            units[g].setdefault(root, set()).add(j)
+    literals: list[list[SizeLiteral]] = [[] for _ in range(group_count)]
+    for node, index_, value, heads_, factor, module in analysis.literals:
+        head_index = torch.tensor(heads_, dtype=torch.long)
+        g = int(id_group[head_index[0]])
+        literals[g].append(SizeLiteral(node, index_, value, tuple(id_channel[head_index].tolist()), factor, module))
     return tuple(
         ChannelGroup(
-            size=len(order[root]),
-            producers=tuple(producers[root]),
-            members=tuple(by_group[root]),
-            blockers=tuple(blockers[root]),
-            reaches_output=root in returned,
-            units=tuple(sorted(tuple(sorted(u)) for u in units[root].values())),
-            literals=tuple(literals[root]),
+            size=int(sizes[g]),
+            producers=tuple(producers[g]),
+            members=tuple(by_group[g]),
+            blockers=tuple(blockers[g]),
+            reaches_output=g in returned,
+            units=tuple(sorted(tuple(sorted(u)) for u in units[g].values())),
+            literals=tuple(literals[g]),
         )
-        for root in order
+        for g in range(group_count)
     )
 
 

@@ -55,7 +55,7 @@ def test_classifier_outputs_reach_the_output_and_features_flatten_into_its_colum
     assert head.reaches_output and head.size == 10
     last = _by_producer(groups, "layer4.1.conv2.weight")
     fc = next(m for m in last.members if m.fqn == "fc.weight")
-    assert fc.role == "consumer" and fc.dim == 1 and fc.positions == tuple(range(128)) and fc.channels == tuple(range(128))
+    assert fc.role == "consumer" and fc.dim == 1 and fc.positions == range(128) and fc.channels == range(128)
 
 
 def test_densenet_concat_offsets_each_producer_into_the_consumer_columns() -> None:
@@ -66,8 +66,8 @@ def test_densenet_concat_offsets_each_producer_into_the_consumer_columns() -> No
     consumer = "block1.2.conv1.weight"
     stem_cols = next(m for m in stem.members if m.fqn == consumer)
     new_cols = next(m for m in first_new.members if m.fqn == consumer)
-    assert stem_cols.positions == tuple(range(16))
-    assert new_cols.positions == tuple(range(16, 24))
+    assert stem_cols.positions == range(16)
+    assert new_cols.positions == range(16, 24)
     assert stem.size == 16 and first_new.size == 8
 
 
