@@ -71,7 +71,9 @@ def _check_masks(model: nn.Module, masks: Mapping[str, Tensor], dims: Mapping[st
         if mask.shape != (tensor.shape[dim],):
             what = "one entry per row: the weight's dim 0" if dim == 0 else f"one entry per channel: the weight's dim {dim}"
             raise PruneError(f"mask for `{fqn}` has shape {tuple(mask.shape)}, expected ({tensor.shape[dim]},) ({what})")
-        if mask.device != tensor.device:
+        if mask.device.type == "meta":
+            raise PruneError(f"mask for `{fqn}` is on the meta device and has no values; give keep-masks as CPU torch.bool tensors")
+        if mask.device != tensor.device and not (tensor.device.type == "meta" and mask.device.type == "cpu"):
             raise PruneError(f"mask for `{fqn}` is on {mask.device}, but the tensor is on {tensor.device}; move the mask")
         if not bool(mask.any()):
             raise PruneError(f"mask for `{fqn}` is all False: it would remove every row; keep at least one")
@@ -267,7 +269,7 @@ def apply_prune(
 
 
 def _row_mask(mask: Tensor, tensor: Tensor) -> Tensor:
-    return mask.reshape((-1,) + (1,) * (tensor.dim() - 1)).to(tensor.dtype)
+    return mask.reshape((-1,) + (1,) * (tensor.dim() - 1)).to(dtype=tensor.dtype, device=tensor.device)
 
 
 def masked_parameters(
@@ -335,4 +337,4 @@ def _zero_channels(result: dict[str, Tensor], model: nn.Module, module_fqn: str,
     for name in names:
         if isinstance(getattr(module, name, None), nn.Parameter):
             key = f"{module_fqn}.{name}"
-            result[key] = result[key] * mask.to(result[key].dtype)
+            result[key] = result[key] * mask.to(dtype=result[key].dtype, device=result[key].device)

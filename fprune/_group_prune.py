@@ -72,11 +72,15 @@ def _covers(index: Sequence[int], size: int) -> bool:
 _CHUNK = 1 << 18  # elements per block when summing over leading dims (stays in cache)
 
 
+_Norms = dict[tuple[str, int], Tensor]
+"""Slice norms already computed in one scoring call, by (tensor FQN, dim)."""
+
+
 def _dim_norms(tensor: Tensor, dim: int, p: int) -> Tensor:
     """The L`p` norm (p = 1 or 2) of each slice ``tensor.select(dim, i)``, in float32.
 
     Never copies the tensor: trailing dims are reduced first (contiguous), then leading dims
-    block by block, so columns cost about what rows do.
+    block by block, so a weight's columns cost about what its rows do.
     """
     size = tensor.shape[dim]
     lead = math.prod(tensor.shape[:dim])
@@ -92,14 +96,17 @@ def _dim_norms(tensor: Tensor, dim: int, p: int) -> Tensor:
         block = flat[start : start + step]
         block = block.float() if half else block
         part = block.abs() if p == 1 else block * block
-        total += part.sum(dim=(0, 2))
+        total += part.sum(dim=(0, 2)) if flat.shape[2] > 1 else part.sum(dim=0)[:, 0]
     return (total if p == 1 else total.sqrt()).to(torch.float32)
 
 
-def _member_scores(tensor: Tensor, dim: int, positions: Sequence[int], criterion: Criterion) -> Tensor:
+def _member_scores(tensor: Tensor, fqn: str, dim: int, positions: Sequence[int], criterion: Criterion, cache: _Norms) -> Tensor:
     """The criterion of each row ``tensor.select(dim, position)``, for `positions`."""
     if criterion is l2_norm or criterion is l1_norm:
-        return _take(_dim_norms(tensor, dim, 2 if criterion is l2_norm else 1), positions)
+        norms = cache.get((fqn, dim))
+        if norms is None:
+            norms = cache[(fqn, dim)] = _dim_norms(tensor, dim, 2 if criterion is l2_norm else 1)
+        return _take(norms, positions)
     rows = tensor.movedim(dim, 0)
     rows = rows if _covers(positions, rows.shape[0]) else _take(rows, positions)
     return criterion(rows.reshape(len(positions), -1).to(torch.float32)).to(torch.float32)
@@ -112,10 +119,10 @@ def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l
     `criterion` over its channel positions; a channel's score sums its positions' scores over
     all weight members. Biases, BatchNorm entries and other carriers do not count.
     """
-    return _scores(_tensors(model), group, criterion)
+    return _scores(_tensors(model), group, criterion, {})
 
 
-def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion) -> Tensor:
+def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms) -> Tensor:
     scores: Tensor | None = None
     for member in group.members:
         if member.role == "carrier":
@@ -123,7 +130,12 @@ def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Crite
         tensor = _tensor(tensors, member.fqn).detach()
         if tensor.dim() < 2:
             continue
-        values = _member_scores(tensor, member.dim, member.positions, criterion)
+        if tensor.device.type == "meta":
+            raise PruneError(
+                f"`{member.fqn}` is on the meta device and has no values to score; load the weights, or "
+                "write keep-masks yourself (CPU torch.bool tensors keyed by each group's producers[0])"
+            )
+        values = _member_scores(tensor, member.fqn, member.dim, member.positions, criterion, cache)
         if scores is None:
             scores = torch.zeros(group.size, dtype=torch.float32, device=tensor.device)
         if _covers(member.channels, group.size):
@@ -200,7 +212,8 @@ def group_masks(
         raise PruneError(f"group_masks: `round_to` must be a positive int, got {round_to!r}")
     chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
     tensors = _tensors(model)  # once: per group it would make scoring quadratic in depth
-    scores = [_scores(tensors, g, criterion) for g in chosen]
+    cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once
+    scores = [_scores(tensors, g, criterion, cache) for g in chosen]
     if any(bool(torch.isnan(s).any()) for s in scores):
         raise PruneError("group_masks: channel scores contain NaN (does a weight hold NaN or inf?)")
     kept_counts: list[int]
@@ -314,9 +327,10 @@ def _kept_indices(
 _BLOCK = 1 << 18  # elements gathered at a time when a tensor loses rows and columns
 
 
-def _gather(tensor: Tensor, index: Mapping[int, Tensor]) -> Tensor:
-    """The sub-tensor at `index` (indices per dim), contiguous, built without an intermediate
-    the size of a half-pruned tensor: rows and columns are taken block by block."""
+def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
+    """The sub-tensor at `index` (indices per dim), contiguous. A tensor that loses rows and
+    columns is gathered block by block through one reused `scratch` buffer (per dtype and
+    device), so no intermediate the size of a half-pruned tensor is ever made."""
     dims = sorted(index)
     if len(dims) == 1:
         return torch.index_select(tensor, dims[0], index[dims[0]].to(tensor.device)).contiguous()
@@ -327,10 +341,17 @@ def _gather(tensor: Tensor, index: Mapping[int, Tensor]) -> Tensor:
         return result.contiguous()
     rows, columns = index[0].to(tensor.device), index[1].to(tensor.device)
     out = torch.empty((rows.numel(), columns.numel()) + tuple(tensor.shape[2:]), dtype=tensor.dtype, device=tensor.device)
-    step = max(1, _BLOCK // max(1, tensor[0].numel()))
+    row_size = max(1, tensor[0].numel())
+    step = max(1, min(rows.numel(), _BLOCK // row_size))
+    key = (tensor.dtype, tensor.device)
+    buffer = scratch.get(key)
+    if buffer is None or buffer.numel() < step * row_size:
+        buffer = scratch[key] = torch.empty(max(_BLOCK, step * row_size), dtype=tensor.dtype, device=tensor.device)
     for start in range(0, rows.numel(), step):
-        block = torch.index_select(tensor, 0, rows[start : start + step])
-        torch.index_select(block, 1, columns, out=out[start : start + step])
+        taken = rows[start : start + step]
+        part = buffer[: taken.numel() * row_size].view((taken.numel(),) + tuple(tensor.shape[1:]))
+        torch.index_select(tensor, 0, taken, out=part)
+        torch.index_select(part, 1, columns, out=out[start : start + step])
     return out
 
 
@@ -382,9 +403,11 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     keeps = group_keeps(groups, masks)
     tensors = _tensors(model)
     new_tensors: dict[str, Tensor] = {}
+    scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
     with torch.no_grad():
         for fqn, index in _kept_indices(groups, keeps, tensors).items():
-            new_tensors[fqn] = _gather(tensors[fqn].detach(), index)
+            new_tensors[fqn] = _gather(tensors[fqn].detach(), index, scratch)
+    del scratch
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]
@@ -520,13 +543,11 @@ def masked_group_parameters(model: nn.Module, groups: Sequence[ChannelGroup], ma
             if member.role == "consumer" or member.fqn not in params:
                 continue
             tensor = params[member.fqn]
-            factor = torch.ones(tensor.shape[member.dim], dtype=tensor.dtype, device=tensor.device)
-            positions = torch.tensor(member.positions, device=tensor.device)
-            channels = torch.tensor(member.channels, device=tensor.device)
-            factor[positions] = keep[channels].to(tensor.dtype)
+            factor = torch.ones(tensor.shape[member.dim], dtype=tensor.dtype, device=keep.device)
+            _put(factor, member.positions, _take(keep, member.channels).to(tensor.dtype))
             shape = [1] * tensor.dim()
             shape[member.dim] = -1
-            params[member.fqn] = tensor * factor.reshape(shape)
+            params[member.fqn] = tensor * factor.to(tensor.device).reshape(shape)
     return params
 
 

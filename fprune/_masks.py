@@ -38,6 +38,11 @@ def _check_weight(weight: Tensor, what: str) -> None:
         )
     if weight.shape[0] == 0:
         raise PruneError(f"{what}: the weight has no rows (shape {tuple(weight.shape)})")
+    if weight.device.type == "meta":
+        raise PruneError(
+            f"{what}: the weight is on the meta device and has no values to score; compute masks from "
+            "the real weights, or write keep-masks yourself (CPU torch.bool tensors) to prune a meta model"
+        )
 
 
 def _as_float(weight: Tensor) -> Tensor:

@@ -112,7 +112,23 @@ def _indices(mask: Tensor) -> Tensor:
 
 
 def _take(t: Tensor, mask: Tensor, dim: int) -> Tensor:
-    return torch.index_select(t.detach(), dim, _indices(mask)).contiguous()
+    return torch.index_select(t.detach(), dim, _indices(mask).to(t.device)).contiguous()
+
+
+def _values_device(t: Tensor) -> torch.device:
+    """Where masks and constants about `t` live: its device, or the CPU for a meta tensor
+    (a meta model is pruned from CPU masks, without values)."""
+    return torch.device("cpu") if t.device.type == "meta" else t.device
+
+
+def _values(t: Tensor, like: Tensor, what: str) -> Tensor:
+    """`t` detached, as `like`'s dtype and device; PruneError if it has no values (meta)."""
+    if t.device.type == "meta":
+        raise PruneError(
+            f"{what}: folding the constant that removed channels still emit needs this tensor's values, "
+            "but it is on the meta device; prune a meta model with prune_bias=True (or load its weights first)"
+        )
+    return t.detach().to(like)
 
 
 def _param(module: nn.Module, name: str) -> Tensor | None:
@@ -208,14 +224,16 @@ def _batchnorm_const(bn: _BatchNorm, x: Tensor, removed: Tensor, prune_bias: boo
     c = x.reshape(-1)
     weight, bias = _param(bn, "weight"), _param(bn, "bias")
     mean, var = bn.running_mean, bn.running_var
+    if weight is not None and bias is not None and prune_bias:
+        return torch.zeros_like(x)
     if mean is not None and var is not None:
-        y = (c - mean.to(c)) / torch.sqrt(var.to(c) + bn.eps)
+        y = (c - _values(mean, c, _name(bn))) / torch.sqrt(_values(var, c, _name(bn)) + bn.eps)
     else:  # batch statistics of a constant channel: (c - c) / sqrt(0 + eps)
         y = torch.zeros_like(c)
     if weight is not None and bias is not None:
-        y = y * weight.detach().to(c) + bias.detach().to(c)
-        if prune_bias:  # the masked model zeroes the removed channels' affine entries
-            y = torch.where(removed, torch.zeros_like(y), y)
+        if prune_bias:  # the masked model zeroes the removed channels' affine entries (only
+            return torch.zeros_like(x)  # removed channels' constants are ever read)
+        y = y * _values(weight, c, _name(bn)) + _values(bias, c, _name(bn))
     return y.reshape(x.shape)
 
 
@@ -247,7 +265,9 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
             replacement = rebuild_module(
                 op, {"weight": _take(op.weight, keep, 0)}, num_parameters=int(keep.sum())
             )
-        return replacement, _Flow(F.prelu(const, op.weight.detach().to(const)), flatten_from, blocker)
+        if bool((const >= 0).all()):  # prelu(x) = x for x >= 0, whatever the slopes
+            return replacement, _Flow(const, flatten_from, blocker)
+        return replacement, _Flow(F.prelu(const, _values(op.weight, const, "PReLU")), flatten_from, blocker)
     if isinstance(op, (nn.LayerNorm, nn.GroupNorm)):
         raise PruneError(
             f"{_name(op)} normalizes across channels: removing channels changes every "
@@ -320,9 +340,9 @@ def _consume(
         tensors = {"weight": _take(weight, columns, 1)}
         if fold:
             cut = ~columns
-            extra = weight.detach()[:, cut].to(const) @ const[cut]
+            extra = _values(weight, const, _name(consumer))[:, cut] @ const[cut]
             bias = _param(consumer, "bias")
-            base = bias.detach().to(const) if bias is not None else torch.zeros_like(extra)
+            base = _values(bias, const, _name(consumer)) if bias is not None else torch.zeros_like(extra)
             tensors["bias"] = (base + extra).to(weight.dtype)
         return rebuild_module(consumer, tensors, in_features=int(columns.sum()))
     if isinstance(consumer, _ConvNd) and not consumer.transposed:
@@ -346,10 +366,10 @@ def _consume(
             )
         tensors = {"weight": _take(weight, keep, 1)}
         if fold:
-            w = weight.detach()[:, removed_channels].to(const)
+            w = _values(weight, const, _name(consumer))[:, removed_channels]
             extra = (w.sum(dim=tuple(range(2, w.dim()))) * const[removed_channels]).sum(dim=1)
             bias = _param(consumer, "bias")
-            base = bias.detach().to(const) if bias is not None else torch.zeros_like(extra)
+            base = _values(bias, const, _name(consumer)) if bias is not None else torch.zeros_like(extra)
             tensors["bias"] = (base + extra).to(weight.dtype)
         return rebuild_module(consumer, tensors, in_channels=int(keep.sum()))
     raise PruneError(
@@ -382,14 +402,14 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
         )
     weight = _weight(producer, "producer")
     mask = _weight_mask(keep, producer)
-    _check_mask(mask.to(weight.device), weight.shape[0], f"{_name(producer)} weight")
-    mask = mask.to(weight.device)
+    mask = mask.to(_values_device(weight))
+    _check_mask(mask, weight.shape[0], f"{_name(producer)} weight")
     is_conv = isinstance(producer, _ConvNd)
     work_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
     bias = _param(producer, "bias")
-    const = torch.zeros(weight.shape[0], dtype=work_dtype, device=weight.device)
+    const = torch.zeros(weight.shape[0], dtype=work_dtype, device=mask.device)
     if bias is not None and not prune_bias:
-        const = torch.where(mask, const, bias.detach().to(work_dtype))
+        const = torch.where(mask, const, _values(bias, const, f"{_name(producer)} bias (prune_bias=False)"))
     layout = (1, -1) + (1,) * (weight.dim() - 2 if is_conv else 0)
     flow = _Flow(const.reshape(layout), None, None)
 

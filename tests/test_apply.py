@@ -198,7 +198,7 @@ def _matches(model: nn.Module) -> tuple[fprune.Match, ...]:
         (torch.ones(400, dtype=torch.bool), r"mask for `seq.0.weight` has shape \(400,\), expected \(500,\)"),
         (torch.ones(500, 1, dtype=torch.bool), r"has shape \(500, 1\), expected \(500,\)"),
         (torch.zeros(500, dtype=torch.bool), r"mask for `seq.0.weight` is all False"),
-        (torch.ones(500, dtype=torch.bool, device="meta"), r"mask for `seq.0.weight` is on meta, but the tensor is on cpu"),
+        (torch.ones(500, dtype=torch.bool, device="meta"), r"mask for `seq.0.weight` is on the meta device and has no values; give keep-masks as CPU"),
         ([True] * 500, r"mask for `seq.0.weight` is a list; expected a torch.bool tensor"),
     ],
 )
