@@ -7,6 +7,8 @@ activation buffers are unmapped and faulted in again on every forward). Models a
 alternating blocks (the order rotates per block), each block with its own warm-up; a model's
 latency is the median of all its timed forwards. FLOPs come from FlopCounterMode with grad
 enabled, with the CPU flash-attention kernel counted as SDPA (it is not in torch's table).
+Models with BatchNorm are also timed with it folded into the convolutions
+(``torch.fx.experimental.optimization.fuse``, eval mode), the original against the pruned copy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental.optimization import fuse
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .cases import Case, NullProbe, case_named, parameters, prune_fprune_groups, prune_fprune_patterns
@@ -41,7 +45,10 @@ def count_flops(model: nn.Module, example: Tensor) -> int:
 
 @dataclass
 class Variant:
-    """One timed model: the original (round_to 0) or an fprune-pruned copy."""
+    """One timed model: the original (round_to 0) or an fprune-pruned copy.
+
+    `baseline`: the label of the variant its speedup is measured against (None: the first).
+    """
 
     label: str
     round_to: int
@@ -49,6 +56,7 @@ class Variant:
     flops: int
     same_as: str | None = None
     ms: dict[int, float] = field(default_factory=dict)
+    baseline: str | None = None
 
 
 def _signature(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -87,11 +95,13 @@ def _child(case_name: str) -> None:
     variants = [Variant("original", 0, parameters(model), count_flops(model, example))]
     models: list[nn.Module] = [model]
     signatures = {_signature(model): "original"}
+    first_pruned: nn.Module | None = None
     for round_to in case.round_tos:
         if case.kind == "mlp":
             pruned = prune_fprune_patterns(case, model, example, NullProbe())
         else:
             pruned = prune_fprune_groups(case, model, example, NullProbe(), round_to=round_to)
+        first_pruned = first_pruned or pruned
         label = f"fprune round_to={round_to}"
         variant = Variant(label, round_to, parameters(pruned), count_flops(pruned, example))
         same = signatures.get(_signature(pruned))
@@ -101,6 +111,13 @@ def _child(case_name: str) -> None:
             signatures[_signature(pruned)] = label
             models.append(pruned.eval())
         variants.append(variant)
+    if first_pruned is not None and any(isinstance(m, _BatchNorm) for m in model.modules()):
+        folded = "original, BN folded"
+        pairs = ((model, folded, 0, None), (first_pruned, f"{variants[1].label}, BN folded", variants[1].round_to, folded))
+        for source, label, round_to, baseline in pairs:
+            fused = fuse(source.eval())
+            variants.append(Variant(label, round_to, parameters(fused), count_flops(fused, example), baseline=baseline))
+            models.append(fused)
     timed_variants = [v for v in variants if v.same_as is None]
     for batch in BATCHES:
         for variant, ms in zip(timed_variants, _time_blocks(models, case.example(batch))):

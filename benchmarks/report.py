@@ -124,15 +124,16 @@ def memory_table(results: Results) -> str:
 def latency_table(results: Results) -> str:
     rows = []
     for lat in results.latencies:
-        original = lat.variants[0]
+        labels = {v.label: v for v in lat.variants}
         for v in lat.variants:
+            original = labels.get(v.baseline or "", lat.variants[0])
             ratio = original.flops / v.flops
             cells = [TITLES[lat.case], v.label + (f" (same shapes as {v.same_as})" if v.same_as else ""),
                      _params(v.params), f"{v.flops / 1e9:.3g}", f"{ratio:.2f}"]
             for batch in (1, 8):
                 ms = v.ms[batch]
                 speedup = original.ms[batch] / ms
-                quotient = "—" if v is original else f"{speedup / ratio:.2f}"
+                quotient = "—" if v is original or v.round_to == 0 else f"{speedup / ratio:.2f}"
                 cells += [f"{ms:,.3g}", f"{speedup:.2f}", quotient]
             rows.append(cells)
     header = ["case", "model", "params", "GFLOPs (b1)", "FLOPs ratio", "b1 ms", "b1 speedup", "b1 speedup/FLOPs",
@@ -175,12 +176,14 @@ def targets(results: Results, cases: Sequence[Case]) -> str:
     for lat in results.latencies:
         if kinds.get(lat.case) not in ("mlp", "cnn"):
             continue
-        original = lat.variants[0]
+        labels = {v.label: v for v in lat.variants}
         for v in lat.variants[1:]:
-            if v.same_as is not None:
+            if v.same_as is not None or v.round_to == 0:
                 continue
+            original = labels.get(v.baseline or "", lat.variants[0])
             q = original.ms[8] / v.ms[8] / (original.flops / v.flops)
-            lines.append(f"- b8 speedup ≥ 0.8× FLOPs ratio, {TITLES[lat.case]}, {v.label}: speedup "
+            against = f" (against {original.label})" if original is not lat.variants[0] else ""
+            lines.append(f"- b8 speedup ≥ 0.8× FLOPs ratio, {TITLES[lat.case]}, {v.label}{against}: speedup "
                          f"{original.ms[8] / v.ms[8]:.2f}, FLOPs ratio {original.flops / v.flops:.2f}, quotient {q:.2f} → {_verdict(q >= 0.8)}")
     return "\n".join(lines)
 
