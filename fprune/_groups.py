@@ -481,6 +481,8 @@ class _Analysis:
                 continue
             try:
                 self.flows[node.name] = rule(ctx)
+            except _ForwardFailed:
+                raise
             except PruneError as error:
                 ctx.block(inputs, str(error))
                 self.flows[node.name] = None
@@ -511,6 +513,10 @@ class _ShapeRecorder(fx.Interpreter):
         if isinstance(result, Tensor):
             self.shapes[n.name] = tuple(result.shape)
         return result
+
+
+class _ForwardFailed(PruneError):
+    """The example inputs could not run through the model (raised, never a blocker)."""
 
 
 class _Recording(nn.Module):
@@ -559,9 +565,10 @@ def _record_shapes(gm: fx.GraphModule, example_inputs: Sequence[object]) -> dict
         try:
             recording(*example_inputs)
         except Exception as error:  # noqa: BLE001 - reported as a PruneError
-            raise PruneError(
-                f"channel_groups: running example_inputs through the model failed ({type(error).__name__}: {error}); "
-                "pass the arguments forward takes"
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise _ForwardFailed(
+                f"channel_groups: running example_inputs through the model failed ({type(error).__name__}: "
+                f"{first_line}); pass the arguments forward takes, as a tuple"
             ) from None
     return recording.shapes
 

@@ -296,3 +296,22 @@ def test_adding_a_value_to_channels_blocks_but_scaling_does_not() -> None:
     added = _by_producer(groups, "fc1.weight")
     assert not added.prunable and "adds a value to the channels" in added.blockers[0].reason
     assert _by_producer(groups, "fc3.weight").prunable
+
+
+def test_example_inputs_that_do_not_fit_the_model_raise_when_shapes_are_needed() -> None:
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 16)
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.proj(x).view(x.shape[0], 4, 4)  # a view needs shapes: the forward runs
+            out: Tensor = self.out(h.reshape(x.shape[0], -1))
+            return out
+
+    gm = torch.fx.symbolic_trace(Heads())
+    with pytest.raises(fprune.PruneError, match=r"running example_inputs through the model failed \(RuntimeError: mat1 and mat2"):
+        fprune.channel_groups(gm, example_inputs=(torch.randn(2, 9),))
+    groups = fprune.channel_groups(gm, example_inputs=(torch.randn(2, 8),))
+    assert [g.producers for g in groups] == [("proj.weight",), ("out.weight",)]

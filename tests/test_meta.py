@@ -105,3 +105,4 @@ def test_scores_and_masks_on_meta_refuse_with_what_to_do() -> None:
     mask = torch.ones(16, dtype=torch.bool, device="meta")
     with pytest.raises(fprune.PruneError, match="mask for `conv1.weight` is on the meta device and has no values"):
         fprune.apply_prune(meta, {"conv1.weight": mask}, groups)
+
