@@ -32,6 +32,7 @@ from ._masks import row_norms as row_norms
 from ._masks import saliency_mask as saliency_mask
 from ._masks import select_kept as select_kept
 from ._match import match_patterns as match_patterns
+from ._optim import prune_optimizer_state as prune_optimizer_state
 from ._patterns import ACTIVATION_FUNCTIONS as ACTIVATION_FUNCTIONS
 from ._patterns import ACTIVATION_METHODS as ACTIVATION_METHODS
 from ._patterns import ACTIVATION_MODULES as ACTIVATION_MODULES
@@ -116,6 +117,7 @@ __all__ = [
     "prune_linear_linear",
     "prune_lstm_output_layernorm_linear",
     "prune_lstm_output_linear",
+    "prune_optimizer_state",
     "rebuild_module",
     "row_norms",
     "saliency_mask",

@@ -10,8 +10,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils import parametrize
 
+from ._checks import check_model
 from ._errors import PruneError
 from ._group_prune import apply_groups, masked_group_parameters
 from ._groups import ChannelGroup
@@ -24,26 +24,13 @@ __all__ = ["apply_prune", "masked_parameters"]
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
-def parametrized_module(model: nn.Module) -> str | None:
-    """The name of the first module of `model` that carries parametrizations, or None."""
-    for fqn, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            return fqn or type(model).__name__
-    return None
-
-
 def _check_model(model: nn.Module, function: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise PruneError(f"{function} expects an nn.Module, got {type(model).__name__}")
-    name = parametrized_module(model)
-    if name is not None:
-        raise PruneError(
-            f"module `{name}` carries torch.nn.utils.parametrize parametrizations; remove them first "
-            "(parametrize.remove_parametrizations, or a sparsifier's squash_mask) so fprune sees the real weights"
-        )
+    check_model(model, function)
 
 
-def _check_masks(model: nn.Module, masks: Mapping[str, Tensor], dims: Mapping[str, int] | None = None) -> dict[str, Tensor]:
+def _check_masks(
+    model: nn.Module, masks: Mapping[str, Tensor], dims: Mapping[str, int] | None = None, *, tied_ok: bool = False
+) -> dict[str, Tensor]:
     """The model's tensors by FQN, after checking every mask against its tensor.
 
     A mask runs over dim 0 of its tensor, or over ``dims[fqn]`` (a channel group's producer
@@ -82,8 +69,11 @@ def _check_masks(model: nn.Module, masks: Mapping[str, Tensor], dims: Mapping[st
         shared.setdefault(id(tensor), []).append(name)
     for fqn in masks:
         names = shared[id(tensors[fqn])]
-        if len(names) > 1:
-            raise PruneError(f"mask for `{fqn}`: the parameter is shared with {', '.join(n for n in names if n != fqn)}; pruning one would desynchronise them")
+        if len(names) > 1 and not tied_ok:
+            raise PruneError(
+                f"mask for `{fqn}`: the parameter is shared with {', '.join(n for n in names if n != fqn)}; pruning one "
+                "would desynchronise them: untie them first (give each module its own copy), or leave this mask out"
+            )
     return tensors
 
 
@@ -236,7 +226,7 @@ def apply_prune(
     """
     _check_model(model, "apply_prune")
     groups = _groups_only(matches, "apply_prune")
-    _check_masks(model, masks, _producer_dims(groups))
+    _check_masks(model, masks, _producer_dims(groups), tied_ok=groups is not None)  # groups keep ties whole
     if groups is not None:
         if prune_bias is not True:
             raise PruneError("apply_prune: channel groups always prune biases with their channels; leave prune_bias=True")
@@ -264,8 +254,30 @@ def apply_prune(
                 if not isinstance(record, ModuleOp) or not isinstance(replacement, nn.Module):
                     raise PruneError(f"prune function for {match.nodes} returned a replacement for a non-module op")
                 current[record.fqn] = replacement
+    _check_ties(model, current)
     memo: dict[int, object] = {id(model.get_submodule(fqn)): module for fqn, module in current.items()}
     return copy.deepcopy(model, memo)
+
+
+def _check_ties(model: nn.Module, replaced: Mapping[str, nn.Module]) -> None:
+    """PruneError if a rebuilt module holds a tensor that is also reachable under a name outside
+    it (tied weights): the copy would hold two tensors where the model holds one."""
+    if not replaced:
+        return
+    names: dict[int, list[str]] = {}
+    for fqn, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(tensor), []).append(fqn)
+    for module_fqn in replaced:
+        prefix = f"{module_fqn}." if module_fqn else ""
+        module = model.get_submodule(module_fqn)
+        for name, tensor in [*module.named_parameters(prefix=module_fqn, remove_duplicate=False), *module.named_buffers(prefix=module_fqn, remove_duplicate=False)]:
+            outside = [n for n in names.get(id(tensor), []) if not n.startswith(prefix)]
+            if outside:
+                raise PruneError(
+                    f"pruning rebuilds `{module_fqn}`, whose `{name}` is the same tensor as `{outside[0]}` (tied weights); "
+                    "the copy would untie them: untie them first (give each module its own copy), or leave out the "
+                    f"masks whose chains reach `{module_fqn}` (or prune with channel groups, which keep ties whole)"
+                )
 
 
 def _row_mask(mask: Tensor, tensor: Tensor) -> Tensor:
@@ -294,9 +306,18 @@ def masked_parameters(
     """
     _check_model(model, "masked_parameters")
     if matches is None:
-        matches = match_patterns(fx.symbolic_trace(model), default_patterns())
+        try:
+            traced = fx.symbolic_trace(model)
+        except Exception as error:  # noqa: BLE001 - reported as a PruneError
+            raise PruneError(
+                f"masked_parameters: with matches=None it traces the model, and torch.fx.symbolic_trace failed "
+                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}); the model "
+                "must be fx-traceable (no data-dependent control flow; mark such submodules as leaf modules), or pass "
+                "matches found on a GraphModule you traced yourself"
+            ) from None
+        matches = match_patterns(traced, default_patterns())
     groups = _groups_only(matches, "masked_parameters")
-    tensors = _check_masks(model, masks, _producer_dims(groups))
+    tensors = _check_masks(model, masks, _producer_dims(groups), tied_ok=groups is not None)
     if groups is not None:
         return masked_group_parameters(model, groups, masks)
     active = _coverage(model, masks, matches)  # type: ignore[arg-type]

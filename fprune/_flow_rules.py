@@ -52,8 +52,12 @@ def _view(ctx: FlowContext) -> Flow:
     sizes = size_args(ctx.node)
     if isinstance(flow, Axis):
         if flow.dim != -1 or flow.inner != 1 or flow.outer != 1:
-            raise PruneError("a view / reshape of channels that are not on the last dim")
+            raise PruneError(
+                "a view / reshape of channels that are not on the last dim (such as x.view(-1, 800) after a "
+                "conv); flatten with torch.flatten(x, 1) or nn.Flatten instead, which fprune follows"
+            )
         if out_shape[-1] == in_shape[-1]:
+            _channel_count(sizes)
             return Axis(-1, flow.ids, ndim=len(out_shape))
         if len(out_shape) >= 2 and out_shape[:-2] == in_shape[:-1] and out_shape[-2] * out_shape[-1] == in_shape[-1]:
             heads, size = out_shape[-2], out_shape[-1]
@@ -69,6 +73,20 @@ def _view(ctx: FlowContext) -> Flow:
             return flow
         raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} of attention heads")
     raise PruneError("a view / reshape of a tuple")
+
+
+def _channel_count(sizes: list[object]) -> None:
+    """A view / reshape keeps the channels on its last dim: its last size must follow pruning.
+
+    -1 or a size read from a tensor (``x.shape[-1]``) does; a number written in the code does
+    not (the pruned model would fail, or silently regroup values, when run), so it blocks.
+    """
+    size = sizes[-1] if sizes else None
+    if isinstance(size, int) and not isinstance(size, bool) and size != -1:
+        raise PruneError(
+            f"a view / reshape that writes the channel count as the number {size}; pruning changes the count, "
+            "so write -1 there (or read it from the tensor: x.shape[-1])"
+        )
 
 
 def _size_literal(ctx: FlowContext, sizes: list[object], index: int, value: int, heads: HeadAxis, factor: int) -> None:
@@ -409,7 +427,17 @@ def _merge_elementwise(ctx: FlowContext) -> Flow:
     if attr is not None:
         fqn, tensor = attr
         dim_in_tensor = tensor.dim() + axis.dim if -axis.dim <= tensor.dim() else None
-        if dim_in_tensor is not None and tensor.shape[dim_in_tensor] == axis.width:
+        per_channel = dim_in_tensor is not None and tensor.shape[dim_in_tensor] == axis.width
+        if additive and not (per_channel and isinstance(tensor, nn.Parameter)):
+            # a value shared by all channels (or a buffer, which masked_parameters cannot
+            # zero) would reach the next layers from the removed channels too
+            what = "a buffer" if per_channel else "a value shared by every channel"
+            raise PruneError(
+                f"`{ctx.node.name}` adds `{fqn}`, {what}, to the channels: removed channels would pass it "
+                "on to the next layers, which the pruned model could not reproduce"
+            )
+        if per_channel:
+            assert dim_in_tensor is not None
             if axis.inner != 1 or axis.outer != 1:
                 raise PruneError(f"`{fqn}` is added to flattened channels")
             ctx.carry("", dim_in_tensor, Axis(dim_in_tensor, axis.ids), fqn=fqn)
@@ -484,6 +512,9 @@ def _split(ctx: FlowContext) -> Flow:
     if not isinstance(dim, int):
         raise PruneError("split along a computed dim")
     ndim = axis.ndim
+    if ndim is None and dim >= 0:  # the rank from the example inputs' shapes
+        shape = ctx.shape(ctx.node.args[0])
+        ndim = len(shape) if shape is not None else None
     norm_dim = dim if dim < 0 else (dim - ndim if ndim is not None else None)
     if norm_dim is None:
         raise PruneError("split along a positive dim of a tensor of unknown rank; pass example_inputs")
@@ -615,6 +646,10 @@ def _reduce_mean(ctx: FlowContext) -> Flow:
         return None
     dims = ctx.arg(1, "dim")
     keepdim = ctx.arg(2, "keepdim", False)
+    if axis.ndim is None:  # the rank from the example inputs' shapes
+        shape = ctx.shape(ctx.node.args[0])
+        if shape is not None:
+            axis = Axis(axis.dim, axis.ids, axis.inner, axis.outer, len(shape))
     if dims is None or axis.ndim is None:
         raise PruneError("a reduction over unknown dims")
     dim_list = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else None

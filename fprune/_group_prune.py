@@ -12,6 +12,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from ._checks import check_model
 from ._errors import PruneError
 from ._groups import ChannelGroup, SizeLiteral, channel_groups
 from ._mha import HeadPrunedMultiheadAttention
@@ -149,6 +150,19 @@ def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Crite
     return scores
 
 
+def _check_ignore(model: nn.Module, tensors: Mapping[str, Tensor], ignore: Collection[str] | None) -> None:
+    if ignore is None:
+        return
+    if isinstance(ignore, str):
+        raise PruneError(f"group_masks: `ignore` must be a collection of FQNs, got the string {ignore!r}; write {{{ignore!r}}}")
+    modules = {fqn for fqn, _ in model.named_modules(remove_duplicate=False)}
+    for entry in ignore:
+        if entry not in tensors and entry not in modules:
+            close = [name for name in sorted(tensors) if name.rpartition(".")[0] == entry.rpartition(".")[0]][:3]
+            hint = f" (tensors there: {', '.join(close)})" if close else ""
+            raise PruneError(f"group_masks: `ignore` names `{entry}`, which is neither a tensor nor a module of the model{hint}")
+
+
 def _ignored(group: ChannelGroup, ignore: Collection[str] | None) -> bool:
     if ignore is None:
         return group.reaches_output
@@ -206,16 +220,23 @@ def group_masks(
         A bool keep-mask per pruned group, keyed by its first producer's weight FQN, over that
         weight's dim 0, for :func:`apply_prune`.
     """
+    check_model(model, "group_masks")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level) or not 0 <= level < 1:
         raise PruneError(f"group_masks: `level` must be in [0, 1), got {level!r}")
     if not isinstance(round_to, int) or round_to < 1:
         raise PruneError(f"group_masks: `round_to` must be a positive int, got {round_to!r}")
-    chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
     tensors = _tensors(model)  # once: per group it would make scoring quadratic in depth
+    _check_ignore(model, tensors, ignore)
+    chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
     cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once
     scores = [_scores(tensors, g, criterion, cache) for g in chosen]
-    if any(bool(torch.isnan(s).any()) for s in scores):
-        raise PruneError("group_masks: channel scores contain NaN (does a weight hold NaN or inf?)")
+    for group, score in zip(chosen, scores):
+        if bool(torch.isnan(score).any()):
+            bad = [m.fqn for m in group.members if m.role != "carrier" and not bool(torch.isfinite(_tensor(tensors, m.fqn)).all())]
+            raise PruneError(
+                f"group_masks: the scores of the channels produced by {', '.join(group.producers)} contain NaN: "
+                f"{', '.join(f'`{b}`' for b in bad) or 'a weight'} holds NaN or inf; fix the weights, or leave the group out with `ignore`"
+            )
     kept_counts: list[int]
     if global_ranking and chosen:
         normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
@@ -324,6 +345,22 @@ def _kept_indices(
     return {fqn: {dim: vector.nonzero().squeeze(1) for dim, vector in dims.items()} for fqn, dims in kept.items()}
 
 
+def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, Tensor]]) -> None:
+    """PruneError unless every name of a tied tensor is sliced alike (channel_groups unites
+    such names' channels, so this holds for its groups; groups from elsewhere may break it)."""
+    names: dict[int, list[str]] = {}
+    for fqn, tensor in tensors.items():
+        names.setdefault(id(tensor), []).append(fqn)
+    for fqn, index in kept.items():
+        for alias in names[id(tensors[fqn])]:
+            other = kept.get(alias, {})
+            if alias != fqn and (other.keys() != index.keys() or not all(torch.equal(other[d], index[d]) for d in index)):
+                raise PruneError(
+                    f"`{fqn}` and `{alias}` are one tensor (tied weights), but the masks slice them differently, "
+                    "which would untie them; find the groups with channel_groups on this model, or untie them first"
+                )
+
+
 _BLOCK = 1 << 18  # elements gathered at a time when a tensor loses rows and columns
 
 
@@ -403,9 +440,11 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     keeps = group_keeps(groups, masks)
     tensors = _tensors(model)
     new_tensors: dict[str, Tensor] = {}
+    kept = _kept_indices(groups, keeps, tensors)
+    _check_ties(tensors, kept)
     scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
     with torch.no_grad():
-        for fqn, index in _kept_indices(groups, keeps, tensors).items():
+        for fqn, index in kept.items():
             new_tensors[fqn] = _gather(tensors[fqn].detach(), index, scratch)
     del scratch
     memo: dict[int, object] = {}
@@ -566,6 +605,9 @@ def prune_channels(
 
     Raises PruneError if `model` cannot be traced by ``torch.fx.symbolic_trace``.
     """
+    from ._apply import apply_prune  # the public entry: its checks on the model and masks apply
+
+    check_model(model, "prune_channels")
     try:
         gm = fx.symbolic_trace(model)
     except Exception as error:  # noqa: BLE001 - reported as a PruneError
@@ -575,5 +617,5 @@ def prune_channels(
         ) from None
     groups = channel_groups(gm, example_inputs=example_inputs)
     masks = group_masks(model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking)
-    return apply_groups(model, groups, masks)
+    return apply_prune(model, masks, groups)
 

@@ -435,8 +435,8 @@ class _Analysis:
 
     def __post_init__(self) -> None:
         self.modules = dict(self.gm.named_modules())
-        self.tensors = dict(self.gm.named_parameters())
-        self.tensors.update(dict(self.gm.named_buffers()))
+        self.tensors = dict(self.gm.named_parameters(remove_duplicate=False))
+        self.tensors.update(dict(self.gm.named_buffers(remove_duplicate=False)))
 
     def rule_for(self, node: fx.Node) -> FlowRule | None:
         if node.op == "call_module":
@@ -486,6 +486,44 @@ class _Analysis:
             except PruneError as error:
                 ctx.block(inputs, str(error))
                 self.flows[node.name] = None
+        self._unite_aliases()
+
+    def _unite_aliases(self) -> None:
+        """Tied tensors (one tensor under several FQNs) lose the same positions under every name.
+
+        Where every name of a tensor has a member on a dim, those members' channels are united
+        position by position (so one group prunes them alike and the tie holds); where only some
+        names do, pruning would untie them, so those channels are blocked.
+        """
+        names: dict[int, list[str]] = {}
+        for fqn, tensor in self.tensors.items():
+            names.setdefault(id(tensor), []).append(fqn)
+        if all(len(fqns) == 1 for fqns in names.values()):
+            return
+        on_dim: dict[tuple[int, int], list[_Member]] = {}
+        for member in self.members:
+            found = self.tensors.get(member.fqn)
+            if found is not None and len(names[id(found)]) > 1:
+                on_dim.setdefault((id(found), member.dim), []).append(member)
+        for (key, dim), members in on_dim.items():
+            fqns = names[key]
+            missing = [f for f in fqns if f not in {m.fqn for m in members}]
+            first = members[0]
+            simple = all(m.axis.inner == 1 and m.axis.outer == 1 and len(m.axis.ids) == len(first.axis.ids) for m in members)
+            if not missing and simple:
+                for other in members[1:]:
+                    for a, b in zip(first.axis.ids, other.axis.ids):
+                        self.uf.union(a, b)
+                continue
+            tied = ", ".join(f"`{f}`" for f in fqns)
+            reason = (
+                f"{tied} are one tensor (tied weights), and pruning these channels would slice it along dim {dim} "
+                + (f"under some of its names but not as `{missing[0]}`" if missing else "in layouts that differ")
+                + ", which unties them; untie them first (give each module its own copy), or `ignore` this group"
+            )
+            for member in members:
+                for channel in member.axis.ids:
+                    self.blocked.setdefault(channel, Blocker(member.fqn, reason))
 
 
 def _has_state(module: nn.Module) -> bool:

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from ._apply import apply_prune, masked_parameters, parametrized_module
+from ._apply import apply_prune, masked_parameters
+from ._checks import parametrized_module
 from ._errors import PruneError
 from ._match import match_patterns
 from ._patterns import default_patterns

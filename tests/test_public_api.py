@@ -18,6 +18,7 @@ EXPECTED = {
     "saliency_mask", "select_kept", "Axis", "Blocker", "ChannelGroup", "ChannelSlice", "Criterion",
     "FlowContext", "FlowRule", "RuleKey", "channel_groups", "default_flow_rules", "explain",
     "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels", "HeadPrunedMultiheadAttention",
+    "prune_optimizer_state",
 }  # fmt: skip
 
 

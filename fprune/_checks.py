@@ -1,0 +1,48 @@
+"""Checks every entry point makes on the model it is given."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+
+from ._errors import PruneError
+
+__all__ = ["check_model", "parametrized_module"]
+
+
+def parametrized_module(model: nn.Module) -> str | None:
+    """The name of the first module of `model` that carries parametrizations, or None."""
+    for fqn, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            return fqn or type(model).__name__
+    return None
+
+
+def _torch_pruned_module(model: nn.Module) -> tuple[str, str] | None:
+    """(module name, tensor name) of the first module pruned with torch.nn.utils.prune, or None."""
+    for fqn, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                return fqn or type(model).__name__, str(getattr(hook, "_tensor_name", "weight"))
+    return None
+
+
+def check_model(model: object, function: str) -> None:
+    """PruneError unless `model` is an nn.Module whose parameters are its real weights."""
+    if not isinstance(model, nn.Module):
+        raise PruneError(f"{function} expects an nn.Module, got {type(model).__name__}")
+    name = parametrized_module(model)
+    if name is not None:
+        raise PruneError(
+            f"module `{name}` carries torch.nn.utils.parametrize parametrizations; remove them first "
+            "(parametrize.remove_parametrizations, or a sparsifier's squash_mask) so fprune sees the real weights"
+        )
+    pruned = _torch_pruned_module(model)
+    if pruned is not None:
+        module, tensor = pruned
+        raise PruneError(
+            f"module `{module}` was pruned with torch.nn.utils.prune (`{tensor}_orig`, `{tensor}_mask` and a "
+            f"forward pre-hook); make that permanent first with torch.nn.utils.prune.remove(module, {tensor!r}) "
+            f"so fprune sees a real `{tensor}` parameter"
+        )
