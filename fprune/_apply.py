@@ -208,7 +208,7 @@ def apply_prune(
             a group prunes the whole group; groups always remove their biases).
         prune_bias: True removes the removed rows' bias with them. False keeps the masked
             model's semantics of a layer whose bias stays: the constant the removed channels
-            still emit is carried through the chain's ops (in eval mode) and folded into the
+            still emit is carried through the chain's ops (in their train/eval mode) and folded into the
             consumer's bias. A mapping gives it per producer weight FQN (default True), e.g.
             ``{"seq.0.weight": False}``; mixed values between neighbours are exact too.
 

@@ -14,7 +14,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ._checks import check_model
 from ._errors import PruneError
-from ._groups import ChannelGroup, SizeLiteral, channel_groups
+from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
 from ._mha import HeadPrunedMultiheadAttention
 
 __all__ = ["Criterion", "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels"]
@@ -180,14 +180,14 @@ def _round_kept(kept: int, size: int, round_to: int) -> int:
     return max(round_to, min(size, rounded))
 
 
-def _producer_mask(group: ChannelGroup, keep: Tensor) -> tuple[str, Tensor]:
-    producer = group.producers[0]
-    member = next(m for m in group.members if m.fqn == producer and m.role == "producer")
+def _producer_mask(group: ChannelGroup, keep: Tensor, producer: str) -> Tensor:
+    """The keep-mask over `producer`'s rows that keeps the channels `keep` keeps."""
+    member = _producer_member(group, producer)
     positions = member.positions
     rows = max(positions[0], positions[-1]) + 1 if isinstance(positions, range) else max(positions) + 1
     mask = torch.ones(rows, dtype=torch.bool, device=keep.device)
     _put(mask, positions, _take(keep, member.channels))
-    return producer, mask
+    return mask
 
 
 def group_masks(
@@ -217,8 +217,10 @@ def group_masks(
             mean) instead of removing `level` of every group.
 
     Returns:
-        A bool keep-mask per pruned group, keyed by its first producer's weight FQN, over that
-        weight's dim 0, for :func:`apply_prune`.
+        Bool keep-masks for :func:`apply_prune`, each over a producer weight's channel dim
+        (dim 0; dim 1 for an Embedding), keyed by its FQN: per pruned group, its first producer
+        whose rows hold the whole group, or, where none does (the branches of a concat), one
+        mask per branch. Every producer keeps at least one channel.
     """
     check_model(model, "group_masks")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level) or not 0 <= level < 1:
@@ -259,21 +261,57 @@ def group_masks(
         else:
             kept = _round_kept(kept, group.size, round_to)
             keep[torch.sort(score, descending=True, stable=True).indices[:kept]] = True
-        fqn, mask = _producer_mask(group, keep)
-        masks[fqn] = mask
+        for producer in group.producers:  # no layer may lose all its outputs (a concat branch)
+            channels = _channel_index(_producer_member(group, producer).channels, keep.device)
+            if not bool(keep[channels].any()):
+                keep[channels[torch.argmax(score[channels])]] = True
+        for producer in _covering_producers(group):
+            masks[producer] = _producer_mask(group, keep, producer)
     return masks
+
+
+def _covering_producers(group: ChannelGroup) -> list[str]:
+    """Producers whose masks together decide every channel: one whose rows hold the whole
+    group if there is one (the first such), else enough branches (a concat's parts)."""
+    covered = torch.zeros(group.size, dtype=torch.bool)
+    chosen: list[str] = []
+    for producer in group.producers:
+        channels = _producer_member(group, producer).channels
+        if _covers(channels, group.size) or set(channels) >= set(range(group.size)):
+            return [producer]
+    for producer in group.producers:
+        index = _channel_index(_producer_member(group, producer).channels, covered.device)
+        if not bool(covered[index].all()):
+            covered[index] = True
+            chosen.append(producer)
+    return chosen
 
 
 # --- applying group masks ---------------------------------------------------------------------
 
 
+def _channel_index(channels: Sequence[int], device: torch.device) -> Tensor:
+    if isinstance(channels, range):
+        return torch.arange(channels.start, channels.stop, channels.step, device=device)
+    return torch.tensor(channels, dtype=torch.long, device=device)
+
+
+def _producer_member(group: ChannelGroup, fqn: str) -> ChannelSlice:
+    return next(m for m in group.members if m.fqn == fqn and m.role == "producer")
+
+
 def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[int, Tensor]:
-    """Each masked group's keep vector over its channels (by index in `groups`), checked."""
+    """Each masked group's keep vector over its channels (by index in `groups`), checked.
+
+    A group is decided by the masks of its producers together: each mask decides the channels
+    its weight's rows hold (all of them, or a concat branch's part), and masks that decide a
+    channel twice must agree.
+    """
     where: dict[str, int] = {}
     for index, group in enumerate(groups):
         for producer in group.producers:
             where[producer] = index
-    keeps: dict[int, Tensor] = {}
+    partial: dict[int, tuple[Tensor, Tensor, list[str]]] = {}  # keep, decided, masks given
     for fqn, mask in masks.items():
         found = where.get(fqn)
         if found is None:
@@ -290,39 +328,59 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
         if not group.prunable:
             reasons = "; ".join(f"`{b.node}`: {b.reason}" for b in group.blockers) or "it has no producer"
             raise PruneError(f"mask for `{fqn}`: its channel group cannot be pruned: {reasons}")
-        member = next(m for m in group.members if m.fqn == fqn and m.role == "producer")
+        member = _producer_member(group, fqn)
         values = _take(mask, member.positions)
-        if _covers(member.channels, group.size):  # each channel once, in order: nothing to check
-            keep = values.clone()
-            known = torch.ones(group.size, dtype=torch.bool, device=mask.device)
+        if index not in partial:
+            partial[index] = (
+                torch.ones(group.size, dtype=torch.bool, device=mask.device),
+                torch.zeros(group.size, dtype=torch.bool, device=mask.device),
+                [],
+            )
+        keep, known, given = partial[index]
+        if not given and _covers(member.channels, group.size):  # each channel once, in order
+            keep.copy_(values)
+            known.fill_(True)
         else:
-            channels = torch.tensor(member.channels, dtype=torch.long, device=mask.device)
-            keep = torch.ones(group.size, dtype=torch.bool, device=mask.device)
-            known = torch.zeros(group.size, dtype=torch.bool, device=mask.device)
+            channels = _channel_index(member.channels, mask.device)
+            if bool((known[channels] & (keep[channels] != values)).any()):
+                raise PruneError(
+                    f"masks for `{fqn}` and `{given[0]}` disagree, but they prune one channel group; give one of them"
+                )
             keep[channels] = values
             known[channels] = True
             if not bool((keep[channels] == values).all()):
                 raise PruneError(f"mask for `{fqn}`: rows that are one channel of the group disagree")
+        given.append(fqn)
+    keeps: dict[int, Tensor] = {}
+    for index, (keep, known, given) in partial.items():
+        group = groups[index]
+        named = ", ".join(f"`{g}`" for g in given)
         for unit in group.units:
-            u = torch.tensor(unit, device=mask.device)
+            u = torch.tensor(unit, device=keep.device)
             unit_values = keep[u][known[u]]
             if unit_values.numel() and not bool((unit_values == unit_values[0]).all()):
                 raise PruneError(
-                    f"mask for `{fqn}` removes part of an attention head ({len(unit)} channels with its "
+                    f"mask for {named} removes part of an attention head ({len(unit)} channels with its "
                     "key / value dims); heads are pruned whole: keep or remove all rows of a head"
                 )
             if unit_values.numel():
                 keep[u] = unit_values[0]
                 known[u] = True
         if not bool(known.all()):
-            raise PruneError(f"mask for `{fqn}` does not decide every channel of its group; key it by another producer: {', '.join(group.producers)}")
-        if index in keeps and not torch.equal(keeps[index], keep):
-            others = [p for p in group.producers if p in masks and p != fqn]
+            others = [p for p in group.producers if p not in given]
             raise PruneError(
-                f"masks for `{fqn}` and `{others[0]}` disagree, but they prune one channel group; give one of them"
+                f"mask for {named} does not decide every channel of its group (its rows hold only part of it, "
+                f"e.g. one branch of a concat); add masks for other producers of the group: {', '.join(others)}"
             )
         if not bool(keep.any()):
-            raise PruneError(f"mask for `{fqn}` removes every channel of its group; keep at least one")
+            raise PruneError(f"mask for {named} removes every channel of its group; keep at least one")
+        for producer in group.producers:
+            member = _producer_member(group, producer)
+            if not bool(_take(keep, member.channels).any()):
+                raise PruneError(
+                    f"mask for {named} removes every channel that `{producer}` produces (its part of the group, "
+                    "e.g. one branch of a concat), which would leave a layer with no outputs; keep at least one of them"
+                )
         keeps[index] = keep
     return keeps
 
@@ -485,38 +543,39 @@ def _update_head_counts(
     attributes of the modules that wrote them (``self.num_heads``) set to the new counts; then
     both models are traced and their graphs must be the same but for exactly those numbers.
     """
-    from ._flow_rules import size_args
-
     if isinstance(pruned, fx.GraphModule):
         nodes = {n.name: n for n in pruned.graph.nodes}
         for (name, index), value in new.items():
             _set_size(nodes[name], index, value)
         pruned.recompile()
         return
-    attempts = [False, True]  # all matching int attributes; then only names about heads
-    for narrow in attempts:
-        changes: dict[tuple[str, str], int] = {}
-        for literal in literals:
-            owner = pruned.get_submodule(literal.module) if literal.module else pruned
-            for attr, value in vars(owner).items():
-                if attr.startswith("_") or isinstance(value, bool) or not isinstance(value, int) or value != literal.value:
-                    continue
-                if narrow and ("head" not in attr.lower() or "dim" in attr.lower() or "size" in attr.lower()):
-                    continue
-                target = new[(literal.node, literal.index)]
-                if changes.setdefault((literal.module, attr), target) != target:
-                    changes[(literal.module, attr)] = -1  # ambiguous: two different new values
-        originals = {}
+    candidates: dict[tuple[str, str], int] = {}  # (module, attribute) -> its new value (-1: ambiguous)
+    for literal in literals:
+        owner = pruned.get_submodule(literal.module) if literal.module else pruned
+        for attr, value in vars(owner).items():
+            if attr.startswith("_") or isinstance(value, bool) or not isinstance(value, int) or value != literal.value:
+                continue
+            target = new[(literal.node, literal.index)]
+            if candidates.setdefault((literal.module, attr), target) != target:
+                candidates[(literal.module, attr)] = -1  # two different new values
+    usable = {key: value for key, value in candidates.items() if value >= 0}
+    about_heads = {k: v for k, v in usable.items() if "head" in k[1].lower() and "dim" not in k[1].lower() and "size" not in k[1].lower()}
+    # every matching attribute; those named for heads; then each alone (an equal `dim` must stay)
+    attempts = [usable, about_heads] + [{key: value} for key, value in usable.items()]
+    problem: str | None = "no integer attribute of the module holds the number"
+    for changes in attempts:
+        if not changes:
+            continue
+        originals: dict[tuple[str, str], object] = {}
         for (module_fqn, attr), value in changes.items():
             owner = pruned.get_submodule(module_fqn) if module_fqn else pruned
             originals[(module_fqn, attr)] = getattr(owner, attr)
-            if value >= 0:
-                setattr(owner, attr, value)
-        problem = _verify_graph(model, pruned, new, size_args)
+            setattr(owner, attr, value)
+        problem = _verify_graph(model, pruned, new)
         if problem is None:
             return
-        for (module_fqn, attr), value in originals.items():
-            setattr(pruned.get_submodule(module_fqn) if module_fqn else pruned, attr, value)
+        for (module_fqn, attr), old_value in originals.items():
+            setattr(pruned.get_submodule(module_fqn) if module_fqn else pruned, attr, old_value)
     raise PruneError(
         f"pruning changes counts that forward writes into a view / reshape / split ({problem}); fprune could "
         "not find the module attributes they come from. Compute them from an attribute such as "
@@ -524,40 +583,51 @@ def _update_head_counts(
     )
 
 
-def _set_size(node: fx.Node, index: int, value: int) -> None:
+def _sized_args(node: fx.Node, sizes: Mapping[int, int]) -> tuple[fx.node.Argument, ...]:
+    """`node`'s args with the size arguments at the given indices replaced."""
     args = list(node.args)
     rest = args[1:] if node.op == "call_method" else args[1:2]
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        sizes = list(rest[0])
-        sizes[index] = value
-        args[1] = type(rest[0])(sizes)
+        values = list(rest[0])
+        for index, value in sizes.items():
+            values[index] = value
+        args[1] = type(rest[0])(values)
     else:
-        args[1 + index] = value
-    node.args = tuple(args)
+        for index, value in sizes.items():
+            args[1 + index] = value
+    return tuple(args)
+
+
+def _set_size(node: fx.Node, index: int, value: int) -> None:
+    node.args = _sized_args(node, {index: value})
+
+
+class _LeafTracer(fx.Tracer):
+    """fx's tracer, with HeadPrunedMultiheadAttention a leaf like the nn.MultiheadAttention it
+    stands in for (fx only keeps classes of torch.nn as leaves)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, HeadPrunedMultiheadAttention) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _verify_graph(
-    model: nn.Module, pruned: nn.Module, new: Mapping[tuple[str, int], int], size_args: Callable[[fx.Node], list[object]]
+    model: nn.Module, pruned: nn.Module, new: Mapping[tuple[str, int], int]
 ) -> str | None:
     """None if the pruned copy traces to the original graph but for the `new` numbers."""
     try:
-        before, after = fx.symbolic_trace(model).graph, fx.symbolic_trace(pruned).graph
+        before, after = _LeafTracer().trace(model), _LeafTracer().trace(pruned)
     except Exception as error:  # noqa: BLE001 - reported as the problem
         return f"the models could not be traced again to check ({type(error).__name__})"
     old_nodes = list(before.nodes)
     new_nodes = list(after.nodes)
     if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
         return "the pruned model's forward has a different structure"
-    changed = {name for name, _ in new}
     for old, fresh in zip(old_nodes, new_nodes):
-        if old.name in changed:
-            expected = size_args(old)
-            for (name, index), value in new.items():
-                if name == old.name:
-                    expected[index] = value
-            if _names(size_args(fresh)) != _names(expected):
-                return f"`{old.name}` has sizes {_names(size_args(fresh))}, expected {_names(expected)}"
-        elif _names(fresh.args) != _names(old.args) or _names(fresh.kwargs) != _names(old.kwargs):
+        sizes = {index: value for (name, index), value in new.items() if name == old.name}
+        expected = _sized_args(old, sizes) if sizes else old.args
+        if _names(fresh.args) != _names(expected) or _names(fresh.kwargs) != _names(old.kwargs):
+            if sizes:
+                return f"`{old.name}` has arguments {_names(fresh.args)} {_names(fresh.kwargs)}, expected {_names(expected)} {_names(old.kwargs)}"
             return f"`{old.name}` changed its arguments"
     return None
 

@@ -35,46 +35,88 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     ) -> tuple[Tensor, Tensor | None]:
         weight = self.in_proj_weight
         assert weight is not None
-        w_q, w_k, w_v = weight.chunk(3)
-        bias = self.in_proj_bias
-        b_q, b_k, b_v = bias.chunk(3) if bias is not None else (None, None, None)
-        batched = query.dim() == 3
-        if not batched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-        elif self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        tgt, batch = query.shape[0], query.shape[1]
-        src = key.shape[0]
-        heads, size = self.num_heads, self.head_dim
+        return head_pruned_attention(
+            query,
+            key,
+            value,
+            weight,
+            self.in_proj_bias,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            self.num_heads,
+            self.head_dim,
+            self.batch_first,
+            self.dropout if self.training else 0.0,
+            key_padding_mask,
+            need_weights,
+            attn_mask,
+            average_attn_weights,
+            is_causal,
+        )
 
-        def split(x: Tensor, w: Tensor, b: Tensor | None, length: int) -> Tensor:
-            return F.linear(x, w, b).reshape(length, batch * heads, size).transpose(0, 1).reshape(batch, heads, length, size)
 
-        q, k, v = split(query, w_q, b_q, tgt), split(key, w_k, b_k, src), split(value, w_v, b_v, src)
-        mask = _merge_masks(attn_mask, key_padding_mask, batch, heads, tgt, src, q.dtype, is_causal)
-        dropout = self.dropout if self.training else 0.0
-        if need_weights:
-            scores = (q @ k.transpose(-2, -1)) / (size**0.5)
-            if mask is not None:
-                scores = scores + mask
-            probabilities = torch.softmax(scores, dim=-1)
-            weights = probabilities
-            if dropout:
-                probabilities = F.dropout(probabilities, dropout)
-            out = probabilities @ v
-            attention: Tensor | None = weights.mean(dim=1) if average_attn_weights else weights
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-            attention = None
-        out = out.permute(2, 0, 1, 3).reshape(tgt, batch, heads * size)
-        out = self.out_proj(out)
-        if not batched:
-            out = out.squeeze(1)
-            if attention is not None:
-                attention = attention.squeeze(0)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
-        return out, attention
+def head_pruned_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor | None,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    heads: int,
+    size: int,
+    batch_first: bool,
+    dropout: float,
+    key_padding_mask: Tensor | None,
+    need_weights: bool,
+    attn_mask: Tensor | None,
+    average_attn_weights: bool,
+    is_causal: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """HeadPrunedMultiheadAttention's computation: `heads` heads of `size` dims each.
+
+    A function fx records as one call (``torch.fx.wrap``): a pruned model traces like the
+    original, whose nn.MultiheadAttention fx keeps whole.
+    """
+    w_q, w_k, w_v = in_proj_weight.chunk(3)
+    b_q, b_k, b_v = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    elif batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    tgt, batch = query.shape[0], query.shape[1]
+    src = key.shape[0]
+
+    def split(x: Tensor, w: Tensor, b: Tensor | None, length: int) -> Tensor:
+        return F.linear(x, w, b).reshape(length, batch * heads, size).transpose(0, 1).reshape(batch, heads, length, size)
+
+    q, k, v = split(query, w_q, b_q, tgt), split(key, w_k, b_k, src), split(value, w_v, b_v, src)
+    mask = _merge_masks(attn_mask, key_padding_mask, batch, heads, tgt, src, q.dtype, is_causal)
+    if need_weights:
+        scores = (q @ k.transpose(-2, -1)) / (size**0.5)
+        if mask is not None:
+            scores = scores + mask
+        probabilities = torch.softmax(scores, dim=-1)
+        weights = probabilities
+        if dropout:
+            probabilities = F.dropout(probabilities, dropout)
+        out = probabilities @ v
+        attention: Tensor | None = weights.mean(dim=1) if average_attn_weights else weights
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        attention = None
+    out = F.linear(out.permute(2, 0, 1, 3).reshape(tgt, batch, heads * size), out_proj_weight, out_proj_bias)
+    if not batched:
+        out = out.squeeze(1)
+        if attention is not None:
+            attention = attention.squeeze(0)
+    elif batch_first:
+        out = out.transpose(0, 1)
+    return out, attention
+
+
+torch.fx.wrap("head_pruned_attention")
 
 
 def _merge_masks(

@@ -220,13 +220,15 @@ def _flatten_start(op: Op) -> int | None:
 
 
 def _batchnorm_const(bn: _BatchNorm, x: Tensor, removed: Tensor, prune_bias: bool) -> Tensor:
-    """Eval-mode BatchNorm applied to the per-channel constant `x`."""
+    """BatchNorm applied to the per-channel constant `x`, as the masked model applies it: with
+    the running statistics in eval mode, with batch statistics in train mode (or without
+    running statistics), where a constant channel normalizes to 0."""
     c = x.reshape(-1)
     weight, bias = _param(bn, "weight"), _param(bn, "bias")
     mean, var = bn.running_mean, bn.running_var
     if weight is not None and bias is not None and prune_bias:
         return torch.zeros_like(x)
-    if mean is not None and var is not None:
+    if mean is not None and var is not None and not bn.training and bn.track_running_stats:
         y = (c - _values(mean, c, _name(bn))) / torch.sqrt(_values(var, c, _name(bn)) + bn.eps)
     else:  # batch statistics of a constant channel: (c - c) / sqrt(0 + eps)
         y = torch.zeros_like(c)
@@ -386,7 +388,7 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
     PReLU (sliced), dropout and a flatten before a Linear consumer (each channel spans
     ``in_features // channels`` consecutive columns). The consumer (nn.Linear or a conv with
     groups=1) loses the matching input columns; the constant that removed channels still emit
-    in the masked model (their bias if not `prune_bias`, passed through the ops in eval mode)
+    in the masked model (their bias if not `prune_bias`, passed through the ops in their mode)
     is folded into its bias. Returns one replacement module or None per op; `ops` are left
     unchanged. Raises PruneError where the result could not equal the masked model.
     """
