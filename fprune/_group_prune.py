@@ -77,7 +77,20 @@ _Norms = dict[tuple[str, int], Tensor]
 """Slice norms already computed in one scoring call, by (tensor FQN, dim)."""
 
 
-def _dim_norms(tensor: Tensor, dim: int, p: int) -> Tensor:
+_Scratch = dict[tuple[torch.dtype, torch.device], Tensor]
+"""Reused work buffers, one per dtype and device, for one call that touches many tensors."""
+
+
+def _buffer(scratch: _Scratch, size: int, like: Tensor) -> Tensor:
+    """A flat buffer of at least `size` elements of `like`'s dtype and device, from `scratch`."""
+    key = (like.dtype, like.device)
+    buffer = scratch.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = scratch[key] = torch.empty(size, dtype=like.dtype, device=like.device)
+    return buffer
+
+
+def _dim_norms(tensor: Tensor, dim: int, p: int, scratch: _Scratch) -> Tensor:
     """The L`p` norm (p = 1 or 2) of each slice ``tensor.select(dim, i)``, in float32.
 
     Never copies the tensor: trailing dims are reduced first (contiguous), then leading dims
@@ -92,21 +105,36 @@ def _dim_norms(tensor: Tensor, dim: int, p: int) -> Tensor:
         norms: Tensor = torch.linalg.vector_norm(rows.float() if half else rows, ord=p, dim=1)
         return norms.to(torch.float32)
     total = torch.zeros(size, dtype=torch.float64 if flat.dtype == torch.float64 else torch.float32, device=tensor.device)
-    step = max(1, _CHUNK // max(1, size * flat.shape[2]))
+    inner = flat.shape[2]
+    if inner > 1 and not half:  # reduce each kernel first (one contiguous pass), then the rows
+        per: Tensor = torch.linalg.vector_norm(flat, ord=p, dim=2)
+        summed = per.sum(dim=0) if p == 1 else (per * per).sum(dim=0).sqrt()
+        return summed.to(torch.float32)
+    if inner == 1:
+        flat = flat.reshape(lead, size)  # 2-D blocks: torch sums these over dim 0 much faster
+    step = max(1, _CHUNK // max(1, size * inner))
+    dims = (0, 2) if inner > 1 else (0,)
     for start in range(0, lead, step):
         block = flat[start : start + step]
         block = block.float() if half else block
-        part = block.abs() if p == 1 else block * block
-        total += part.sum(dim=(0, 2)) if flat.shape[2] > 1 else part.sum(dim=0)[:, 0]
+        # into one reused buffer: a fresh block-sized temporary each time costs page faults
+        work = _buffer(scratch, block.numel(), block)[: block.numel()].view(block.shape)
+        if p == 1:
+            torch.abs(block, out=work)
+        else:
+            torch.mul(block, block, out=work)
+        total += work.sum(dim=dims)
     return (total if p == 1 else total.sqrt()).to(torch.float32)
 
 
-def _member_scores(tensor: Tensor, fqn: str, dim: int, positions: Sequence[int], criterion: Criterion, cache: _Norms) -> Tensor:
+def _member_scores(
+    tensor: Tensor, fqn: str, dim: int, positions: Sequence[int], criterion: Criterion, cache: _Norms, scratch: _Scratch
+) -> Tensor:
     """The criterion of each row ``tensor.select(dim, position)``, for `positions`."""
     if criterion is l2_norm or criterion is l1_norm:
         norms = cache.get((fqn, dim))
         if norms is None:
-            norms = cache[(fqn, dim)] = _dim_norms(tensor, dim, 2 if criterion is l2_norm else 1)
+            norms = cache[(fqn, dim)] = _dim_norms(tensor, dim, 2 if criterion is l2_norm else 1, scratch)
         return _take(norms, positions)
     rows = tensor.movedim(dim, 0)
     rows = rows if _covers(positions, rows.shape[0]) else _take(rows, positions)
@@ -120,10 +148,10 @@ def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l
     `criterion` over its channel positions; a channel's score sums its positions' scores over
     all weight members. Biases, BatchNorm entries and other carriers do not count.
     """
-    return _scores(_tensors(model), group, criterion, {})
+    return _scores(_tensors(model), group, criterion, {}, {})
 
 
-def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms) -> Tensor:
+def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms, scratch: _Scratch) -> Tensor:
     scores: Tensor | None = None
     for member in group.members:
         if member.role == "carrier":
@@ -136,7 +164,7 @@ def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Crite
                 f"`{member.fqn}` is on the meta device and has no values to score; load the weights, or "
                 "write keep-masks yourself (CPU torch.bool tensors keyed by each group's producers[0])"
             )
-        values = _member_scores(tensor, member.fqn, member.dim, member.positions, criterion, cache)
+        values = _member_scores(tensor, member.fqn, member.dim, member.positions, criterion, cache, scratch)
         if scores is None:
             scores = torch.zeros(group.size, dtype=torch.float32, device=tensor.device)
         if _covers(member.channels, group.size):
@@ -231,7 +259,9 @@ def group_masks(
     _check_ignore(model, tensors, ignore)
     chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
     cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once
-    scores = [_scores(tensors, g, criterion, cache) for g in chosen]
+    scratch: _Scratch = {}
+    scores = [_scores(tensors, g, criterion, cache, scratch) for g in chosen]
+    del scratch
     for group, score in zip(chosen, scores):
         if bool(torch.isnan(score).any()):
             bad = [m.fqn for m in group.members if m.role != "carrier" and not bool(torch.isfinite(_tensor(tensors, m.fqn)).all())]
@@ -422,7 +452,7 @@ def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, T
 _BLOCK = 1 << 18  # elements gathered at a time when a tensor loses rows and columns
 
 
-def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
+def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: _Scratch) -> Tensor:
     """The sub-tensor at `index` (indices per dim), contiguous. A tensor that loses rows and
     columns is gathered block by block through one reused `scratch` buffer (per dtype and
     device), so no intermediate the size of a half-pruned tensor is ever made."""
@@ -438,10 +468,7 @@ def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: dict[tuple[tor
     out = torch.empty((rows.numel(), columns.numel()) + tuple(tensor.shape[2:]), dtype=tensor.dtype, device=tensor.device)
     row_size = max(1, tensor[0].numel())
     step = max(1, min(rows.numel(), _BLOCK // row_size))
-    key = (tensor.dtype, tensor.device)
-    buffer = scratch.get(key)
-    if buffer is None or buffer.numel() < step * row_size:
-        buffer = scratch[key] = torch.empty(max(_BLOCK, step * row_size), dtype=tensor.dtype, device=tensor.device)
+    buffer = _buffer(scratch, max(_BLOCK, step * row_size), tensor)
     for start in range(0, rows.numel(), step):
         taken = rows[start : start + step]
         part = buffer[: taken.numel() * row_size].view((taken.numel(),) + tuple(tensor.shape[1:]))
@@ -500,7 +527,7 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     new_tensors: dict[str, Tensor] = {}
     kept = _kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
-    scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+    scratch: _Scratch = {}
     with torch.no_grad():
         for fqn, index in kept.items():
             new_tensors[fqn] = _gather(tensors[fqn].detach(), index, scratch)
