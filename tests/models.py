@@ -97,3 +97,19 @@ class LSTMNet(nn.Module):
         if self.with_norm:
             out = self.norm(out)
         return self.linear(out)  # type: ignore[no-any-return]
+
+
+class TiedEmbeddingLM(nn.Module):
+    """An embedding tied to the output layer (language-model style), with an MLP between them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 6)
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 6)
+        self.out = nn.Linear(6, 10, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out: Tensor = self.out(self.fc2(torch.relu(self.fc1(self.embed(ids)))))
+        return out

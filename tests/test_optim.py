@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 import fprune
 
-from .models import ConvBNNet, LSTMNet
+from .models import ConvBNNet, LSTMNet, TiedEmbeddingLM
 from .zoo import ZOO
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -322,7 +322,7 @@ def test_folded_and_added_biases(prune_bias: bool) -> None:
 
 def test_param_groups_missing_and_stateless_parameters_and_ties() -> None:
     torch.manual_seed(4)
-    model = _Tied().double()
+    model = TiedEmbeddingLM().double()
     ids = torch.randint(0, 10, (3, 5))
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
     masks = {"fc1.weight": fprune.saliency_mask(model.fc1.weight, 0.5)}
@@ -354,22 +354,6 @@ def test_param_groups_missing_and_stateless_parameters_and_ties() -> None:
     # fc1.bias is not in the optimizer: it does not move on either side
     assert _step_mismatches(model, optimizer, pruned, pruned_optimizer, masks, matches, kept, ids) == []
     assert torch.equal(pruned.get_parameter("fc1.bias"), model.fc1.bias[masks["fc1.weight"]])
-
-
-class _Tied(nn.Module):
-    """An embedding tied to the output layer, with an MLP between them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(10, 6)
-        self.fc1 = nn.Linear(6, 8)
-        self.fc2 = nn.Linear(8, 6)
-        self.out = nn.Linear(6, 10, bias=False)
-        self.out.weight = self.embed.weight
-
-    def forward(self, ids: Tensor) -> Tensor:
-        out: Tensor = self.out(self.fc2(torch.relu(self.fc1(self.embed(ids)))))
-        return out
 
 
 def test_a_state_dict_with_param_names_or_param_fqns_and_a_weights_only_round_trip() -> None:

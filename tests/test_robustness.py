@@ -51,7 +51,7 @@ from torch.nn.utils import parametrize
 
 import fprune
 
-from .models import ConvBNNet
+from .models import ConvBNNet, TiedEmbeddingLM
 from .zoo import ZOO
 
 Records = Sequence[fprune.Match] | Sequence[fprune.ChannelGroup]
@@ -171,22 +171,6 @@ def test_an_unknown_fqn_in_ignore_is_refused(entry: str) -> None:
 # --- tied / shared parameters --------------------------------------------------------------------
 
 
-class _TiedEmbedding(nn.Module):
-    """An embedding tied to the output layer (language-model style), with an MLP between them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(10, 6)
-        self.fc1 = nn.Linear(6, 8)
-        self.fc2 = nn.Linear(8, 6)
-        self.out = nn.Linear(6, 10, bias=False)
-        self.out.weight = self.embed.weight
-
-    def forward(self, ids: Tensor) -> Tensor:
-        out: Tensor = self.out(self.fc2(torch.relu(self.fc1(self.embed(ids)))))
-        return out
-
-
 class _TiedLinear(nn.Module):
     """fc3 reuses fc2's weight; a mask on fc1 cuts fc2's columns, which fc3 cannot lose."""
 
@@ -215,7 +199,7 @@ def _assert_tie_kept_and_exact(model: nn.Module, masks: dict[str, Tensor], group
 
 
 def test_a_tied_embedding_is_refused_by_patterns_and_pruned_whole_by_groups() -> None:
-    model = _TiedEmbedding()
+    model = TiedEmbeddingLM()
     _refusal(lambda: fprune.apply_prune(model, {"out.weight": torch.ones(10, dtype=torch.bool)}, _matches(model)), "mask for `out.weight`", "shared with embed.weight", "untie them")
     # channel groups unite the two names' channels: the embedding dim and fc2's outputs are one group
     groups = _groups(model, _IDS)
@@ -237,7 +221,7 @@ def test_a_mask_that_slices_a_tied_consumer_is_refused_or_keeps_the_tie(pipeline
 
 
 def test_a_group_that_slices_a_tied_embedding_keeps_the_tie() -> None:
-    model = _TiedEmbedding()
+    model = TiedEmbeddingLM()
     _assert_tie_kept_and_exact(model, {"fc2.weight": _HALF_OF_6}, _groups(model, _IDS), _IDS, ("embed.weight", "out.weight"))
 
 
@@ -249,7 +233,7 @@ def test_groups_from_another_model_cannot_untie_weights() -> None:
 
 
 def test_a_tie_that_only_one_name_slices_blocks_the_group() -> None:
-    model = _TiedEmbedding()
+    model = TiedEmbeddingLM()
     groups = _groups(model, _IDS)
     vocabulary = next(g for g in groups if g.producers == ("out.weight",))  # out's rows are embed's rows
     assert not vocabulary.prunable
@@ -258,7 +242,7 @@ def test_a_tie_that_only_one_name_slices_blocks_the_group() -> None:
 
 @pytest.mark.parametrize("name", ["embedding", "linear"])
 def test_prune_channels_never_returns_a_broken_tied_model(name: str) -> None:
-    model: nn.Module = _TiedEmbedding() if name == "embedding" else _TiedLinear()
+    model: nn.Module = TiedEmbeddingLM() if name == "embedding" else _TiedLinear()
     x = _IDS if name == "embedding" else torch.randn(3, 4)
     tied = ("embed.weight", "out.weight") if name == "embedding" else ("fc2.weight", "fc3.weight")
     pruned = fprune.prune_channels(model, 0.5, example_inputs=(x,))
