@@ -17,6 +17,7 @@ from ._group_prune import apply_groups, masked_group_parameters
 from ._groups import ChannelGroup
 from ._match import explain_unmatched, match_patterns
 from ._patterns import default_patterns
+from ._prune_functions import CHAIN_FUNCTIONS, cut_pending_rows, deferred_rows
 from ._records import Attr, Call, Match, ModuleOp, Op, OUTPUT, Output, Pattern, PruneFunction
 
 __all__ = ["apply_prune", "masked_parameters"]
@@ -233,7 +234,7 @@ def apply_prune(
         return apply_groups(model, groups, masks)
     active = _coverage(model, masks, matches)  # type: ignore[arg-type]
     current: dict[str, nn.Module] = {}
-    with torch.no_grad():
+    with torch.no_grad(), deferred_rows(_cut_twice(model, active)) as deferred:
         for match in _order(active):
             ops = [_resolve(op, model, current) for op in match.ops]
             producer = match.ops[0]
@@ -254,9 +255,26 @@ def apply_prune(
                 if not isinstance(record, ModuleOp) or not isinstance(replacement, nn.Module):
                     raise PruneError(f"prune function for {match.nodes} returned a replacement for a non-module op")
                 current[record.fqn] = replacement
+        current = {fqn: cut_pending_rows(module, deferred) for fqn, module in current.items()}
     _check_ties(model, current)
     memo: dict[int, object] = {id(model.get_submodule(fqn)): module for fqn, module in current.items()}
     return copy.deepcopy(model, memo)
+
+
+def _cut_twice(model: nn.Module, active: Sequence[Match]) -> set[int]:
+    """id() of the producer weights that one built-in chain cuts by rows and a later one by
+    columns: their rows are cut with the columns, in one gather (see ``deferred_rows``)."""
+    consumed = {
+        match.ops[-1].fqn for match in active if match.prune_fn in CHAIN_FUNCTIONS and isinstance(match.ops[-1], ModuleOp)
+    }
+    weights: set[int] = set()
+    for match in active:
+        producer = match.ops[0]
+        if match.prune_fn in CHAIN_FUNCTIONS and isinstance(producer, ModuleOp) and producer.fqn in consumed:
+            weight = getattr(model.get_submodule(producer.fqn), "weight", None)
+            if isinstance(weight, Tensor):
+                weights.add(id(weight))
+    return weights
 
 
 def _check_ties(model: nn.Module, replaced: Mapping[str, nn.Module]) -> None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -28,6 +30,9 @@ from ._errors import PruneError
 from ._records import Call, Op, Output
 
 __all__ = [
+    "CHAIN_FUNCTIONS",
+    "cut_pending_rows",
+    "deferred_rows",
     "prune_chain",
     "prune_conv2d",
     "prune_conv2d_activation_conv2d",
@@ -109,6 +114,67 @@ def rebuild_module(
 
 def _indices(mask: Tensor) -> Tensor:
     return mask.nonzero().squeeze(1)
+
+
+@dataclass
+class _DeferredRows:
+    """Within one ``apply_prune``: producer weights whose rows are cut together with their
+    columns, when the later chain that consumes them runs (one gather, no half-cut copy).
+
+    Attributes:
+        weights: id() of the original producer weights that a later built-in chain consumes.
+        pending: id() of a rebuilt module's (still uncut) weight -> the rows it keeps.
+    """
+
+    weights: set[int]
+    pending: dict[int, Tensor] = field(default_factory=dict)
+    scratch: dict[tuple[torch.dtype, torch.device], Tensor] = field(default_factory=dict)
+
+
+_DEFERRED: ContextVar[_DeferredRows | None] = ContextVar("fprune_deferred_rows", default=None)
+
+
+@contextmanager
+def deferred_rows(weights: set[int]) -> Iterator[_DeferredRows]:
+    """Let the built-in chains of one apply_prune defer the row cut of `weights` to the chain
+    that cuts their columns (see :class:`_DeferredRows`); what is still pending at the end is
+    the caller's to cut (:func:`cut_pending_rows`)."""
+    state = _DeferredRows(weights)
+    token = _DEFERRED.set(state)
+    try:
+        yield state
+    finally:
+        _DEFERRED.reset(token)
+
+
+def cut_pending_rows(module: nn.Module, state: _DeferredRows) -> nn.Module:
+    """`module` with the row cut of its weight done, if it was deferred and never done."""
+    weight = _param(module, "weight")
+    rows = state.pending.pop(id(weight), None) if weight is not None else None
+    if weight is None or rows is None:
+        return module
+    return rebuild_module(module, {"weight": torch.index_select(weight.detach(), 0, rows).contiguous()})
+
+
+_GATHER_BLOCK = 1 << 18  # elements gathered at a time when rows and columns go together
+
+
+def _take_rows_columns(t: Tensor, rows: Tensor, columns: Tensor, scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
+    """``t[rows][:, columns]`` as one new contiguous tensor, gathered block by block through a
+    `scratch` buffer reused across calls (no copy of the rows alone is ever made whole)."""
+    rows, columns = rows.to(t.device), _indices(columns).to(t.device)
+    out = torch.empty((rows.numel(), columns.numel()) + tuple(t.shape[2:]), dtype=t.dtype, device=t.device)
+    row_size = max(1, t[0].numel())
+    step = max(1, min(rows.numel(), _GATHER_BLOCK // row_size))
+    buffer = scratch.get((t.dtype, t.device))
+    if buffer is None or buffer.numel() < step * row_size:
+        buffer = scratch[(t.dtype, t.device)] = torch.empty(max(_GATHER_BLOCK, step * row_size), dtype=t.dtype, device=t.device)
+    for start in range(0, rows.numel(), step):
+        taken = rows[start : start + step]
+        part = buffer[: taken.numel() * row_size].view((taken.numel(),) + tuple(t.shape[1:]))
+        torch.index_select(t, 0, taken, out=part)
+        torch.index_select(part, 1, columns, out=out[start : start + step])
+    return out
 
 
 def _take(t: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -316,6 +382,9 @@ def _consume(
     removed_channels = ~keep
     const = flow.const.reshape(-1)
     weight = _weight(consumer, "consumer")
+    deferred = _DEFERRED.get()
+    rows = deferred.pending.pop(id(weight), None) if deferred is not None else None  # cut with the columns
+    scratch = deferred.scratch if deferred is not None else {}
     fold = _const_nonzero(flow, removed_channels)
     if flow.blocker is not None and fold:
         raise PruneError(
@@ -339,10 +408,11 @@ def _consume(
             if consumer.in_features != channels:
                 raise PruneError(f"Linear consumer has in_features={consumer.in_features}, expected {channels}")
             columns = keep
-        tensors = {"weight": _take(weight, columns, 1)}
+        tensors = {"weight": _take(weight, columns, 1) if rows is None else _take_rows_columns(weight.detach(), rows, columns, scratch)}
         if fold:
             cut = ~columns
             extra = _values(weight, const, _name(consumer))[:, cut] @ const[cut]
+            extra = extra if rows is None else extra[rows.to(extra.device)]
             bias = _param(consumer, "bias")
             base = _values(bias, const, _name(consumer)) if bias is not None else torch.zeros_like(extra)
             tensors["bias"] = (base + extra).to(weight.dtype)
@@ -366,10 +436,11 @@ def _consume(
                 "constant at the borders, so it cannot be folded into a bias exactly; use "
                 "prune_bias=True (or an activation with act(0) = 0)"
             )
-        tensors = {"weight": _take(weight, keep, 1)}
+        tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, keep, scratch)}
         if fold:
             w = _values(weight, const, _name(consumer))[:, removed_channels]
             extra = (w.sum(dim=tuple(range(2, w.dim()))) * const[removed_channels]).sum(dim=1)
+            extra = extra if rows is None else extra[rows.to(extra.device)]
             bias = _param(consumer, "bias")
             base = _values(bias, const, _name(consumer)) if bias is not None else torch.zeros_like(extra)
             tensors["bias"] = (base + extra).to(weight.dtype)
@@ -416,11 +487,16 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
     flow = _Flow(const.reshape(layout), None, None)
 
     kept = int(mask.sum())
-    tensors = {"weight": _take(weight, mask, 0)}
+    deferred = _DEFERRED.get()
+    defer = deferred is not None and id(weight) in deferred.weights
+    tensors = {"weight": weight.detach() if defer else _take(weight, mask, 0)}  # deferred: cut with the columns
     if bias is not None:
         tensors["bias"] = _take(bias, mask, 0)
     size_attr = "out_channels" if is_conv else "out_features"
-    replacements: list[nn.Module | None] = [rebuild_module(producer, tensors, **{size_attr: kept})]
+    rebuilt = rebuild_module(producer, tensors, **{size_attr: kept})
+    if defer and deferred is not None:
+        deferred.pending[id(_weight(rebuilt, "producer"))] = _indices(mask).to(weight.device)
+    replacements: list[nn.Module | None] = [rebuilt]
     for op in ops[1:-1]:
         replacement, flow = _pass(op, mask, flow, prune_bias)
         replacements.append(replacement)
@@ -603,3 +679,20 @@ def _prune_lstm(ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool)
         out.append(rebuild_module(norm, norm_tensors, normalized_shape=(kept,)))
     out.append(rebuild_module(linear, {"weight": _take(linear.weight, last, 1)}, in_features=kept))
     return tuple(out)
+
+
+CHAIN_FUNCTIONS: frozenset[object] = frozenset(
+    {
+        prune_chain,
+        prune_linear,
+        prune_linear_linear,
+        prune_linear_activation_linear,
+        prune_conv2d,
+        prune_conv2d_conv2d,
+        prune_conv2d_activation_conv2d,
+        prune_conv2d_activation_pool_conv2d,
+        prune_conv2d_pool_activation_conv2d,
+        prune_conv2d_pool_flatten_linear,
+    }
+)
+"""The prune functions built on :func:`prune_chain` (they may defer a producer's row cut)."""

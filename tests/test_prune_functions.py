@@ -246,3 +246,46 @@ def test_lstm_state_may_be_returned_and_shrinks() -> None:
     _, (h, c) = pruned(torch.randn(4, 1, 3))
     assert h.shape == (1, 1, 3) and c.shape == (1, 1, 3)
     assert copy.deepcopy(pruned)(torch.randn(2, 1, 3))[0].shape == (2, 1, 2)
+
+
+def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply_prune defers a hidden layer's row cut to the chain that cuts its columns: each
+    hidden weight is gathered once (no half-cut copy), and the result is still exact."""
+    from fprune import _prune_functions
+
+    calls: list[tuple[int, ...]] = []
+    gather = _prune_functions._take_rows_columns
+
+    def counting(t: Tensor, rows: Tensor, columns: Tensor, scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
+        calls.append(tuple(t.shape))
+        return gather(t, rows, columns, scratch)
+
+    monkeypatch.setattr(_prune_functions, "_take_rows_columns", counting)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
+    masks = {f"{i}.weight": torch.rand(n) > 0.4 for i, n in ((0, 8), (2, 7), (4, 5))}
+    for mask in masks.values():
+        mask[0] = True
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for prune_bias in (True, False):  # sigmoid(0) != 0: the fold runs on the deferred rows too
+        calls.clear()
+        pruned = fprune.apply_prune(model, masks, matches, prune_bias=prune_bias)
+        assert calls == [(5, 7), (7, 8)]  # layers 4 and 2, consumers first; layer 0 has no columns cut
+        with torch.no_grad():
+            expected = functional_call(model, fprune.masked_parameters(model, masks, matches, prune_bias=prune_bias), (x,))
+            torch.testing.assert_close(pruned(x), expected)
+
+
+def test_a_deferred_row_cut_left_pending_is_done_at_the_end() -> None:
+    from fprune._prune_functions import cut_pending_rows, deferred_rows
+
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 6)
+    keep = torch.tensor([True, False, True, True, False, True])
+    with deferred_rows({id(layer.weight)}) as state:
+        (new, _) = fprune.prune_chain((layer, OUTPUT), {"weight": keep}, prune_bias=True)
+    assert new is not None and state.pending  # nothing consumed it: its rows are still to cut
+    done = cut_pending_rows(new, state)
+    assert isinstance(done, nn.Linear) and done.out_features == 4 and not state.pending
+    assert torch.equal(done.weight, layer.weight[keep]) and done.weight.data_ptr() != layer.weight.data_ptr()
