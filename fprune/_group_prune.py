@@ -14,6 +14,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ._checks import check_model
 from ._errors import PruneError
+from ._gather import Scratch, buffer, take_rows_columns
 from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
 from ._mha import HeadPrunedMultiheadAttention
 
@@ -77,20 +78,7 @@ _Norms = dict[tuple[str, int], Tensor]
 """Slice norms already computed in one scoring call, by (tensor FQN, dim)."""
 
 
-_Scratch = dict[tuple[torch.dtype, torch.device], Tensor]
-"""Reused work buffers, one per dtype and device, for one call that touches many tensors."""
-
-
-def _buffer(scratch: _Scratch, size: int, like: Tensor) -> Tensor:
-    """A flat buffer of at least `size` elements of `like`'s dtype and device, from `scratch`."""
-    key = (like.dtype, like.device)
-    buffer = scratch.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = scratch[key] = torch.empty(size, dtype=like.dtype, device=like.device)
-    return buffer
-
-
-def _dim_norms(tensor: Tensor, dim: int, p: int, scratch: _Scratch) -> Tensor:
+def _dim_norms(tensor: Tensor, dim: int, p: int, scratch: Scratch) -> Tensor:
     """The L`p` norm (p = 1 or 2) of each slice ``tensor.select(dim, i)``, in float32.
 
     Never copies the tensor: trailing dims are reduced first (contiguous), then leading dims
@@ -118,7 +106,7 @@ def _dim_norms(tensor: Tensor, dim: int, p: int, scratch: _Scratch) -> Tensor:
         block = flat[start : start + step]
         block = block.float() if half else block
         # into one reused buffer: a fresh block-sized temporary each time costs page faults
-        work = _buffer(scratch, block.numel(), block)[: block.numel()].view(block.shape)
+        work = buffer(scratch, block.numel(), block)[: block.numel()].view(block.shape)
         if p == 1:
             torch.abs(block, out=work)
         else:
@@ -128,7 +116,7 @@ def _dim_norms(tensor: Tensor, dim: int, p: int, scratch: _Scratch) -> Tensor:
 
 
 def _member_scores(
-    tensor: Tensor, fqn: str, dim: int, positions: Sequence[int], criterion: Criterion, cache: _Norms, scratch: _Scratch
+    tensor: Tensor, fqn: str, dim: int, positions: Sequence[int], criterion: Criterion, cache: _Norms, scratch: Scratch
 ) -> Tensor:
     """The criterion of each row ``tensor.select(dim, position)``, for `positions`."""
     if criterion is l2_norm or criterion is l1_norm:
@@ -151,7 +139,7 @@ def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l
     return _scores(_tensors(model), group, criterion, {}, {})
 
 
-def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms, scratch: _Scratch) -> Tensor:
+def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms, scratch: Scratch) -> Tensor:
     scores: Tensor | None = None
     for member in group.members:
         if member.role == "carrier":
@@ -259,7 +247,7 @@ def group_masks(
     _check_ignore(model, tensors, ignore)
     chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
     cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once
-    scratch: _Scratch = {}
+    scratch: Scratch = {}
     scores = [_scores(tensors, g, criterion, cache, scratch) for g in chosen]
     del scratch
     for group, score in zip(chosen, scores):
@@ -449,10 +437,7 @@ def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, T
                 )
 
 
-_BLOCK = 1 << 18  # elements gathered at a time when a tensor loses rows and columns
-
-
-def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: _Scratch) -> Tensor:
+def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: Scratch) -> Tensor:
     """The sub-tensor at `index` (indices per dim), contiguous. A tensor that loses rows and
     columns is gathered block by block through one reused `scratch` buffer (per dtype and
     device), so no intermediate the size of a half-pruned tensor is ever made."""
@@ -464,17 +449,7 @@ def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: _Scratch) -> T
         for dim in dims:
             result = torch.index_select(result, dim, index[dim].to(tensor.device))
         return result.contiguous()
-    rows, columns = index[0].to(tensor.device), index[1].to(tensor.device)
-    out = torch.empty((rows.numel(), columns.numel()) + tuple(tensor.shape[2:]), dtype=tensor.dtype, device=tensor.device)
-    row_size = max(1, tensor[0].numel())
-    step = max(1, min(rows.numel(), _BLOCK // row_size))
-    buffer = _buffer(scratch, max(_BLOCK, step * row_size), tensor)
-    for start in range(0, rows.numel(), step):
-        taken = rows[start : start + step]
-        part = buffer[: taken.numel() * row_size].view((taken.numel(),) + tuple(tensor.shape[1:]))
-        torch.index_select(tensor, 0, taken, out=part)
-        torch.index_select(part, 1, columns, out=out[start : start + step])
-    return out
+    return take_rows_columns(tensor, index[0], index[1], scratch)
 
 
 def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, object]:
@@ -527,7 +502,7 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     new_tensors: dict[str, Tensor] = {}
     kept = _kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
-    scratch: _Scratch = {}
+    scratch: Scratch = {}
     with torch.no_grad():
         for fqn, index in kept.items():
             new_tensors[fqn] = _gather(tensors[fqn].detach(), index, scratch)

@@ -27,6 +27,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ._errors import PruneError
+from ._gather import Scratch
+from ._gather import take_rows_columns as _take_rows_columns
 from ._records import Call, Op, Output
 
 __all__ = [
@@ -128,7 +130,7 @@ class _DeferredRows:
 
     weights: set[int]
     pending: dict[int, Tensor] = field(default_factory=dict)
-    scratch: dict[tuple[torch.dtype, torch.device], Tensor] = field(default_factory=dict)
+    scratch: Scratch = field(default_factory=dict)
 
 
 _DEFERRED: ContextVar[_DeferredRows | None] = ContextVar("fprune_deferred_rows", default=None)
@@ -154,27 +156,6 @@ def cut_pending_rows(module: nn.Module, state: _DeferredRows) -> nn.Module:
     if weight is None or rows is None:
         return module
     return rebuild_module(module, {"weight": torch.index_select(weight.detach(), 0, rows).contiguous()})
-
-
-_GATHER_BLOCK = 1 << 18  # elements gathered at a time when rows and columns go together
-
-
-def _take_rows_columns(t: Tensor, rows: Tensor, columns: Tensor, scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
-    """``t[rows][:, columns]`` as one new contiguous tensor, gathered block by block through a
-    `scratch` buffer reused across calls (no copy of the rows alone is ever made whole)."""
-    rows, columns = rows.to(t.device), _indices(columns).to(t.device)
-    out = torch.empty((rows.numel(), columns.numel()) + tuple(t.shape[2:]), dtype=t.dtype, device=t.device)
-    row_size = max(1, t[0].numel())
-    step = max(1, min(rows.numel(), _GATHER_BLOCK // row_size))
-    buffer = scratch.get((t.dtype, t.device))
-    if buffer is None or buffer.numel() < step * row_size:
-        buffer = scratch[(t.dtype, t.device)] = torch.empty(max(_GATHER_BLOCK, step * row_size), dtype=t.dtype, device=t.device)
-    for start in range(0, rows.numel(), step):
-        taken = rows[start : start + step]
-        part = buffer[: taken.numel() * row_size].view((taken.numel(),) + tuple(t.shape[1:]))
-        torch.index_select(t, 0, taken, out=part)
-        torch.index_select(part, 1, columns, out=out[start : start + step])
-    return out
 
 
 def _take(t: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -408,7 +389,7 @@ def _consume(
             if consumer.in_features != channels:
                 raise PruneError(f"Linear consumer has in_features={consumer.in_features}, expected {channels}")
             columns = keep
-        tensors = {"weight": _take(weight, columns, 1) if rows is None else _take_rows_columns(weight.detach(), rows, columns, scratch)}
+        tensors = {"weight": _take(weight, columns, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(columns), scratch)}
         if fold:
             cut = ~columns
             extra = _values(weight, const, _name(consumer))[:, cut] @ const[cut]
@@ -436,7 +417,7 @@ def _consume(
                 "constant at the borders, so it cannot be folded into a bias exactly; use "
                 "prune_bias=True (or an activation with act(0) = 0)"
             )
-        tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, keep, scratch)}
+        tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(keep), scratch)}
         if fold:
             w = _values(weight, const, _name(consumer))[:, removed_channels]
             extra = (w.sum(dim=tuple(range(2, w.dim()))) * const[removed_channels]).sum(dim=1)

@@ -113,3 +113,16 @@ class TiedEmbeddingLM(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         out: Tensor = self.out(self.fc2(torch.relu(self.fc1(self.embed(ids)))))
         return out
+
+
+class TiedLinear(nn.Module):
+    """fc3 reuses fc2's weight; a mask on fc1 cuts fc2's columns, which fc3 cannot lose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.fc3.weight = self.fc2.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc4(torch.relu(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))))
+        return out

@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 import fprune
 
-from .models import ConvBNNet, LSTMNet, TiedEmbeddingLM
+from .models import ConvBNNet, LSTMNet, TiedEmbeddingLM, TiedLinear
 from .zoo import ZOO
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -473,19 +473,8 @@ def test_a_state_tensor_of_another_shape_is_refused_for_a_pruned_parameter_only(
     assert isinstance(per_param, dict) and torch.equal(per_param[names.index("head.bias")]["factor"], torch.ones(3))
 
 
-class _TiedLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
-        self.fc3.weight = self.fc2.weight
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.fc4(torch.relu(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))))
-        return out
-
-
 def test_tied_parameters_that_pruning_would_separate_are_refused() -> None:
-    model = _TiedLinear()
+    model = TiedLinear()
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
     optimizer = torch.optim.Adam(model.parameters())
     masks = {"fc1.weight": torch.tensor([True, False] * 3)}  # cuts fc2.weight's columns, tied to fc3.weight

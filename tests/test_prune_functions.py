@@ -252,9 +252,9 @@ def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: py
     """apply_prune defers a hidden layer's row cut to the chain that cuts its columns: each
     hidden weight is gathered once (no half-cut copy), and the result is still exact."""
     from fprune import _prune_functions
+    from fprune._gather import take_rows_columns as gather
 
     calls: list[tuple[int, ...]] = []
-    gather = _prune_functions._take_rows_columns
 
     def counting(t: Tensor, rows: Tensor, columns: Tensor, scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
         calls.append(tuple(t.shape))

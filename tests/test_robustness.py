@@ -51,7 +51,7 @@ from torch.nn.utils import parametrize
 
 import fprune
 
-from .models import ConvBNNet, TiedEmbeddingLM
+from .models import ConvBNNet, TiedEmbeddingLM, TiedLinear
 from .zoo import ZOO
 
 Records = Sequence[fprune.Match] | Sequence[fprune.ChannelGroup]
@@ -171,19 +171,6 @@ def test_an_unknown_fqn_in_ignore_is_refused(entry: str) -> None:
 # --- tied / shared parameters --------------------------------------------------------------------
 
 
-class _TiedLinear(nn.Module):
-    """fc3 reuses fc2's weight; a mask on fc1 cuts fc2's columns, which fc3 cannot lose."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
-        self.fc3.weight = self.fc2.weight
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.fc4(torch.relu(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))))
-        return out
-
-
 _IDS = torch.arange(10).reshape(2, 5)
 _HALF_OF_6 = torch.tensor([True, False, True, False, True, False])
 
@@ -210,7 +197,7 @@ def test_a_tied_embedding_is_refused_by_patterns_and_pruned_whole_by_groups() ->
 
 @pytest.mark.parametrize("pipeline", ["patterns", "groups"])
 def test_a_mask_that_slices_a_tied_consumer_is_refused_or_keeps_the_tie(pipeline: str) -> None:
-    model = _TiedLinear()
+    model = TiedLinear()
     if pipeline == "patterns":  # the chain rebuilds fc2 alone: it would untie fc2 and fc3
         _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, _matches(model)), "`fc2.weight`", "`fc3.weight`", "untie them first")
         return
@@ -226,7 +213,7 @@ def test_a_group_that_slices_a_tied_embedding_keeps_the_tie() -> None:
 
 
 def test_groups_from_another_model_cannot_untie_weights() -> None:
-    model, untied = _TiedLinear(), _TiedLinear()
+    model, untied = TiedLinear(), TiedLinear()
     untied.fc3.weight = nn.Parameter(untied.fc2.weight.detach().clone())
     groups = _groups(untied, torch.randn(3, 4))  # found where fc2 and fc3 are separate
     _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, groups), "`fc2.weight` and `fc3.weight` are one tensor", "slice them differently")
@@ -242,7 +229,7 @@ def test_a_tie_that_only_one_name_slices_blocks_the_group() -> None:
 
 @pytest.mark.parametrize("name", ["embedding", "linear"])
 def test_prune_channels_never_returns_a_broken_tied_model(name: str) -> None:
-    model: nn.Module = TiedEmbeddingLM() if name == "embedding" else _TiedLinear()
+    model: nn.Module = TiedEmbeddingLM() if name == "embedding" else TiedLinear()
     x = _IDS if name == "embedding" else torch.randn(3, 4)
     tied = ("embed.weight", "out.weight") if name == "embedding" else ("fc2.weight", "fc3.weight")
     pruned = fprune.prune_channels(model, 0.5, example_inputs=(x,))
