@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._checks import check_model
+from ._checks import check_model, names_by_tensor
 from ._errors import PruneError
 from ._group_prune import apply_groups, masked_group_parameters
 from ._groups import ChannelGroup
@@ -23,10 +23,6 @@ from ._records import Attr, Call, Match, ModuleOp, Op, OUTPUT, Output, Pattern, 
 __all__ = ["apply_prune", "masked_parameters"]
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
-
-
-def _check_model(model: nn.Module, function: str) -> None:
-    check_model(model, function)
 
 
 def _check_masks(
@@ -65,9 +61,7 @@ def _check_masks(
             raise PruneError(f"mask for `{fqn}` is on {mask.device}, but the tensor is on {tensor.device}; move the mask")
         if not bool(mask.any()):
             raise PruneError(f"mask for `{fqn}` is all False: it would remove every row; keep at least one")
-    shared: dict[int, list[str]] = {}
-    for name, tensor in tensors.items():
-        shared.setdefault(id(tensor), []).append(name)
+    shared = names_by_tensor(tensors.items())
     for fqn in masks:
         names = shared[id(tensors[fqn])]
         if len(names) > 1 and not tied_ok:
@@ -225,7 +219,7 @@ def apply_prune(
             tensor no match covers (the message says why, e.g. "feeds a residual add"); or
             where the pruned model could not compute exactly what the masked model computes.
     """
-    _check_model(model, "apply_prune")
+    check_model(model, "apply_prune")
     groups = _groups_only(matches, "apply_prune")
     _check_masks(model, masks, _producer_dims(groups), tied_ok=groups is not None)  # groups keep ties whole
     if groups is not None:
@@ -282,9 +276,7 @@ def _check_ties(model: nn.Module, replaced: Mapping[str, nn.Module]) -> None:
     it (tied weights): the copy would hold two tensors where the model holds one."""
     if not replaced:
         return
-    names: dict[int, list[str]] = {}
-    for fqn, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        names.setdefault(id(tensor), []).append(fqn)
+    names = names_by_tensor([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
     for module_fqn in replaced:
         prefix = f"{module_fqn}." if module_fqn else ""
         module = model.get_submodule(module_fqn)
@@ -322,7 +314,7 @@ def masked_parameters(
     added parameter) of a removed channel is zeroed.
     Raises PruneError for the same mask errors as :func:`apply_prune`.
     """
-    _check_model(model, "masked_parameters")
+    check_model(model, "masked_parameters")
     if matches is None:
         try:
             traced = fx.symbolic_trace(model)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Iterable
+
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from ._errors import PruneError
 
-__all__ = ["check_model", "parametrized_module"]
+__all__ = ["check_model", "names_by_tensor", "parametrized_module"]
+
+
+def names_by_tensor(named: Iterable[tuple[str, Tensor]]) -> dict[int, list[str]]:
+    """Every FQN of each tensor, keyed by the tensor's id() (tied tensors have several)."""
+    names: dict[int, list[str]] = {}
+    for fqn, tensor in named:
+        names.setdefault(id(tensor), []).append(fqn)
+    return names
 
 
 def parametrized_module(model: nn.Module) -> str | None:

@@ -12,7 +12,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from ._checks import check_model
+from ._checks import check_model, names_by_tensor
 from ._errors import PruneError
 from ._gather import Scratch, buffer, take_rows_columns
 from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
@@ -424,9 +424,7 @@ def _kept_indices(
 def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, Tensor]]) -> None:
     """PruneError unless every name of a tied tensor is sliced alike (channel_groups unites
     such names' channels, so this holds for its groups; groups from elsewhere may break it)."""
-    names: dict[int, list[str]] = {}
-    for fqn, tensor in tensors.items():
-        names.setdefault(id(tensor), []).append(fqn)
+    names = names_by_tensor(tensors.items())
     for fqn, index in kept.items():
         for alias in names[id(tensors[fqn])]:
             other = kept.get(alias, {})

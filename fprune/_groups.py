@@ -19,6 +19,7 @@ from typing import Literal, Protocol, TypeAlias, Union
 import torch
 from torch import Tensor, fx, nn
 
+from ._checks import names_by_tensor
 from ._errors import PruneError
 
 __all__ = [
@@ -495,9 +496,7 @@ class _Analysis:
         position by position (so one group prunes them alike and the tie holds); where only some
         names do, pruning would untie them, so those channels are blocked.
         """
-        names: dict[int, list[str]] = {}
-        for fqn, tensor in self.tensors.items():
-            names.setdefault(id(tensor), []).append(fqn)
+        names = names_by_tensor(self.tensors.items())
         if all(len(fqns) == 1 for fqns in names.values()):
             return
         on_dim: dict[tuple[int, int], list[_Member]] = {}

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ._apply import apply_prune
+from ._checks import names_by_tensor
 from ._errors import PruneError
 from ._groups import ChannelGroup
 from ._records import Match
@@ -201,10 +202,7 @@ def _indexed(
 
 def _check_ties(model: nn.Module, pruned: nn.Module) -> None:
     """Tied parameters must stay one tensor in the pruned copy, or no state can follow them."""
-    tied: dict[int, list[str]] = {}
-    for fqn, param in model.named_parameters(remove_duplicate=False):
-        tied.setdefault(id(param), []).append(fqn)
-    for names in tied.values():
+    for names in names_by_tensor(model.named_parameters(remove_duplicate=False)).values():
         if len(names) > 1 and len({id(pruned.get_parameter(n)) for n in names}) > 1:
             raise PruneError(
                 f"pruning separates the tied parameters {', '.join(f'`{n}`' for n in names)} (one of them is sliced, "
