@@ -3,7 +3,6 @@ parameters for ``torch.func.functional_call`` (``masked_parameters``)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
@@ -12,6 +11,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._checks import check_model, names_by_tensor
+from ._copy import copy_module
 from ._errors import PruneError
 from ._group_prune import apply_groups, masked_group_parameters
 from ._groups import ChannelGroup
@@ -252,7 +252,7 @@ def apply_prune(
         current = {fqn: cut_pending_rows(module, deferred) for fqn, module in current.items()}
     _check_ties(model, current)
     memo: dict[int, object] = {id(model.get_submodule(fqn)): module for fqn, module in current.items()}
-    return copy.deepcopy(model, memo)
+    return copy_module(model, memo)
 
 
 def _cut_twice(model: nn.Module, active: Sequence[Match]) -> set[int]:

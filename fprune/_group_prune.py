@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
@@ -13,10 +12,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ._checks import check_model, names_by_tensor
+from ._copy import copy_module
 from ._errors import PruneError
-from ._gather import Scratch, buffer, take_rows_columns
+from ._gather import take_rows_columns
 from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
 from ._mha import HeadPrunedMultiheadAttention
+from ._norms import Scratch, dim_norms, lp_rows, row_column_norms
 
 __all__ = ["Criterion", "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels"]
 
@@ -35,8 +36,7 @@ def l2_norm(rows: Tensor) -> Tensor:
 
 def l1_norm(rows: Tensor) -> Tensor:
     """The L1 norm of each row."""
-    out: Tensor = torch.linalg.vector_norm(rows, ord=1, dim=1)
-    return out
+    return lp_rows(rows, 1)
 
 
 def _tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -71,48 +71,22 @@ def _covers(index: Sequence[int], size: int) -> bool:
     return isinstance(index, range) and index == range(size)
 
 
-_CHUNK = 1 << 18  # elements per block when summing over leading dims (stays in cache)
-
-
 _Norms = dict[tuple[str, int], Tensor]
 """Slice norms already computed in one scoring call, by (tensor FQN, dim)."""
 
 
-def _dim_norms(tensor: Tensor, dim: int, p: int, scratch: Scratch) -> Tensor:
-    """The L`p` norm (p = 1 or 2) of each slice ``tensor.select(dim, i)``, in float32.
-
-    Never copies the tensor: trailing dims are reduced first (contiguous), then leading dims
-    block by block, so a weight's columns cost about what its rows do.
-    """
-    size = tensor.shape[dim]
-    lead = math.prod(tensor.shape[:dim])
-    flat = tensor.reshape(lead, size, -1)
-    half = flat.dtype not in (torch.float32, torch.float64)  # accumulate float16 / bfloat16 in float32
-    if lead == 1:
-        rows = flat[0]
-        norms: Tensor = torch.linalg.vector_norm(rows.float() if half else rows, ord=p, dim=1)
-        return norms.to(torch.float32)
-    total = torch.zeros(size, dtype=torch.float64 if flat.dtype == torch.float64 else torch.float32, device=tensor.device)
-    inner = flat.shape[2]
-    if inner > 1 and not half:  # reduce each kernel first (one contiguous pass), then the rows
-        per: Tensor = torch.linalg.vector_norm(flat, ord=p, dim=2)
-        summed = per.sum(dim=0) if p == 1 else (per * per).sum(dim=0).sqrt()
-        return summed.to(torch.float32)
-    if inner == 1:
-        flat = flat.reshape(lead, size)  # 2-D blocks: torch sums these over dim 0 much faster
-    step = max(1, _CHUNK // max(1, size * inner))
-    dims = (0, 2) if inner > 1 else (0,)
-    for start in range(0, lead, step):
-        block = flat[start : start + step]
-        block = block.float() if half else block
-        # into one reused buffer: a fresh block-sized temporary each time costs page faults
-        work = buffer(scratch, block.numel(), block)[: block.numel()].view(block.shape)
-        if p == 1:
-            torch.abs(block, out=work)
-        else:
-            torch.mul(block, block, out=work)
-        total += work.sum(dim=dims)
-    return (total if p == 1 else total.sqrt()).to(torch.float32)
+def _norm_both_dims(tensors: Mapping[str, Tensor], groups: Sequence[ChannelGroup], p: int, cache: _Norms, scratch: Scratch) -> None:
+    """Fill `cache` for each weight scored along both dim 0 and dim 1 by `groups` (a layer
+    that is one group's producer and the next one's consumer), reading it once for both."""
+    dims: dict[str, set[int]] = {}
+    for group in groups:
+        for member in group.members:
+            if member.role != "carrier":
+                dims.setdefault(member.fqn, set()).add(member.dim)
+    for fqn, wanted in dims.items():
+        tensor = _tensor(tensors, fqn).detach()
+        if wanted == {0, 1} and tensor.dim() >= 2 and tensor.device.type != "meta" and (fqn, 0) not in cache:
+            cache[(fqn, 0)], cache[(fqn, 1)] = row_column_norms(tensor, p, scratch)
 
 
 def _member_scores(
@@ -122,7 +96,7 @@ def _member_scores(
     if criterion is l2_norm or criterion is l1_norm:
         norms = cache.get((fqn, dim))
         if norms is None:
-            norms = cache[(fqn, dim)] = _dim_norms(tensor, dim, 2 if criterion is l2_norm else 1, scratch)
+            norms = cache[(fqn, dim)] = dim_norms(tensor, dim, 2 if criterion is l2_norm else 1, scratch)
         return _take(norms, positions)
     rows = tensor.movedim(dim, 0)
     rows = rows if _covers(positions, rows.shape[0]) else _take(rows, positions)
@@ -248,6 +222,8 @@ def group_masks(
     chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
     cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once
     scratch: Scratch = {}
+    if criterion is l2_norm or criterion is l1_norm:
+        _norm_both_dims(tensors, chosen, 2 if criterion is l2_norm else 1, cache, scratch)
     scores = [_scores(tensors, g, criterion, cache, scratch) for g in chosen]
     del scratch
     for group, score in zip(chosen, scores):
@@ -435,10 +411,10 @@ def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, T
                 )
 
 
-def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: Scratch) -> Tensor:
+def _gather(tensor: Tensor, index: Mapping[int, Tensor]) -> Tensor:
     """The sub-tensor at `index` (indices per dim), contiguous. A tensor that loses rows and
-    columns is gathered block by block through one reused `scratch` buffer (per dtype and
-    device), so no intermediate the size of a half-pruned tensor is ever made."""
+    columns is gathered in one indexing op, so no intermediate the size of a half-pruned
+    tensor is ever made."""
     dims = sorted(index)
     if len(dims) == 1:
         return torch.index_select(tensor, dims[0], index[dims[0]].to(tensor.device)).contiguous()
@@ -447,7 +423,7 @@ def _gather(tensor: Tensor, index: Mapping[int, Tensor], scratch: Scratch) -> Te
         for dim in dims:
             result = torch.index_select(result, dim, index[dim].to(tensor.device))
         return result.contiguous()
-    return take_rows_columns(tensor, index[0], index[1], scratch)
+    return take_rows_columns(tensor, index[0], index[1])
 
 
 def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, object]:
@@ -500,16 +476,14 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     new_tensors: dict[str, Tensor] = {}
     kept = _kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
-    scratch: Scratch = {}
     with torch.no_grad():
         for fqn, index in kept.items():
-            new_tensors[fqn] = _gather(tensors[fqn].detach(), index, scratch)
-    del scratch
+            new_tensors[fqn] = _gather(tensors[fqn].detach(), index)
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]
         memo[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
-    pruned = copy.deepcopy(model, memo)
+    pruned = copy_module(model, memo)
     by_module: dict[str, dict[str, Tensor]] = {}
     for fqn, value in new_tensors.items():
         owner, _, name = fqn.rpartition(".")

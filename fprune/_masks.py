@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._errors import PruneError
+from ._norms import lp_rows
 
 __all__ = [
     "fpgm_mask",
@@ -61,8 +62,7 @@ def row_norms(weight: Tensor, *, p: float = 1.0) -> Tensor:
     """
     _check_weight(weight, "row_norms")
     w = _as_float(weight)
-    norms: Tensor = torch.linalg.vector_norm(w.reshape(w.shape[0], -1), ord=p, dim=1)
-    return norms
+    return lp_rows(w.reshape(w.shape[0], -1), p)
 
 
 def fpgm_scores(weight: Tensor, *, p: float = 2.0) -> Tensor:

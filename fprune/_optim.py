@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ._apply import apply_prune
 from ._checks import names_by_tensor
+from ._copy import copy_module
 from ._errors import PruneError
 from ._groups import ChannelGroup
 from ._records import Match
@@ -222,7 +223,7 @@ def _coded(model: nn.Module, coded: bool) -> nn.Module:
         memo[id(param)] = nn.Parameter(values, requires_grad=param.requires_grad)
     for buffer in model.buffers():
         memo[id(buffer)] = buffer
-    return copy.deepcopy(model, memo)
+    return copy_module(model, memo)
 
 
 def _index_maps(

@@ -12,7 +12,6 @@ exactly (a zero-padded consumer conv, a padded average pool), a PruneError is ra
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from ._copy import copy_module
 from ._errors import PruneError
-from ._gather import Scratch
 from ._gather import take_rows_columns as _take_rows_columns
 from ._records import Call, Op, Output
 
@@ -104,7 +103,7 @@ def rebuild_module(
             memo[id(old)] = value.detach()
         else:
             added[name] = value.detach()
-    new = copy.deepcopy(module, memo)
+    new = copy_module(module, memo)
     for name, value in added.items():
         weight = getattr(module, "weight", None)
         requires_grad = weight.requires_grad if isinstance(weight, Tensor) else True
@@ -130,7 +129,6 @@ class _DeferredRows:
 
     weights: set[int]
     pending: dict[int, Tensor] = field(default_factory=dict)
-    scratch: Scratch = field(default_factory=dict)
 
 
 _DEFERRED: ContextVar[_DeferredRows | None] = ContextVar("fprune_deferred_rows", default=None)
@@ -365,7 +363,6 @@ def _consume(
     weight = _weight(consumer, "consumer")
     deferred = _DEFERRED.get()
     rows = deferred.pending.pop(id(weight), None) if deferred is not None else None  # cut with the columns
-    scratch = deferred.scratch if deferred is not None else {}
     fold = _const_nonzero(flow, removed_channels)
     if flow.blocker is not None and fold:
         raise PruneError(
@@ -389,7 +386,7 @@ def _consume(
             if consumer.in_features != channels:
                 raise PruneError(f"Linear consumer has in_features={consumer.in_features}, expected {channels}")
             columns = keep
-        tensors = {"weight": _take(weight, columns, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(columns), scratch)}
+        tensors = {"weight": _take(weight, columns, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(columns))}
         if fold:
             cut = ~columns
             extra = _values(weight, const, _name(consumer))[:, cut] @ const[cut]
@@ -417,7 +414,7 @@ def _consume(
                 "constant at the borders, so it cannot be folded into a bias exactly; use "
                 "prune_bias=True (or an activation with act(0) = 0)"
             )
-        tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(keep), scratch)}
+        tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(keep))}
         if fold:
             w = _values(weight, const, _name(consumer))[:, removed_channels]
             extra = (w.sum(dim=tuple(range(2, w.dim()))) * const[removed_channels]).sum(dim=1)

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 
 from ._apply import apply_prune, masked_parameters
 from ._checks import parametrized_module
+from ._copy import copy_module
 from ._errors import PruneError
 from ._match import match_patterns
 from ._patterns import default_patterns
@@ -519,7 +520,7 @@ def _unmasked_view(prepared: _Prepared) -> nn.Module:
     """
     model = prepared.model
     memo: dict[int, object] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    view = copy.deepcopy(model, memo)
+    view = copy_module(model, memo)
     for fqn, module in view.named_modules():
         if not parametrize.is_parametrized(module):
             continue

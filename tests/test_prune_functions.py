@@ -256,9 +256,9 @@ def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: py
 
     calls: list[tuple[int, ...]] = []
 
-    def counting(t: Tensor, rows: Tensor, columns: Tensor, scratch: dict[tuple[torch.dtype, torch.device], Tensor]) -> Tensor:
+    def counting(t: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
         calls.append(tuple(t.shape))
-        return gather(t, rows, columns, scratch)
+        return gather(t, rows, columns)
 
     monkeypatch.setattr(_prune_functions, "_take_rows_columns", counting)
     torch.manual_seed(0)
