@@ -382,19 +382,35 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
 def _kept_indices(
     groups: Sequence[ChannelGroup], keeps: Mapping[int, Tensor], tensors: Mapping[str, Tensor]
 ) -> dict[str, dict[int, Tensor]]:
-    """Per tensor FQN and dim, the indices the pruned tensor keeps (only where some go)."""
-    kept: dict[str, dict[int, Tensor]] = {}
+    """Per tensor FQN and dim, the indices the pruned tensor keeps (only where some go).
+
+    Slices cut alike (a layer's rows, its bias and the next BatchNorm's four vectors) share
+    one index tensor: on a small model the int64 indices would otherwise rival the pruned
+    vectors they select."""
+    cuts: dict[str, dict[int, list[tuple[int, Sequence[int], Sequence[int]]]]] = {}
     for index, keep in keeps.items():
         if bool(keep.all()):
             continue
         for member in groups[index].members:
-            tensor = _tensor(tensors, member.fqn)
-            dims = kept.setdefault(member.fqn, {})
-            vector = dims.get(member.dim)
-            if vector is None:
-                vector = dims[member.dim] = torch.ones(tensor.shape[member.dim], dtype=torch.bool, device=keep.device)
-            _put(vector, member.positions, _take(keep, member.channels))
-    return {fqn: {dim: vector.nonzero().squeeze(1) for dim, vector in dims.items()} for fqn, dims in kept.items()}
+            cuts.setdefault(member.fqn, {}).setdefault(member.dim, []).append((index, member.positions, member.channels))
+    shared: dict[tuple[object, ...], Tensor] = {}
+    kept: dict[str, dict[int, Tensor]] = {}
+    for fqn, dims in cuts.items():
+        tensor = _tensor(tensors, fqn)
+        for dim, parts in dims.items():
+            key = (tensor.shape[dim], *((i, _hashable(p), _hashable(c)) for i, p, c in parts))
+            found = shared.get(key)
+            if found is None:
+                vector = torch.ones(tensor.shape[dim], dtype=torch.bool, device=keeps[parts[0][0]].device)
+                for i, positions, channels in parts:
+                    _put(vector, positions, _take(keeps[i], channels))
+                found = shared[key] = vector.nonzero().squeeze(1)
+            kept.setdefault(fqn, {})[dim] = found
+    return kept
+
+
+def _hashable(index: Sequence[int]) -> object:
+    return index if isinstance(index, (range, tuple)) else tuple(index)
 
 
 def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, Tensor]]) -> None:
@@ -477,8 +493,8 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     kept = _kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
     with torch.no_grad():
-        for fqn, index in kept.items():
-            new_tensors[fqn] = _gather(tensors[fqn].detach(), index)
+        for fqn in list(kept):
+            new_tensors[fqn] = _gather(tensors[fqn].detach(), kept.pop(fqn))  # indices go when done
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]

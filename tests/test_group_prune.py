@@ -188,3 +188,18 @@ def test_conv1d_and_conv_transpose_groups_prune_exactly() -> None:
         got = pruned(x, y)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_slices_cut_alike_share_one_index_tensor() -> None:
+    """A conv's rows, its BatchNorm's four vectors and the next conv's columns are cut by one
+    group alike: apply_prune builds one index tensor for all of them, not one each."""
+    from fprune._group_prune import _kept_indices, _tensors, group_keeps
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    masks = fprune.group_masks(model, groups, 0.5)
+    kept = _kept_indices(groups, group_keeps(groups, masks), _tensors(model))
+    rows = [kept[f"1.{name}"][0] for name in ("weight", "bias", "running_mean", "running_var")] + [kept["0.weight"][0], kept["0.bias"][0]]
+    assert all(index is rows[0] for index in rows)
+    assert torch.equal(kept["3.weight"][1], rows[0]) and rows[0].tolist() == masks["0.weight"].nonzero().squeeze(1).tolist()
