@@ -48,18 +48,25 @@ def _settle() -> float:
 
 
 class MemoryProbe:
-    """(RSS at the start, VmHWM during) of each step, in MiB."""
+    """(RSS at the start, VmHWM during) of each step, in MiB; and how much the file-backed RSS
+    grew during it (`code`): pages of torch's shared libraries read in when a kernel runs for
+    the first time in the process (a first ``gelu`` maps 3.7 MiB of libtorch code). They count
+    in VmHWM but are no data of the step's; a later step or call using the same kernels does
+    not load them again."""
 
     def __init__(self) -> None:
         self.steps: dict[str, tuple[float, float]] = {}
+        self.code: dict[str, float] = {}
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         start = _settle()
+        file_start = _status_mib("RssFile")
         try:
             yield
         finally:
             self.steps[name] = (start, _status_mib("VmHWM"))
+            self.code[name] = _status_mib("RssFile") - file_start
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class Memory:
     step_extra: dict[str, float]
     peak_rss: float
     second_step_extra: dict[str, float]
+    step_code: dict[str, float]
 
 
 def _child(case_name: str, library: str) -> None:
@@ -106,6 +114,7 @@ def _child(case_name: str, library: str) -> None:
         step_extra={name: hwm - start for name, (start, hwm) in probe.steps.items()},
         peak_rss=peak,
         second_step_extra={name: hwm - start for name, (start, hwm) in second.steps.items()},
+        step_code=dict(probe.code),
     )
     emit(asdict(result))
 
@@ -124,8 +133,9 @@ def measure_memory(case_name: str, library: str, env: Mapping[str, str] | None =
 @dataclass(frozen=True)
 class MemorySummary:
     """Medians over `runs` fresh processes with default malloc, their min-max, one run with
-    `LIVE_ENV` (`live_*`), and the median step extras of each process's second pipeline run
-    (`second_step_extra`; empty for the libraries that prune in place)."""
+    `LIVE_ENV` (`live_*`), the median step extras of each process's second pipeline run
+    (`second_step_extra`; empty for the libraries that prune in place), and the median code
+    pages each step loaded (`step_code`, see `MemoryProbe`)."""
 
     case: str
     library: str
@@ -140,6 +150,7 @@ class MemorySummary:
     live_extra: float
     live_step_extra: dict[str, float]
     second_step_extra: dict[str, float]
+    step_code: dict[str, float]
 
 
 def summarize_memory(case_name: str, library: str, runs: int) -> MemorySummary:
@@ -162,6 +173,7 @@ def summarize_memory(case_name: str, library: str, runs: int) -> MemorySummary:
         live_extra=live.extra,
         live_step_extra=live.step_extra,
         second_step_extra={name: statistics.median(r.second_step_extra[name] for r in results) for name in results[0].second_step_extra},
+        step_code={name: statistics.median(r.step_code[name] for r in results) for name in results[0].step_code},
     )
 
 

@@ -366,14 +366,33 @@ def _zero_preserving(apply: Callable[[Tensor], Tensor], what: str) -> None:
         )
 
 
+def _stateless_kind(module: nn.Module) -> tuple[object, ...] | None:
+    """(class, public attributes) of a module with no tensors, children or hooks of its own:
+    two such modules of one kind compute the same function. None for any other module."""
+    if module._parameters or module._buffers or module._modules or module._forward_hooks or module._forward_pre_hooks:
+        return None
+    attributes = tuple(sorted((k, v) for k, v in vars(module).items() if not k.startswith("_")))
+    try:
+        hash(attributes)
+    except TypeError:
+        return None
+    return (type(module), attributes)
+
+
 def _elementwise_module(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert module is not None
     axis = ctx.input(0)
     if axis is not None:
+        kind = _stateless_kind(module)
+        checked = ctx._analysis.checked  # a deep MLP's 512 ReLUs are run on zeros once, not 512 times
+        if kind is not None and ("zero-preserving", kind) in checked:
+            return axis
         if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
             raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
         _zero_preserving(module, f"`{ctx.module_fqn}` ({type(module).__name__})")
+        if kind is not None:
+            checked.add(("zero-preserving", kind))
     return axis
 
 

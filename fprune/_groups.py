@@ -426,6 +426,7 @@ class _Analysis:
     units: dict[int, int] = field(default_factory=dict)
     literals: list[tuple[str, int, int, tuple[int, ...], int, str]] = field(default_factory=list)
     id_tensors: dict[int, tuple[tuple[int, ...], Tensor]] = field(default_factory=dict)
+    checked: set[object] = field(default_factory=set)  # what rules found true once (e.g. act(0) = 0 of a module kind)
 
     def ids_tensor(self, ids: tuple[int, ...]) -> Tensor:
         """`ids` as an int64 tensor, converted once per tuple object."""
@@ -496,6 +497,8 @@ class _Analysis:
         position by position (so one group prunes them alike and the tie holds); where only some
         names do, pruning would untie them, so those channels are blocked.
         """
+        if len({id(t) for t in self.tensors.values()}) == len(self.tensors):
+            return  # no tied tensors
         names = names_by_tensor(self.tensors.items())
         if all(len(fqns) == 1 for fqns in names.values()):
             return

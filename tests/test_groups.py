@@ -315,3 +315,20 @@ def test_example_inputs_that_do_not_fit_the_model_raise_when_shapes_are_needed()
         fprune.channel_groups(gm, example_inputs=(torch.randn(2, 9),))
     groups = fprune.channel_groups(gm, example_inputs=(torch.randn(2, 8),))
     assert [g.producers for g in groups] == [("proj.weight",), ("out.weight",)]
+
+
+def test_one_activation_kind_is_run_on_zeros_once_but_each_different_one_is_checked() -> None:
+    """A module kind found to keep 0 at 0 is not run again for its other instances; a module
+    of the same class with other attributes, or with a hook of its own, is checked itself."""
+
+    def shift(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        return out + 1
+
+    hooked = nn.Hardtanh(-1.0, 1.0)
+    hooked.register_forward_hook(shift)
+    acts = [nn.Hardtanh(-1.0, 1.0), nn.Hardtanh(-1.0, 1.0), nn.Hardtanh(0.25, 1.0), hooked]
+    model = nn.Sequential(*(m for act in acts for m in (nn.Linear(4, 4), act)), nn.Linear(4, 2))
+    groups = {g.producers[0]: g for g in _groups(model)}
+    assert groups["0.weight"].prunable and groups["2.weight"].prunable
+    assert not groups["4.weight"].prunable and "maps 0 to 0.25" in groups["4.weight"].blockers[0].reason
+    assert not groups["6.weight"].prunable and "maps 0 to 1" in groups["6.weight"].blockers[0].reason
