@@ -14,7 +14,7 @@ from torch.nn.modules.conv import _ConvNd
 from ._checks import check_model, names_by_tensor
 from ._copy import copy_module
 from ._errors import PruneError
-from ._gather import take_rows_columns
+from ._gather import take
 from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
 from ._mha import HeadPrunedMultiheadAttention
 from ._norms import Scratch, dim_norms, lp_rows, row_column_norms
@@ -427,21 +427,6 @@ def _check_ties(tensors: Mapping[str, Tensor], kept: Mapping[str, Mapping[int, T
                 )
 
 
-def _gather(tensor: Tensor, index: Mapping[int, Tensor]) -> Tensor:
-    """The sub-tensor at `index` (indices per dim), contiguous. A tensor that loses rows and
-    columns is gathered in one indexing op, so no intermediate the size of a half-pruned
-    tensor is ever made."""
-    dims = sorted(index)
-    if len(dims) == 1:
-        return torch.index_select(tensor, dims[0], index[dims[0]].to(tensor.device)).contiguous()
-    if dims[:2] != [0, 1] or len(dims) > 2:
-        result = tensor
-        for dim in dims:
-            result = torch.index_select(result, dim, index[dim].to(tensor.device))
-        return result.contiguous()
-    return take_rows_columns(tensor, index[0], index[1])
-
-
 def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, object]:
     """New size attributes of a module of a known type, from its new tensors."""
     weight = tensors.get("weight")
@@ -494,7 +479,7 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     _check_ties(tensors, kept)
     with torch.no_grad():
         for fqn in list(kept):
-            new_tensors[fqn] = _gather(tensors[fqn].detach(), kept.pop(fqn))  # indices go when done
+            new_tensors[fqn] = take(tensors[fqn].detach(), kept.pop(fqn))  # indices go when done
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]

@@ -27,6 +27,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ._copy import copy_module
 from ._errors import PruneError
+from ._gather import take
 from ._gather import take_rows_columns as _take_rows_columns
 from ._records import Call, Op, Output
 
@@ -153,11 +154,11 @@ def cut_pending_rows(module: nn.Module, state: _DeferredRows) -> nn.Module:
     rows = state.pending.pop(id(weight), None) if weight is not None else None
     if weight is None or rows is None:
         return module
-    return rebuild_module(module, {"weight": torch.index_select(weight.detach(), 0, rows).contiguous()})
+    return rebuild_module(module, {"weight": take(weight.detach(), {0: rows})})
 
 
 def _take(t: Tensor, mask: Tensor, dim: int) -> Tensor:
-    return torch.index_select(t.detach(), dim, _indices(mask).to(t.device)).contiguous()
+    return take(t.detach(), {dim: _indices(mask)})
 
 
 def _values_device(t: Tensor) -> torch.device:
