@@ -8,11 +8,15 @@ alternating blocks (the order rotates per block), each block with its own warm-u
 latency is the median of all its timed forwards. FLOPs come from FlopCounterMode with grad
 enabled, with the CPU flash-attention kernel counted as SDPA (it is not in torch's table).
 Models with BatchNorm are also timed with it folded into the convolutions
-(``torch.fx.experimental.optimization.fuse``, eval mode), the original against the pruned copy.
+(``torch.fx.experimental.optimization.fuse``, eval mode), the original against the pruned copy;
+and CNNs also in channels_last (``model.to(memory_format=torch.channels_last)``, the layout
+oneDNN's convolutions prefer), the original against a copy pruned from it (the input stays
+NCHW: the first convolution's output follows its channels_last weight).
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 import time
@@ -118,6 +122,14 @@ def _child(case_name: str) -> None:
             fused = fuse(source.eval())
             variants.append(Variant(label, round_to, parameters(fused), count_flops(fused, example), baseline=baseline))
             models.append(fused)
+    if case.kind == "cnn" and variants[1:]:
+        # Module.to takes memory_format at run time; its typed overloads leave it out
+        channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        pruned = prune_fprune_groups(case, channels_last, example, NullProbe(), round_to=variants[1].round_to)
+        baseline = "original, channels_last"
+        for source, label, round_to, against in ((channels_last, baseline, 0, None), (pruned, f"{variants[1].label}, channels_last", variants[1].round_to, baseline)):
+            variants.append(Variant(label, round_to, parameters(source), count_flops(source, example), baseline=against))
+            models.append(source.eval())
     timed_variants = [v for v in variants if v.same_as is None]
     for batch in BATCHES:
         for variant, ms in zip(timed_variants, _time_blocks(models, case.example(batch))):
