@@ -8,10 +8,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._apply import apply_prune
+from ._apply import _groups_only, apply_prune
 from ._checks import names_by_tensor
 from ._copy import copy_module
 from ._errors import PruneError
+from ._gather import take
+from ._group_prune import _kept_indices, _tensors, group_keeps
 from ._groups import ChannelGroup
 from ._records import Match
 
@@ -60,7 +62,11 @@ def prune_optimizer_state(
         ``{"state": ..., "param_groups": ...}`` for ``Optimizer.load_state_dict``. It shares no
         tensor with the input; the optimizer, its state and `model` are left unchanged.
 
-    Cost: ``apply_prune`` runs three times, twice on float64 copies of the model's parameters.
+    Cost: with channel groups, one ``apply_prune`` and the sliced state: the kept entries
+    come from the groups themselves. With pattern matches, ``apply_prune`` runs three times,
+    twice on float64 copies of the model's parameters (about four times the model's size in
+    extra memory while it runs): those copies hold each entry's own index, so the slicing
+    found is the prune functions' own, whichever they are.
 
     Raises:
         PruneError: an optimizer parameter that is not one of `model`'s, parameter names that
@@ -75,7 +81,12 @@ def prune_optimizer_state(
     _check_ties(model, pruned)
     every_name = set(canonical)
     added = [fqn for fqn, _ in pruned.named_parameters() if fqn not in every_name]
-    index_maps = _index_maps(model, masks, matches)
+    groups = _groups_only(matches, "prune_optimizer_state")
+    index_maps: Mapping[str, Tensor | Mapping[int, Tensor]]
+    if groups is not None:  # apply_prune's own slicing of each tensor, read off the groups
+        index_maps = _kept_indices(groups, group_keeps(groups, masks), _tensors(model))
+    else:
+        index_maps = _index_maps(model, masks, matches)
 
     raw_state = state_dict["state"]
     raw_groups = state_dict["param_groups"]
@@ -250,8 +261,9 @@ def _index_maps(
     return maps
 
 
-def _slice(value: object, param: Tensor, index: Tensor | None, fqn: str, key: str) -> object:
-    """One state value of `param`, for the pruned parameter (`index`: kept entries, or None)."""
+def _slice(value: object, param: Tensor, index: Tensor | Mapping[int, Tensor] | None, fqn: str, key: str) -> object:
+    """One state value of `param`, for the pruned parameter (`index`: the flat index of each
+    kept entry, or the kept indices per dim, or None when nothing is cut)."""
     if not isinstance(value, Tensor):
         return copy.deepcopy(value)
     if index is None or value.dim() == 0:
@@ -261,4 +273,6 @@ def _slice(value: object, param: Tensor, index: Tensor | None, fqn: str, key: st
             f"optimizer state `{key}` of `{fqn}` has shape {tuple(value.shape)}, neither the parameter's shape "
             f"{tuple(param.shape)} nor a scalar, so it cannot be cut to the kept channels; reset it after pruning"
         )
+    if isinstance(index, Mapping):
+        return take(value.detach(), index)
     return value.detach().reshape(-1)[index.reshape(-1).to(value.device)].reshape(index.shape)

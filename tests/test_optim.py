@@ -482,3 +482,24 @@ def test_tied_parameters_that_pruning_would_separate_are_refused() -> None:
         fprune.prune_optimizer_state(optimizer, model, masks, matches)
     # refused here (or by apply_prune itself, which must not separate them either)
     assert "fc2.weight" in str(error.value) and "fc3.weight" in str(error.value)
+
+
+def test_groups_read_the_kept_entries_off_the_groups_without_index_coded_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With channel groups the state is cut by the groups' own kept indices: no float64 copy
+    of the model is made (the pattern path's cost), and the step still matches."""
+    from fprune import _optim
+
+    def refuse(model: nn.Module, coded: bool) -> nn.Module:
+        raise AssertionError("an index-coded copy of the model was built")
+
+    monkeypatch.setattr(_optim, "_coded", refuse)
+    model, x, masks, groups, kept = _grouped("llama")
+    optimizer = OPTIMIZERS["adam-amsgrad"](model.parameters())
+    _masked_step(model, optimizer, masks, groups, x)
+    pruned = fprune.apply_prune(model, masks, groups)
+    pruned_optimizer = OPTIMIZERS["adam-amsgrad"](pruned.parameters())
+    pruned_optimizer.load_state_dict(fprune.prune_optimizer_state(optimizer, model, masks, groups))
+    assert _step_mismatches(model, optimizer, pruned, pruned_optimizer, masks, groups, kept, x) == []
+    matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
+    with pytest.raises(AssertionError, match="index-coded copy"):  # the pattern path still needs them
+        fprune.prune_optimizer_state(optimizer, model, {}, matches)
