@@ -500,8 +500,6 @@ class _Analysis:
         if len({id(t) for t in self.tensors.values()}) == len(self.tensors):
             return  # no tied tensors
         names = names_by_tensor(self.tensors.items())
-        if all(len(fqns) == 1 for fqns in names.values()):
-            return
         on_dim: dict[tuple[int, int], list[_Member]] = {}
         for member in self.members:
             found = self.tensors.get(member.fqn)
