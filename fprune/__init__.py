@@ -36,6 +36,11 @@ from ._optim import prune_optimizer_state as prune_optimizer_state
 from ._patterns import ACTIVATION_FUNCTIONS as ACTIVATION_FUNCTIONS
 from ._patterns import ACTIVATION_METHODS as ACTIVATION_METHODS
 from ._patterns import ACTIVATION_MODULES as ACTIVATION_MODULES
+from ._patterns import PASS_THROUGH_1D as PASS_THROUGH_1D
+from ._patterns import PASS_THROUGH_2D as PASS_THROUGH_2D
+from ._patterns import PASS_THROUGH_3D as PASS_THROUGH_3D
+from ._patterns import PASS_THROUGH_FLAT as PASS_THROUGH_FLAT
+from ._patterns import PASS_THROUGH_LINEAR as PASS_THROUGH_LINEAR
 from ._patterns import default_patterns as default_patterns
 from ._prune_functions import prune_chain as prune_chain
 from ._prune_functions import prune_conv2d as prune_conv2d
@@ -61,6 +66,7 @@ from ._records import Output as Output
 from ._records import Pattern as Pattern
 from ._records import PatternElement as PatternElement
 from ._records import PruneFunction as PruneFunction
+from ._records import ZeroOrMore as ZeroOrMore
 
 __version__ = "0.1.0"
 
@@ -86,6 +92,11 @@ __all__ = [
     "ACTIVATION_METHODS",
     "ACTIVATION_MODULES",
     "OUTPUT",
+    "PASS_THROUGH_1D",
+    "PASS_THROUGH_2D",
+    "PASS_THROUGH_3D",
+    "PASS_THROUGH_FLAT",
+    "PASS_THROUGH_LINEAR",
     "Attr",
     "Call",
     "Match",
@@ -122,4 +133,5 @@ __all__ = [
     "row_norms",
     "saliency_mask",
     "select_kept",
+    "ZeroOrMore",
 ]

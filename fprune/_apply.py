@@ -3,8 +3,9 @@ parameters for ``torch.func.functional_call`` (``masked_parameters``)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, fx, nn
@@ -17,12 +18,18 @@ from ._group_prune import apply_groups, masked_group_parameters
 from ._groups import ChannelGroup
 from ._match import explain_unmatched, match_patterns
 from ._patterns import default_patterns
-from ._prune_functions import CHAIN_FUNCTIONS, cut_pending_rows, deferred_rows
+from ._prune_functions import CHAIN_FUNCTIONS, UnfoldableConstant, cut_pending_rows, deferred_rows, rebuild_module
 from ._records import Attr, Call, Match, ModuleOp, Op, OUTPUT, Output, Pattern, PruneFunction
 
-__all__ = ["apply_prune", "masked_parameters"]
+__all__ = ["Unfoldable", "Unshrunk", "apply_prune", "describe_unshrunk", "masked_parameters", "prune_reporting_unshrunk"]
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
+
+Unfoldable = Literal["refuse", "keep"]
+"""What ``apply_prune`` does with a producer whose removed channels' constant cannot be folded."""
+
+Unshrunk = tuple[tuple[str, str], ...]
+"""The producers ``unfoldable="keep"`` left full size: (weight FQN, why), in the order of the masks."""
 
 
 def _check_masks(
@@ -191,6 +198,7 @@ def apply_prune(
     matches: Sequence[Match] | Sequence[ChannelGroup],
     *,
     prune_bias: bool | Mapping[str, bool] = True,
+    unfoldable: Unfoldable = "refuse",
 ) -> ModelT:
     """A physically pruned copy of `model`; `model` itself is left exactly as it was.
 
@@ -206,6 +214,16 @@ def apply_prune(
             still emit is carried through the chain's ops (in their train/eval mode) and folded into the
             consumer's bias. A mapping gives it per producer weight FQN (default True), e.g.
             ``{"seq.0.weight": False}``; mixed values between neighbours are exact too.
+        unfoldable: what to do with a producer whose removed channels still emit a constant
+            that cannot be folded into a bias exactly: into a zero-padded consumer conv or a
+            padded average pool, or an LSTM that keeps its biases on removed units (with
+            ``prune_bias=False``, or an activation with ``act(0) != 0``). ``"refuse"`` (the
+            default) raises PruneError. ``"keep"`` leaves that producer full size, as torch.ao
+            does: its removed rows are zeroed (and, with `prune_bias`, their bias and
+            BatchNorm entries), the ops after it and its consumer's columns are untouched, so
+            the result is still exact; every other chain is pruned as usual. One
+            ``UserWarning`` then names the producers left unshrunk (a producer whose pruned
+            weight still has all its rows, while its mask removes some, is one of them).
 
     Returns:
         A new model of the same class with smaller modules (``in_features``, ``out_channels``,
@@ -219,23 +237,77 @@ def apply_prune(
             tensor no match covers (the message says why, e.g. "feeds a residual add"); or
             where the pruned model could not compute exactly what the masked model computes.
     """
+    pruned, unshrunk = prune_reporting_unshrunk(
+        model, masks, matches, prune_bias=prune_bias, unfoldable=unfoldable, caller="apply_prune"
+    )
+    if unshrunk:
+        warnings.warn(
+            f"apply_prune: left {len(unshrunk)} producer(s) unshrunk (unfoldable='keep'), their removed rows "
+            f"zeroed instead of cut: {describe_unshrunk(unshrunk, prune_bias, 'pass prune_bias=True for them')}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return pruned
+
+
+def describe_unshrunk(unshrunk: Unshrunk, prune_bias: bool | Mapping[str, bool], fix: str) -> str:
+    """The producers left unshrunk, why, and what would shrink them, for a warning. `fix` says
+    how to set prune_bias=True (the remedy where prune_bias=False made the constant)."""
+    listed = "; ".join(f"`{fqn}` ({why})" for fqn, why in unshrunk)
+    flags = [prune_bias if isinstance(prune_bias, bool) else bool(prune_bias.get(fqn, True)) for fqn, _ in unshrunk]
+    if not any(flags):
+        remedy = f"{fix} to shrink them"
+    elif all(flags):
+        remedy = "an activation with act(0) = 0 before the padded layer would shrink them"
+    else:
+        remedy = f"{fix} (and an activation with act(0) = 0 before the padded layer) to shrink them"
+    return (
+        f"{listed}. The constant their removed channels still emit (their bias with prune_bias=False, or "
+        f"act(0) != 0) cannot be folded into a bias exactly; the result is still exact. {remedy[0].upper()}{remedy[1:]}"
+    )
+
+
+def prune_reporting_unshrunk(
+    model: ModelT,
+    masks: Mapping[str, Tensor],
+    matches: Sequence[Match] | Sequence[ChannelGroup],
+    *,
+    prune_bias: bool | Mapping[str, bool] = True,
+    unfoldable: Unfoldable = "refuse",
+    caller: str = "apply_prune",
+) -> tuple[ModelT, Unshrunk]:
+    """:func:`apply_prune` without its warning: the pruned copy and the producers that
+    ``unfoldable="keep"`` left unshrunk, as ``(weight FQN, reason)`` pairs (empty with
+    ``"refuse"``). `caller` names the public function in error messages."""
+    if unfoldable not in ("refuse", "keep"):
+        raise PruneError(f"{caller}: `unfoldable` must be 'refuse' or 'keep', got {unfoldable!r}")
     check_model(model, "apply_prune")
     groups = _groups_only(matches, "apply_prune")
     _check_masks(model, masks, _producer_dims(groups), tied_ok=groups is not None)  # groups keep ties whole
     if groups is not None:
         if prune_bias is not True:
-            raise PruneError("apply_prune: channel groups always prune biases with their channels; leave prune_bias=True")
-        return apply_groups(model, groups, masks)
+            raise PruneError(f"{caller}: channel groups always prune biases with their channels; leave prune_bias=True")
+        return apply_groups(model, groups, masks), ()  # groups are exact: nothing to fold
     active = _coverage(model, masks, matches)  # type: ignore[arg-type]
     current: dict[str, nn.Module] = {}
+    unshrunk: list[tuple[str, str]] = []
     with torch.no_grad(), deferred_rows(_cut_twice(model, active)) as deferred:
         for match in _order(active):
             ops = [_resolve(op, model, current) for op in match.ops]
             producer = match.ops[0]
             assert isinstance(producer, ModuleOp)
             keep = {fqn[len(producer.fqn) + 1 :]: masks[fqn] for fqn in match.mask_fqns if fqn in masks}
+            flag = _match_prune_bias(match, prune_bias)
+            pending = dict(deferred.pending) if unfoldable == "keep" else {}  # a refused chain may take or add some
             try:
-                new = match.prune_fn(ops, keep, prune_bias=_match_prune_bias(match, prune_bias))
+                new = match.prune_fn(ops, keep, prune_bias=flag)
+            except UnfoldableConstant as error:
+                if unfoldable == "refuse":
+                    raise PruneError(f"pruning `{match.weight_fqn}` (chain {' -> '.join(match.nodes)}): {error}") from None
+                deferred.pending.clear()
+                deferred.pending.update(pending)
+                new = _masked_in_place(model, masks, match, flag, current)
+                unshrunk += [(fqn, f"chain {' -> '.join(match.nodes)}: {error.reason}") for fqn in match.mask_fqns if fqn in masks]
             except PruneError as error:
                 raise PruneError(f"pruning `{match.weight_fqn}` (chain {' -> '.join(match.nodes)}): {error}") from None
             if not isinstance(new, tuple) or len(new) != len(ops):
@@ -252,7 +324,38 @@ def apply_prune(
         current = {fqn: cut_pending_rows(module, deferred) for fqn, module in current.items()}
     _check_ties(model, current)
     memo: dict[int, object] = {id(model.get_submodule(fqn)): module for fqn, module in current.items()}
-    return copy_module(model, memo)
+    order = {fqn: index for index, fqn in enumerate(masks)}
+    return copy_module(model, memo), tuple(sorted(unshrunk, key=lambda entry: order[entry[0]]))
+
+
+def _masked_in_place(
+    model: nn.Module, masks: Mapping[str, Tensor], match: Match, prune_bias: bool, current: Mapping[str, nn.Module]
+) -> tuple[nn.Module | None, ...]:
+    """The replacements that leave `match` unshrunk but exact: each of its modules with the
+    tensors :func:`masked_parameters` zeroes replaced by their masked values (the producer's
+    removed rows; with `prune_bias` their bias and BatchNorm entries), None for the others."""
+    keep = {fqn: masks[fqn] for fqn in match.mask_fqns if fqn in masks}
+    masked = masked_parameters(model, keep, [match], prune_bias=prune_bias)
+    replacements: list[nn.Module | None] = []
+    for op in match.ops:
+        module = model.get_submodule(op.fqn) if isinstance(op, ModuleOp) else None
+        prefix = f"{op.fqn}." if isinstance(op, ModuleOp) and op.fqn else ""
+        changed = {
+            name: masked[prefix + name]
+            for name, tensor in (module.named_parameters(recurse=False) if module is not None else ())
+            if masked.get(prefix + name, tensor) is not tensor
+        }
+        if module is None or not changed:
+            replacements.append(None)
+            continue
+        assert isinstance(op, ModuleOp)
+        if op.fqn in current:  # chains run consumers first: a producer is rebuilt only by its own chain
+            raise PruneError(f"apply_prune: `{op.fqn}` was already rebuilt by another chain; cannot leave it unshrunk")
+        rebuilt = rebuild_module(module, changed)
+        if isinstance(rebuilt, nn.RNNBase):
+            rebuilt._init_flat_weights()
+        replacements.append(rebuilt)
+    return tuple(replacements)
 
 
 def _cut_twice(model: nn.Module, active: Sequence[Match]) -> set[int]:

@@ -9,6 +9,13 @@ values are shared, empty and string-keyed dictionaries are rebuilt directly, chi
 recursively. Any other value, and any module with its own ``__deepcopy__`` / ``__reduce__``
 (a ``GraphModule``), goes through ``copy.deepcopy`` with the same `memo`, so shared objects
 stay shared and the ids in `memo` are substituted as ``deepcopy`` would.
+
+One difference from ``deepcopy``: a tensor that is not a graph leaf (computed with autograd
+on), which ``deepcopy`` refuses with a RuntimeError, is copied as its value, detached (a new
+leaf without ``requires_grad``). Modules hold such tensors after an ordinary training step:
+an ``nn.LSTM`` caches its weights in ``_flat_weights``, and after a forward through masked
+(parametrized, or ``torch.func.functional_call``) weights the cache holds the computed masked
+tensors; ``weight_norm`` and user hooks that keep activations hold them too.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["copy_module"]
 
@@ -95,7 +102,41 @@ def _copy_value(value: object, memo: dict[int, object]) -> object:
         memo[id(value)] = copied
         _keep_alive(value, memo)
         return copied
+    _seed_computed(value, memo)
     return copy.deepcopy(value, memo)
+
+
+def _seed_computed(root: object, memo: dict[int, object]) -> None:
+    """Put a detached copy of every tensor reachable from `root` that is not a graph leaf into
+    `memo`, so that ``copy.deepcopy(root, memo)`` takes it instead of refusing to copy it.
+
+    The walk follows containers (dict, list, tuple, set) and the ``__dict__`` of objects and
+    modules, not the inside of tensors; objects already in `memo` are not entered.
+    """
+    seen: set[int] = set()
+    stack: list[object] = [root]
+    while stack:
+        value = stack.pop()
+        if id(value) in seen or id(value) in memo or _immutable(value) or isinstance(value, types.ModuleType):
+            continue
+        seen.add(id(value))
+        if isinstance(value, Tensor):
+            if not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+                _keep_alive(value, memo)
+            continue
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+        else:
+            try:  # the instance dict itself: no __getattr__ of the object runs
+                attributes = object.__getattribute__(value, "__dict__")
+            except (AttributeError, TypeError):
+                continue
+            if isinstance(attributes, dict):
+                stack.append(attributes)
 
 
 def _keep_alive(value: object, memo: dict[int, object]) -> None:
@@ -108,17 +149,20 @@ def _keep_alive(value: object, memo: dict[int, object]) -> None:
 def copy_module(module: ModuleT, memo: dict[int, object] | None = None) -> ModuleT:
     """``copy.deepcopy(module, memo)``, faster: objects whose id is in `memo` are replaced by
     their entry, everything else reachable from `module` is copied (tensors included), and
-    objects reached twice are copied once. `module` is left unchanged."""
+    objects reached twice are copied once. A tensor that is not a graph leaf is copied
+    detached (``deepcopy`` would raise). `module` is left unchanged."""
     memo = {} if memo is None else memo
     found = memo.get(id(module), memo)
     if found is not memo:
         return found  # type: ignore[return-value]
     cls = type(module)
     if not _plain(cls):
+        _seed_computed(module, memo)
         return copy.deepcopy(module, memo)
     get_state: Callable[[], object] = module.__getstate__  # untyped in torch
     state = get_state()
     if not isinstance(state, dict):
+        _seed_computed(module, memo)
         return copy.deepcopy(module, memo)
     new = cls.__new__(cls)
     memo[id(module)] = new

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ._errors import PruneError
-from ._groups import Axis, Flow, FlowContext, FlowRule, HeadAxis, RuleKey, flatten_axis
+from ._groups import Axis, Flow, FlowContext, FlowRule, HeadAxis, RuleKey, flatten_axis, size_args
 from ._patterns import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
 
 __all__ = ["default_flow_rules"]
@@ -29,16 +29,6 @@ def _axis(ctx: FlowContext, index: int = 0) -> Axis | None:
 
 
 # --- attention: heads ----------------------------------------------------------------------------
-
-
-def size_args(node: torch.fx.Node) -> list[object]:
-    """The size arguments of a view / reshape node (after the tensor), flattened."""
-    rest: list[object] = list(node.args[1:]) if node.op == "call_method" else list(node.args[1:2])
-    if "shape" in node.kwargs:
-        rest = [node.kwargs["shape"]]
-    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        return list(rest[0])
-    return rest
 
 
 def _view(ctx: FlowContext) -> Flow:
@@ -57,7 +47,7 @@ def _view(ctx: FlowContext) -> Flow:
                 "conv); flatten with torch.flatten(x, 1) or nn.Flatten instead, which fprune follows"
             )
         if out_shape[-1] == in_shape[-1]:
-            _channel_count(sizes)
+            _channel_count(ctx, sizes, flow.ids)
             return Axis(-1, flow.ids, ndim=len(out_shape))
         if len(out_shape) >= 2 and out_shape[:-2] == in_shape[:-1] and out_shape[-2] * out_shape[-1] == in_shape[-1]:
             heads, size = out_shape[-2], out_shape[-1]
@@ -67,7 +57,10 @@ def _view(ctx: FlowContext) -> Flow:
         raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} that moves the channels")
     if isinstance(flow, HeadAxis):
         if flow.head_dim == -2 and flow.inner_dim == -1 and out_shape == in_shape[:-2] + (in_shape[-2] * in_shape[-1],):
-            _size_literal(ctx, sizes, len(sizes) - 1, out_shape[-1], flow, in_shape[-1])
+            if sizes and isinstance(sizes[-1], torch.fx.Node):  # the width read from a shape: `C` of `B, N, C = x.shape`
+                _follow_count(ctx, sizes[-1], flow.ids)
+            else:
+                _size_literal(ctx, sizes, len(sizes) - 1, out_shape[-1], flow, in_shape[-1])
             return Axis(-1, flow.ids, ndim=len(out_shape))
         if out_shape == in_shape:
             return flow
@@ -75,18 +68,38 @@ def _view(ctx: FlowContext) -> Flow:
     raise PruneError("a view / reshape of a tuple")
 
 
-def _channel_count(sizes: list[object]) -> None:
-    """A view / reshape keeps the channels on its last dim: its last size must follow pruning.
+def _channel_count(ctx: FlowContext, sizes: list[object], ids: tuple[int, ...]) -> None:
+    """A view / reshape keeps the channels `ids` on its last dim: its last size must follow pruning.
 
-    -1 or a size read from a tensor (``x.shape[-1]``) does; a number written in the code does
-    not (the pruned model would fail, or silently regroup values, when run), so it blocks.
+    -1 does, and so does a size read from the shape of a tensor with the same number of channels
+    (``x.shape[-1]``, or the ``C`` of ``B, N, C = y.shape``): those channels are then pruned
+    alike (the same positions kept), so the read stays equal to the kept count. A number
+    written in the code does not (the pruned model would fail, or silently regroup values), nor
+    does a size computed from anything else: either blocks.
     """
     size = sizes[-1] if sizes else None
-    if isinstance(size, int) and not isinstance(size, bool) and size != -1:
+    if size == -1:
+        return
+    if isinstance(size, int) and not isinstance(size, bool):
         raise PruneError(
             f"a view / reshape that writes the channel count as the number {size}; pruning changes the count, "
             "so write -1 there (or read it from the tensor: x.shape[-1])"
         )
+    _follow_count(ctx, size, ids)
+
+
+def _follow_count(ctx: FlowContext, size: object, ids: tuple[int, ...]) -> None:
+    """`size` lays out the channels `ids`: tie it to them, or refuse."""
+    read = ctx.channel_count(size)
+    if read is None:
+        raise PruneError(
+            f"a view / reshape whose channel count `{size}` is computed in forward from values fprune does not "
+            "follow; write -1 there (or read it from the tensor: x.shape[-1])"
+        )
+    if len(read) != len(ids) or ctx.merge(Axis(-1, read), Axis(-1, ids)) is None:
+        reason = f"a view / reshape sized by a channel count `{size}` of {len(read)} channels, laying out {len(ids)}"
+        ctx.block(Axis(-1, read), reason)  # both sides: the read and (by the raise) the reshaped channels
+        raise PruneError(reason)
 
 
 def _size_literal(ctx: FlowContext, sizes: list[object], index: int, value: int, heads: HeadAxis, factor: int) -> None:
@@ -320,7 +333,7 @@ def _batchnorm(ctx: FlowContext) -> Flow:
     if axis.inner != 1 or axis.outer != 1 or len(axis.ids) != module.num_features:
         raise PruneError(f"BatchNorm `{ctx.module_fqn}` has num_features={module.num_features}, which the channels reaching it do not match")
     expected = {-1, -2} if isinstance(module, nn.BatchNorm1d) else {-3 if isinstance(module, nn.BatchNorm2d) else -4}
-    if axis.dim not in expected:
+    if axis.dim not in expected or not _on_dim_1(ctx, axis):
         raise PruneError(f"BatchNorm `{ctx.module_fqn}` normalizes dim 1, but the channels are on dim {axis.dim}")
     if not module.affine:
         raise PruneError(
@@ -333,6 +346,18 @@ def _batchnorm(ctx: FlowContext) -> Flow:
     return axis
 
 
+def _on_dim_1(ctx: FlowContext, axis: Axis) -> bool:
+    """False if the channels are known not to be on dim 1 of the input, which BatchNorm and
+    PReLU act on (a Linear's output on tokens, ``[batch, tokens, features]``, whose token count
+    happens to equal the feature count). Unknown ranks pass: a Linear's output is then taken
+    to be ``[batch, features]``."""
+    ndim = axis.ndim
+    if ndim is None:
+        shape = ctx.shape(ctx.node.args[0])
+        ndim = len(shape) if shape is not None else None
+    return ndim is None or axis.dim % ndim == 1
+
+
 def _prelu(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert isinstance(module, nn.PReLU)
@@ -340,6 +365,8 @@ def _prelu(ctx: FlowContext) -> Flow:
     if axis is not None and module.num_parameters > 1:
         if len(axis.ids) != module.num_parameters or axis.dim not in (-1, -3, -2, -4) or axis.inner != 1:
             raise PruneError(f"PReLU `{ctx.module_fqn}` has {module.num_parameters} parameters, which the channels do not match")
+        if not _on_dim_1(ctx, axis):
+            raise PruneError(f"PReLU `{ctx.module_fqn}` scales dim 1, but the channels are on dim {axis.dim}")
         ctx.carry("weight", 0, Axis(0, axis.ids))
     return axis
 
@@ -563,8 +590,9 @@ def _split(ctx: FlowContext) -> Flow:
     # the pieces are cut by position: they must all lose the same positions
     for j in range(sizes[0]):
         ctx.tie([piece.ids[j] for piece in pieces])
-    if not chunks and len(pieces) > 1:
-        ctx.literal(0, sizes[0], pieces[0].ids, 1)
+    if not chunks and len(pieces) > 1:  # every size written must follow the pieces' kept count
+        for index in range(len(sizes) if isinstance(size, (list, tuple)) else 1):
+            ctx.literal(index, sizes[index], pieces[index].ids, 1)
     return tuple(pieces)
 
 

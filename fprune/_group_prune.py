@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, fx, nn
@@ -15,7 +15,7 @@ from ._checks import check_model, names_by_tensor
 from ._copy import copy_module
 from ._errors import PruneError
 from ._gather import take
-from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups
+from ._groups import ChannelGroup, ChannelSlice, SizeLiteral, channel_groups, with_sizes
 from ._mha import HeadPrunedMultiheadAttention
 from ._norms import Scratch, dim_norms, lp_rows, row_column_norms
 
@@ -506,6 +506,13 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     updates = {key: value for key, value in updates.items() if value[1] != value[0].value}
     if updates:
         _update_head_counts(model, pruned, {k: v[1] for k, v in updates.items()}, [v[0] for v in updates.values()])
+    shapes = next((g.example_shapes for g in groups if g.example_shapes is not None), None)
+    if shapes is not None:  # the safety net: the copy runs once on meta tensors of the example shapes
+        from ._verify import check_pruned
+
+        cut = [index for index, keep in keeps.items() if not bool(keep.all())]
+        if cut:
+            check_pruned("apply_prune", model, pruned, groups, cut, shapes)
     return pruned
 
 
@@ -552,29 +559,14 @@ def _update_head_counts(
         for (module_fqn, attr), old_value in originals.items():
             setattr(pruned.get_submodule(module_fqn) if module_fqn else pruned, attr, old_value)
     raise PruneError(
-        f"pruning changes counts that forward writes into a view / reshape / split ({problem}); fprune could "
-        "not find the module attributes they come from. Compute them from an attribute such as "
-        "`self.num_heads` (fprune updates it), or use -1 in a view"
+        f"apply_prune: pruning changes counts that forward writes into a view / reshape / split ({problem}); "
+        "fprune could not find the module attributes they come from. Compute them from an attribute such as "
+        "`self.num_heads` or `self.c` (fprune updates it), use -1 in a view, or `ignore` the group"
     )
 
 
-def _sized_args(node: fx.Node, sizes: Mapping[int, int]) -> tuple[fx.node.Argument, ...]:
-    """`node`'s args with the size arguments at the given indices replaced."""
-    args = list(node.args)
-    rest = args[1:] if node.op == "call_method" else args[1:2]
-    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        values = list(rest[0])
-        for index, value in sizes.items():
-            values[index] = value
-        args[1] = type(rest[0])(values)
-    else:
-        for index, value in sizes.items():
-            args[1 + index] = value
-    return tuple(args)
-
-
 def _set_size(node: fx.Node, index: int, value: int) -> None:
-    node.args = _sized_args(node, {index: value})
+    node.args, node.kwargs = with_sizes(node, {index: value})
 
 
 class _LeafTracer(fx.Tracer):
@@ -599,10 +591,13 @@ def _verify_graph(
         return "the pruned model's forward has a different structure"
     for old, fresh in zip(old_nodes, new_nodes):
         sizes = {index: value for (name, index), value in new.items() if name == old.name}
-        expected = _sized_args(old, sizes) if sizes else old.args
-        if _names(fresh.args) != _names(expected) or _names(fresh.kwargs) != _names(old.kwargs):
+        expected, expected_kwargs = with_sizes(old, sizes) if sizes else (old.args, dict(old.kwargs))
+        if _names(fresh.args) != _names(expected) or _names(fresh.kwargs) != _names(expected_kwargs):
             if sizes:
-                return f"`{old.name}` has arguments {_names(fresh.args)} {_names(fresh.kwargs)}, expected {_names(expected)} {_names(old.kwargs)}"
+                return (
+                    f"`{old.name}` has arguments {_names(fresh.args)} {_names(fresh.kwargs)}, "
+                    f"expected {_names(expected)} {_names(expected_kwargs)}"
+                )
             return f"`{old.name}` changed its arguments"
     return None
 
@@ -635,6 +630,10 @@ def masked_group_parameters(model: nn.Module, groups: Sequence[ChannelGroup], ma
     return params
 
 
+if TYPE_CHECKING:
+    from ._groups import FlowRule, RuleKey
+
+
 def prune_channels(
     model: ModelT,
     level: float,
@@ -644,13 +643,26 @@ def prune_channels(
     round_to: int = 1,
     criterion: Criterion = l2_norm,
     global_ranking: bool = False,
+    rules: Mapping[RuleKey, FlowRule] | None = None,
 ) -> ModelT:
     """Model to pruned copy in one call: trace, :func:`channel_groups`, :func:`group_masks`,
     :func:`fprune.apply_prune`. `model` is left unchanged; arguments as in those functions.
 
-    Raises PruneError if `model` cannot be traced by ``torch.fx.symbolic_trace``.
+    With `example_inputs`, the pruned copy runs once on meta tensors of their shapes before it
+    is returned (it must run and return what `model` returns, less the pruned output channels);
+    see "Pruning in one call" in the README.
+
+    Raises:
+        PruneError: `model` cannot be traced by ``torch.fx.symbolic_trace``; `level` > 0
+            removes no channel (the message says why: no layer fprune knows, every group
+            blocked or skipped, or a level too small for the groups' sizes); or the pruned copy
+            fails on, or returns other shapes for, the example inputs (the message names the
+            node and the groups, and says what to pass to `ignore`).
     """
     from ._apply import apply_prune  # the public entry: its checks on the model and masks apply
+    from ._groups import find_groups
+    from ._noop import nothing_removed
+    from ._verify import check_pruned, example_shapes
 
     check_model(model, "prune_channels")
     try:
@@ -660,7 +672,18 @@ def prune_channels(
             f"prune_channels: torch.fx.symbolic_trace failed ({type(error).__name__}: {error}); the model "
             "must be fx-traceable (no data-dependent control flow; mark such submodules as leaf modules)"
         ) from None
-    groups = channel_groups(gm, example_inputs=example_inputs)
+    if rules is None:
+        from ._flow_rules import default_flow_rules
+
+        rules = default_flow_rules()
+    groups = find_groups(gm, example_inputs=example_inputs, rules=rules)
     masks = group_masks(model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking)
-    return apply_prune(model, masks, groups)
+    cut = [i for i, g in enumerate(groups) if any(p in masks and not bool(masks[p].all()) for p in g.producers)]
+    if level > 0 and not cut:
+        why = nothing_removed(gm, groups, level, ignore=ignore, round_to=round_to, global_ranking=global_ranking, rules=rules)
+        raise PruneError(f"prune_channels: nothing to prune, the copy would equal the model: {why}")
+    pruned = apply_prune(model, masks, groups)
+    if example_inputs is not None and cut:
+        check_pruned("prune_channels", model, pruned, groups, cut, example_shapes(example_inputs), example_inputs)
+    return pruned
 

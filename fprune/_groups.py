@@ -12,8 +12,9 @@ Ids united by merges form one channel; channels that share a producer form one g
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, TypeAlias, Union
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, fx, nn
 
 from ._checks import names_by_tensor
 from ._errors import PruneError
+from ._verify import ExampleShapes, example_shapes
 
 __all__ = [
     "Axis",
@@ -111,6 +113,10 @@ class ChannelGroup:
             query, key and value dims; with grouped-query attention, a key/value head with all
             its query heads); empty when each channel stands alone.
         literals: head counts written in the graph that pruning the group changes.
+        example_shapes: the shapes and dtypes of the ``example_inputs`` that
+            :func:`channel_groups` was given (None without them). :func:`fprune.apply_prune`
+            runs the pruned copy once on meta tensors of these shapes before returning it.
+            Not compared: groups found with and without example inputs are equal.
     """
 
     size: int
@@ -120,6 +126,7 @@ class ChannelGroup:
     reaches_output: bool
     units: tuple[tuple[int, ...], ...] = ()
     literals: tuple[SizeLiteral, ...] = ()
+    example_shapes: ExampleShapes | None = field(default=None, compare=False, repr=False)
 
     @property
     def prunable(self) -> bool:
@@ -142,9 +149,18 @@ class ChannelGroup:
 
 
 def explain(groups: Sequence[ChannelGroup]) -> str:
-    """A readable report: per group its size, members and why it is or is not prunable."""
+    """A readable report: per group its size, members and why it is or is not prunable.
+
+    When nothing can be pruned (no group at all, no prunable group, or only groups that
+    forward returns), a line after the count says why and what to do.
+    """
+    from ._noop import why_nothing_prunable
+
     prunable = sum(g.prunable for g in groups)
     parts = [f"{len(groups)} channel groups, {prunable} prunable"]
+    why = why_nothing_prunable(groups)
+    if why is not None:
+        parts.append(why)
     parts += [str(g) for g in groups]
     return "\n\n".join(parts)
 
@@ -210,6 +226,26 @@ class HeadAxis:
 Flow: TypeAlias = Union[Axis, HeadAxis, tuple["Flow", ...], None]
 
 
+@dataclass(frozen=True)
+class _SizeRead:
+    """A number read from a tensor's shape on a dim that holds channels (the ``C`` of
+    ``B, N, C = x.shape``, or ``x.size(-1)``): pruning those channels changes it.
+
+    Attributes:
+        ids: the channels it counts.
+        plain: True if it is their kept count (one position per channel); False if it counts
+            them otherwise (the number of attention heads, a flattened block).
+        node: the node that read it.
+    """
+
+    ids: tuple[int, ...]
+    plain: bool
+    node: str
+
+
+_ShapeRead: TypeAlias = tuple[Union[_SizeRead, None], ...]
+
+
 @dataclass
 class _Member:
     fqn: str
@@ -267,6 +303,7 @@ class FlowContext:
             analysis.modules.get(str(node.target)) if node.op == "call_module" else None
         )
         self.module_fqn = str(node.target) if node.op == "call_module" else ""
+        self._claimed: set[str] = set()
 
     def flow(self, value: object) -> Flow:
         """The channel flow of an argument (None for constants and untracked values)."""
@@ -297,6 +334,19 @@ class FlowContext:
         node = self.node if value is None else value
         if isinstance(node, fx.Node):
             return self._analysis.shapes.get(node.name, run=run)
+        return None
+
+    def channel_count(self, value: object) -> tuple[int, ...] | None:
+        """The channels a size argument counts, if it was read from a tensor's shape on a dim
+        of plain channels (the ``C`` of ``B, N, C = x.shape``; ``x.size(-1)``): it is their kept
+        count. The rule then answers for it (typically by :meth:`merge`-ing those channels with
+        the ones the size lays out); a read that no rule answers for blocks its channels.
+        None for any other value."""
+        if isinstance(value, fx.Node):
+            read = self._analysis.reads.get(value.name)
+            if isinstance(read, _SizeRead) and read.plain:
+                self._claimed.add(value.name)
+                return read.ids
         return None
 
     def module_of(self, value: object) -> nn.Module | None:
@@ -427,6 +477,8 @@ class _Analysis:
     literals: list[tuple[str, int, int, tuple[int, ...], int, str]] = field(default_factory=list)
     id_tensors: dict[int, tuple[tuple[int, ...], Tensor]] = field(default_factory=dict)
     checked: set[object] = field(default_factory=set)  # what rules found true once (e.g. act(0) = 0 of a module kind)
+    reads: dict[str, _SizeRead | _ShapeRead] = field(default_factory=dict)  # sizes read from shapes of channels
+    uses: dict[str, int] = field(default_factory=dict)  # calls of each module
 
     def ids_tensor(self, ids: tuple[int, ...]) -> Tensor:
         """`ids` as an int64 tensor, converted once per tuple object."""
@@ -456,7 +508,7 @@ class _Analysis:
         return None
 
     def run(self) -> None:
-        uses: dict[str, int] = {}
+        uses = self.uses
         for node in self.gm.graph.nodes:
             if node.op == "call_module":
                 uses[str(node.target)] = uses.get(str(node.target), 0) + 1
@@ -465,30 +517,116 @@ class _Analysis:
                 self.flows[node.name] = None
                 continue
             ctx = FlowContext(self, node)
-            if node.op == "output":
-                for axis in _axes(ctx.flow(node.args[0])):
-                    self.returned.update(axis.ids)
+            if self._read_size(ctx):
                 continue
-            rule = self.rule_for(node)
-            inputs = ctx.flow(list(node.args) + list(node.kwargs.values()))
-            if node.op == "call_module" and uses[str(node.target)] > 1 and ctx.module is not None and _has_state(ctx.module):
-                if inputs is not None:
-                    ctx.block(inputs, f"module `{node.target}` is called {uses[str(node.target)]} times in forward")
-                self.flows[node.name] = None
-                continue
-            if rule is None:
-                if inputs is not None:
-                    ctx.block(inputs, f"{_describe(node, self.modules)} is not understood (no flow rule); register one to prune through it")
-                self.flows[node.name] = None
-                continue
+            used = self._reads_in(node)
             try:
-                self.flows[node.name] = rule(ctx)
-            except _ForwardFailed:
-                raise
-            except PruneError as error:
-                ctx.block(inputs, str(error))
-                self.flows[node.name] = None
+                self._flow_through(ctx)
+            finally:
+                for name in used - ctx._claimed:
+                    self._block_read(node, self.reads[name])
         self._unite_aliases()
+
+    def _flow_through(self, ctx: FlowContext) -> None:
+        """Run the rule of one node (or block what reaches a node no rule follows)."""
+        node = ctx.node
+        if node.op == "output":  # every tensor returned, through tuples, lists and dicts
+            returned: list[fx.Node] = []
+            fx.node.map_arg(node.args, returned.append)
+            for value in returned:
+                for axis in _axes(ctx.flow(value)):
+                    self.returned.update(axis.ids)
+            return
+        rule = self.rule_for(node)
+        inputs = ctx.flow(list(node.args) + list(node.kwargs.values()))
+        if node.op == "call_module" and self.uses[str(node.target)] > 1 and ctx.module is not None and _has_state(ctx.module):
+            if inputs is not None:
+                ctx.block(inputs, f"module `{node.target}` is called {self.uses[str(node.target)]} times in forward")
+            self.flows[node.name] = None
+            return
+        if rule is None:
+            if inputs is not None:
+                ctx.block(inputs, f"{_describe(node, self.modules)} is not understood (no flow rule); register one to prune through it")
+            self.flows[node.name] = None
+            return
+        try:
+            self.flows[node.name] = rule(ctx)
+        except _ForwardFailed:
+            raise
+        except PruneError as error:
+            ctx.block(inputs, str(error))
+            self.flows[node.name] = None
+
+    def _read_size(self, ctx: FlowContext) -> bool:
+        """Record a size read from the shape of a tensor of channels (``x.shape``, ``x.size()``,
+        ``x.size(d)``, ``len(x)``, and indexing such a shape); True if `ctx.node` is such a read."""
+        node = ctx.node
+        read: _SizeRead | _ShapeRead | None
+        if node.op == "call_function" and node.target is getattr and len(node.args) == 2 and node.args[1] == "shape":
+            read = self._shape_read(ctx, node.args[0])
+        elif node.op == "call_method" and node.target == "size":
+            read = self._shape_read(ctx, node.args[0])
+            dim = ctx.arg(1, "dim")
+            if isinstance(read, tuple) and isinstance(dim, int):
+                read = read[dim] if -len(read) <= dim < len(read) else None
+            elif read is not None and dim is not None:
+                return False  # a computed dim: the read is used, and blocks
+        elif node.op == "call_function" and node.target is len and len(node.args) == 1:  # with torch.fx.wrap("len")
+            shape = self._shape_read(ctx, node.args[0])
+            read = shape[0] if shape else None
+        elif node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+            whole = self.reads.get(node.args[0].name)
+            index = node.args[1]
+            if not isinstance(whole, tuple) or not isinstance(index, (int, slice)):
+                return False
+            if isinstance(index, int):
+                read = whole[index] if -len(whole) <= index < len(whole) else None
+            else:
+                read = whole[index]
+        else:
+            return False
+        self.flows[node.name] = None
+        if read is not None and (isinstance(read, _SizeRead) or any(r is not None for r in read)):
+            self.reads[node.name] = read
+        return True
+
+    def _shape_read(self, ctx: FlowContext, value: object) -> _ShapeRead | None:
+        """What each dim of `value`'s shape counts, or None if no dim holds channels."""
+        flow = ctx.flow(value)
+        if not isinstance(flow, (Axis, HeadAxis)):
+            return None
+        ndim = flow.ndim
+        if ndim is None:
+            shape = ctx.shape(value)
+            ndim = len(shape) if shape is not None else None
+        name = ctx.node.name
+        if ndim is None:  # the layout is unknown: every dim might count the channels
+            return (_SizeRead(flow.ids, False, name),) * 8
+        dims: list[_SizeRead | None] = [None] * ndim
+        if isinstance(flow, Axis):
+            dims[flow.dim % ndim] = _SizeRead(flow.ids, flow.inner == 1 and flow.outer == 1, name)
+        else:  # the head count changes with pruning; a head's size does not (heads go whole)
+            dims[flow.head_dim % ndim] = _SizeRead(flow.ids, False, name)
+        return tuple(dims)
+
+    def _reads_in(self, node: fx.Node) -> set[str]:
+        """The names of the size reads among `node`'s arguments."""
+        if not self.reads:
+            return set()
+        found: set[str] = set()
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.add(n.name) if n.name in self.reads else None)
+        return found
+
+    def _block_read(self, node: fx.Node, read: _SizeRead | _ShapeRead) -> None:
+        reads = [read] if isinstance(read, _SizeRead) else [r for r in read if r is not None]
+        for r in reads:
+            reason = (
+                f"`{r.node}` reads a size of these channels from a tensor's shape, and `{node.name}` uses it where "
+                "fprune cannot keep it equal to the pruned width (arithmetic, a new tensor, another tensor's "
+                "size); use -1 in a view / reshape, or read the size from the tensor being reshaped"
+            )
+            for channel in r.ids:
+                self.blocked.setdefault(channel, Blocker(node.name, reason))
 
     def _unite_aliases(self) -> None:
         """Tied tensors (one tensor under several FQNs) lose the same positions under every name.
@@ -652,8 +790,26 @@ def channel_groups(
 
     Returns:
         Frozen :class:`ChannelGroup` records: prunable ones and, with their blockers, those
-        that reach an op fprune does not understand (they are never pruned).
+        that reach an op fprune does not understand (they are never pruned). With
+        `example_inputs`, each record carries their shapes (``example_shapes``), and
+        :func:`fprune.apply_prune` checks the pruned copy on them. An empty tuple means no
+        layer fprune knows produces channels here; :func:`explain` says what to do.
     """
+    groups = find_groups(gm, example_inputs=example_inputs, rules=rules)
+    if example_inputs is None or not groups:
+        return groups
+    shapes = example_shapes(example_inputs)
+    return tuple(replace(group, example_shapes=shapes) for group in groups)
+
+
+def find_groups(
+    gm: fx.GraphModule,
+    *,
+    example_inputs: Sequence[object] | None = None,
+    rules: Mapping[RuleKey, FlowRule] | None = None,
+) -> tuple[ChannelGroup, ...]:
+    """:func:`channel_groups` without the example shapes in the records (for prune_channels,
+    which checks the pruned copy itself, on the example inputs it holds)."""
     if not isinstance(gm, fx.GraphModule):
         raise PruneError(f"channel_groups expects a torch.fx.GraphModule, got {type(gm).__name__}")
     if rules is None:
@@ -871,3 +1027,58 @@ def flatten_axis(axis: Axis, start: int, end: int, ndim: int, shape: tuple[int, 
 
 
 __all__ += ["Blocker", "HeadAxis", "SizeLiteral", "flatten_axis"]
+
+
+# --- size arguments: where a view / reshape / split writes its sizes ----------------------------
+
+_SIZE_KEYWORDS = ("shape", "size", "split_size_or_sections", "split_size")
+_SPLITS: tuple[object, ...] = (torch.split, "split")
+
+
+def _size_slot(node: fx.Node) -> tuple[str | int, object] | None:
+    """Where `node` holds its sizes: ("kw", keyword) or (index, value) of one argument that is a
+    list or a number, or None when the sizes are the positional arguments after the tensor."""
+    for key in _SIZE_KEYWORDS:
+        if key in node.kwargs:
+            return key, node.kwargs[key]
+    if node.op == "call_function" or node.target in _SPLITS or len(node.args) == 2:
+        return (1, node.args[1]) if len(node.args) > 1 else None
+    return None
+
+
+def size_args(node: fx.Node) -> list[object]:
+    """The size arguments of a view / reshape / split node (after the tensor), flattened: the
+    elements of a size list or tuple, or the sizes written one by one (``x.view(b, t, 4, 16)``).
+    A split's sizes are its second argument only (its dim is not a size)."""
+    slot = _size_slot(node)
+    if slot is None:
+        return list(node.args[1:])
+    value = slot[1]
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.Argument, ...], dict[str, fx.node.Argument]]:
+    """`node`'s (args, kwargs) with the size arguments at the given indices (as counted by
+    :func:`size_args`) replaced; every index is replaced, in a size list as in loose sizes."""
+    args, kwargs = list(node.args), dict(node.kwargs)
+    slot = _size_slot(node)
+    if slot is None:
+        for index, value in sizes.items():
+            args[1 + index] = value
+        return tuple(args), kwargs
+    where, current = slot
+    if isinstance(current, (tuple, list)):
+        values = list(current)
+        for index, value in sizes.items():
+            values[index] = value
+        new: fx.node.Argument = type(current)(values)
+    else:
+        (new,) = sizes.values()
+    if isinstance(where, str):
+        kwargs[where] = new
+    else:
+        args[where] = new
+    return tuple(args), kwargs
+
+
+__all__ += ["size_args", "with_sizes"]

@@ -5,6 +5,10 @@ It never follows a branch: a node whose output is used by more than one op (a re
 a concat, two consumers) ends the chain there. The only extra user allowed is the graph
 output (the tensor is also returned, and shrinks with the channels); an LSTM's state may be
 returned or left unused.
+
+Patterns are indexed in a trie over their elements. A :class:`~fprune.ZeroOrMore` element is a
+trie node that loops on its elements' keys, so matching is a walk of the set of trie nodes
+(an NFA) the chain has reached; without runs that set is a single node, as in a plain trie.
 """
 
 from __future__ import annotations
@@ -18,19 +22,60 @@ from torch import fx, nn
 
 from ._errors import PruneError
 from ._patterns import PatternDict
-from ._records import OUTPUT, Attr, Call, Match, MatchedOp, ModuleOp, Pattern, PatternElement, PruneFunction
+from ._records import OUTPUT, Attr, Call, Match, MatchedOp, ModuleOp, Pattern, PatternElement, PruneFunction, ZeroOrMore
 
 __all__ = ["match_patterns", "explain_unmatched"]
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class _Trie:
+    """One prefix of the indexed patterns.
+
+    Attributes:
+        children: the next fixed element's key -> the longer prefix.
+        runs: a :class:`ZeroOrMore` element's key -> the prefix that ends with that run.
+        loop: for a prefix that ends with a run: the keys of the ops the run repeats on.
+        pattern, function: the pattern that ends here, if any, and its prune function.
+        rank: how specific `pattern` is, for ties between patterns that match as many nodes:
+            (fixed elements, -runs, position in the dict); the larger wins.
+    """
+
     children: dict[Hashable, _Trie] = field(default_factory=dict)
+    runs: dict[Hashable, _Trie] | None = None  # None until a run starts here (most nodes: saves a dict each)
+    loop: frozenset[Hashable] = frozenset()
     pattern: Pattern | None = None
     function: PruneFunction | None = None
+    rank: tuple[int, int, int] = (0, 0, 0)
+    reach: list[_Trie] | None = None  # _closure([self]), cached on first use
 
 
-def _element_key(element: PatternElement, pattern: Pattern) -> Hashable:
+def _closure(nodes: list[_Trie]) -> list[_Trie]:
+    """`nodes` and every run that may start after them (a run may match zero ops)."""
+    if len(nodes) == 1:
+        node = nodes[0]
+        if node.reach is None:
+            node.reach = _expand(nodes)
+        return node.reach
+    for node in nodes:
+        if node.runs:
+            return _expand(nodes)
+    return nodes  # the common case: no run starts here
+
+
+def _expand(nodes: list[_Trie]) -> list[_Trie]:
+    found: list[_Trie] = []
+    stack = list(reversed(nodes))
+    while stack:
+        node = stack.pop()
+        if any(node is f for f in found):
+            continue
+        found.append(node)
+        if node.runs:
+            stack.extend(node.runs.values())
+    return found
+
+
+def _element_key(element: PatternElement | ZeroOrMore, pattern: Pattern) -> tuple[str, object]:
     if isinstance(element, type):
         if not issubclass(element, nn.Module):
             raise PruneError(
@@ -40,9 +85,13 @@ def _element_key(element: PatternElement, pattern: Pattern) -> Hashable:
         return ("module", element)
     if isinstance(element, str):
         return ("name", element)
+    if isinstance(element, ZeroOrMore):
+        return ("run", frozenset(_element_key(e, pattern) for e in element.elements))
     if callable(element):
         return ("function", element)
-    raise PruneError(f"pattern {_show(pattern)}: element {element!r} is not a module class, function or string")
+    raise PruneError(
+        f"pattern {_show(pattern)}: element {element!r} is not a module class, function, string or fprune.ZeroOrMore"
+    )
 
 
 def _show(pattern: Pattern) -> str:
@@ -80,21 +129,39 @@ def _build_trie(patterns: Mapping[Pattern, PruneFunction]) -> _Trie:
 
 def _new_trie(patterns: Mapping[Pattern, PruneFunction]) -> _Trie:
     root = _Trie()
-    for pattern, function in patterns.items():
+    keys: dict[PatternElement | ZeroOrMore, tuple[str, object]] = {}  # each element's key, checked once
+    for position, (pattern, function) in enumerate(patterns.items()):
         if not isinstance(pattern, tuple) or len(pattern) < 2:
             raise PruneError(f"pattern {pattern!r}: a pattern is a tuple of at least 2 elements, producer first")
         if not (isinstance(pattern[0], type) and issubclass(pattern[0], nn.Module)):
             raise PruneError(f"pattern {_show(pattern)}: the first element must be an nn.Module class (the producer)")
+        if isinstance(pattern[-1], ZeroOrMore):
+            raise PruneError(
+                f"pattern {_show(pattern)}: a pattern cannot end with a ZeroOrMore run; end it with the "
+                "consumer or 'output', e.g. (nn.Linear, ZeroOrMore(nn.ReLU), nn.Linear)"
+            )
         if not callable(function):
             raise PruneError(f"pattern {_show(pattern)}: maps to {function!r}, which is not a prune function")
         node = root
+        runs = 0
         for element in pattern:
-            key = _element_key(element, pattern)
-            child = node.children.get(key)
-            if child is None:
-                child = node.children[key] = _Trie()
+            key = keys.get(element)
+            if key is None:
+                key = keys[element] = _element_key(element, pattern)
+            if key[0] == "run":
+                runs += 1
+                if node.runs is None:
+                    node.runs = {}
+                child = node.runs.get(key)
+                if child is None:
+                    assert isinstance(key[1], frozenset)
+                    child = node.runs[key] = _Trie(loop=key[1])
+            else:
+                child = node.children.get(key)
+                if child is None:
+                    child = node.children[key] = _Trie()
             node = child
-        node.pattern, node.function = pattern, function
+        node.pattern, node.function, node.rank = pattern, function, (len(pattern) - runs, -runs, position)
     return root
 
 
@@ -216,20 +283,34 @@ class _Matcher:
         return Call(target, args, kwargs)
 
     def walk(self, start: fx.Node) -> _Walk:
+        """The best match from `start`, in three steps per node of the chain:
+
+        1. every trie node reached (`states`) that ends a pattern is a candidate: the longest
+           path wins, then the most specific pattern (see ``_Trie.rank``);
+        2. the chain moves on to the one user of the current node (``_successor``);
+        3. each state moves to its child for that node's key, or stays where it is if it is a
+           run that repeats on that key; runs that may follow are added (``_closure``).
+        The walk stops where no state moves, at a branch, or at a node that cannot be a chain op.
+        """
         key = _node_key(start, self.modules)
-        trie = self.trie.children.get(key) if key is not None else None
-        if trie is None:
+        first = self.trie.children.get(key) if key is not None else None
+        if first is None:
             return _Walk((), None, "no pattern starts with it")
         assert isinstance(start.target, str)
         if self.uses.get(start.target, 0) > 1:
             return _Walk((), None, f"module `{start.target}` is called {self.uses[start.target]} times in forward")
         best = _Walk((), None, "")
+        states = _closure([first])
         path = [start]
         node = start
         stop = ""
         while True:
-            if trie.function is not None:
-                best = _Walk(tuple(path), trie, "")
+            ended: _Trie | None = None
+            for state in states:
+                if state.function is not None and (ended is None or state.rank > ended.rank):
+                    ended = state
+            if ended is not None:
+                best = _Walk(tuple(path), ended, "")
             if start.op == "call_module" and isinstance(self.modules[str(start.target)], nn.RNNBase) and node is start:
                 nxt, stop = self._rnn_successor(start)
             else:
@@ -237,8 +318,15 @@ class _Matcher:
             if nxt is None:
                 break
             nxt_key = _node_key(nxt, self.modules)
-            child = trie.children.get(nxt_key) if nxt_key is not None else None
-            if child is None:
+            moved: list[_Trie] = []
+            if nxt_key is not None:
+                for state in states:
+                    child = state.children.get(nxt_key)
+                    if child is not None:
+                        moved.append(child)
+                    if state.loop and nxt_key in state.loop:
+                        moved.append(state)
+            if not moved:
                 kind = _branch_kind(nxt)
                 if kind != "branches":
                     stop = f"`{node.name}` {kind} at `{nxt.name}`"
@@ -249,7 +337,7 @@ class _Matcher:
             if isinstance(op, str):
                 stop = op
                 break
-            trie, node = child, nxt
+            states, node = _closure(moved), nxt
             path.append(nxt)
         if best.trie is None:
             return _Walk((), None, stop or "the chain ends before any pattern completes")
@@ -317,10 +405,14 @@ def match_patterns(gm: fx.GraphModule, patterns: Mapping[Pattern, PruneFunction]
     At each producer node (a ``call_module`` whose exact class starts some pattern) the chain
     follows the single user of each node; among the patterns it completes, the **longest
     wins** (e.g. ``(Conv2d, BatchNorm2d, ReLU, Conv2d)`` over nothing shorter, since chains
-    only extend one node at a time). A chain stops at a branch (see the module docstring), at
-    a node that takes the chain's tensor other than as its first argument or takes other
-    computed tensors, and at a stateful module called more than once. `gm` is left unchanged.
-    Raises PruneError for a malformed pattern.
+    only extend one node at a time). A :class:`~fprune.ZeroOrMore` element matches any run of
+    its elements, so several patterns may match the same nodes: then the one with more fixed
+    (non-run) elements wins, then the one with fewer runs, then the one added to `patterns`
+    last; a tuple pattern thus wins over a run pattern. A chain stops at a branch (see the
+    module docstring), at a node that takes the chain's tensor other than as its first argument
+    or takes other computed tensors, and at a stateful module called more than once. `gm` is
+    left unchanged.
+    Raises PruneError for a malformed pattern (e.g. one that starts or ends with a run).
     """
     if not isinstance(gm, fx.GraphModule):
         raise PruneError(

@@ -1,5 +1,7 @@
 """The default pattern dict: every torch.ao structured-pruning pattern, plus BatchNorm,
-dropout, method-form activations and output variants."""
+dropout, method-form activations and output variants as tuples, plus open-ended chains
+(producer, a :class:`ZeroOrMore` run of pass-through ops, consumer or output) for any run
+:func:`prune_chain` prunes exactly."""
 
 from __future__ import annotations
 
@@ -25,9 +27,20 @@ from ._prune_functions import (
     prune_lstm_output_layernorm_linear,
     prune_lstm_output_linear,
 )
-from ._records import Pattern, PatternElement, PruneFunction
+from ._records import Pattern, PatternElement, PruneFunction, ZeroOrMore
 
-__all__ = ["ACTIVATION_FUNCTIONS", "ACTIVATION_MODULES", "ACTIVATION_METHODS", "PatternDict", "default_patterns"]
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "ACTIVATION_MODULES",
+    "ACTIVATION_METHODS",
+    "PASS_THROUGH_1D",
+    "PASS_THROUGH_2D",
+    "PASS_THROUGH_3D",
+    "PASS_THROUGH_FLAT",
+    "PASS_THROUGH_LINEAR",
+    "PatternDict",
+    "default_patterns",
+]
 
 
 class PatternDict(dict[Pattern, PruneFunction]):
@@ -105,6 +118,71 @@ _FLATTENS: tuple[PatternElement, ...] = (nn.Flatten, torch.flatten, "flatten")
 
 Elements = tuple[PatternElement, ...]
 
+# --- open-ended chains: the pass-through runs prune_chain prunes exactly ---------------------------
+# Elementwise ops (any layout); dropout is the identity in eval mode (in train mode it is random
+# in the masked model too). A producer's channels sit on dim 1 of a conv's output and on the last
+# dim of a Linear's, so pools and BatchNormNd belong to the conv family of their rank only (on a
+# Linear's output a pool would mix features), and a flatten only follows a conv (it keeps each
+# channel's features consecutive there): after it, only elementwise ops until the Linear.
+_ELEMENTWISE: Elements = (
+    *ACTIVATION_FUNCTIONS, *ACTIVATION_MODULES, *ACTIVATION_METHODS,
+    nn.Softshrink, nn.Threshold, F.softshrink, F.threshold, nn.Identity,
+    nn.Dropout, nn.AlphaDropout, F.dropout, F.alpha_dropout,
+)  # fmt: skip
+_POOLS_1D: Elements = (
+    nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d,
+    F.max_pool1d, F.avg_pool1d, F.adaptive_max_pool1d, F.adaptive_avg_pool1d,
+)  # fmt: skip
+_POOLS_3D: Elements = (
+    nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool3d,
+    F.max_pool3d, F.avg_pool3d, F.adaptive_max_pool3d, F.adaptive_avg_pool3d,
+)  # fmt: skip
+
+PASS_THROUGH_LINEAR = ZeroOrMore(*_ELEMENTWISE, nn.BatchNorm1d, name="PASS_THROUGH_LINEAR")
+"""Ops a Linear producer's channels (its last dim) pass through: elementwise activations in
+module / function / method form (``ACTIVATION_*``, softshrink, threshold), per-channel PReLU,
+``nn.Identity``, dropout and BatchNorm1d."""
+
+PASS_THROUGH_1D = ZeroOrMore(
+    *_ELEMENTWISE, *_POOLS_1D, nn.BatchNorm1d, nn.Dropout1d, F.dropout1d, name="PASS_THROUGH_1D"
+)
+"""Ops a Conv1d producer's channels pass through: as ``PASS_THROUGH_LINEAR`` plus max / avg /
+adaptive 1d pools (module and function form) and ``Dropout1d``."""
+
+PASS_THROUGH_2D = ZeroOrMore(
+    *_ELEMENTWISE, *_POOLS, *_ADAPTIVE_POOLS, nn.BatchNorm2d, nn.Dropout2d, F.dropout2d, name="PASS_THROUGH_2D"
+)
+"""Ops a Conv2d producer's channels pass through: elementwise ops, max / avg / adaptive 2d
+pools (module and function form), BatchNorm2d, dropout and ``Dropout2d``."""
+
+PASS_THROUGH_3D = ZeroOrMore(
+    *_ELEMENTWISE, *_POOLS_3D, nn.BatchNorm3d, nn.Dropout3d, F.dropout3d, name="PASS_THROUGH_3D"
+)
+"""Ops a Conv3d producer's channels pass through: as ``PASS_THROUGH_2D``, in 3d."""
+
+PASS_THROUGH_FLAT = ZeroOrMore(*_ELEMENTWISE, name="PASS_THROUGH_FLAT")
+"""Ops between a conv producer's flatten and the Linear consumer: elementwise ops and dropout."""
+
+_RUNS: tuple[tuple[type[nn.Module], ZeroOrMore, type[nn.Module]], ...] = (
+    (nn.Linear, PASS_THROUGH_LINEAR, nn.Linear),
+    (nn.Conv1d, PASS_THROUGH_1D, nn.Conv1d),
+    (nn.Conv2d, PASS_THROUGH_2D, nn.Conv2d),
+    (nn.Conv3d, PASS_THROUGH_3D, nn.Conv3d),
+)
+
+
+def _run_patterns() -> Iterator[tuple[Pattern, PruneFunction]]:
+    """Producer, any run of its pass-through ops, then a consumer of its kind or the output; a
+    conv may also end in flatten, elementwise ops and a Linear (or the output)."""
+    for producer, run, consumer in _RUNS:
+        yield (producer, run, consumer), prune_chain
+        yield (producer, run, "output"), prune_chain
+        if producer is nn.Linear:
+            continue
+        for flatten in _FLATTENS:
+            yield (producer, run, flatten, PASS_THROUGH_FLAT, nn.Linear), prune_chain
+            yield (producer, run, flatten, PASS_THROUGH_FLAT, "output"), prune_chain
+
 
 def _optional(*elements: PatternElement) -> Iterator[Elements]:
     yield ()
@@ -173,6 +251,12 @@ def default_patterns() -> PatternDict:
     the consumer, ``nn.Identity`` wherever an activation may stand, ``torch.relu``/``torch.sigmoid``/``torch.tanh`` and the ``x.relu()`` /
     ``x.sigmoid()`` / ``x.tanh()`` method forms, functional adaptive pools, ``x.flatten(1)``,
     and ``"output"`` endings after any of those. The generated ones map to :func:`prune_chain`.
+
+    It also holds open-ended chains, mapped to :func:`prune_chain`: a Linear / Conv1d / Conv2d /
+    Conv3d producer, a :class:`ZeroOrMore` run of the ops it passes through
+    (``PASS_THROUGH_LINEAR`` / ``_1D`` / ``_2D`` / ``_3D``), then a consumer of its kind or
+    ``"output"``; a conv's run may end in a flatten, ``PASS_THROUGH_FLAT`` and a Linear. Where a
+    tuple pattern matches the same nodes, the tuple wins (it is more specific).
     Each call returns a new dict (a :class:`PatternDict`, a ``dict`` subclass that lets
     ``match_patterns`` reuse its index until the dict changes): extend it freely.
     Note: ``F.sigmoid`` and ``F.tanh`` trace as the methods ``x.sigmoid()`` / ``x.tanh()``, so
@@ -180,7 +264,7 @@ def default_patterns() -> PatternDict:
     """
     if not _PRISTINE:
         patterns: dict[Pattern, PruneFunction] = {}
-        for source in (_linear_patterns(), _conv_patterns(), _lstm_patterns()):
+        for source in (_linear_patterns(), _conv_patterns(), _lstm_patterns(), _run_patterns()):
             for pattern, function in source:
                 patterns.setdefault(pattern, function)
         _PRISTINE.append(PatternDict(patterns))

@@ -7,7 +7,9 @@ and a *consumer* (Linear, Conv) whose matching input columns are removed, or the
 Removed channels do not vanish from the masked model: they emit a constant (their bias, or 0,
 passed through the chain's ops). That constant's contribution is folded into the consumer's
 bias, so the pruned model computes what the masked model computes. Where it cannot be folded
-exactly (a zero-padded consumer conv, a padded average pool), a PruneError is raised.
+exactly (a zero-padded consumer conv, a padded average pool, an LSTM's biases kept on removed
+units), an :class:`UnfoldableConstant` (a PruneError) is raised; ``apply_prune(...,
+unfoldable="keep")`` then leaves that producer unshrunk instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ._records import Call, Op, Output
 
 __all__ = [
     "CHAIN_FUNCTIONS",
+    "UnfoldableConstant",
     "cut_pending_rows",
     "deferred_rows",
     "prune_chain",
@@ -51,6 +54,25 @@ __all__ = [
 ]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class UnfoldableConstant(PruneError):
+    """The constant that a chain's removed channels still emit cannot be folded into a bias.
+
+    Raised by the chain functions (and so by any prune function built on them) where the
+    pruned model could only differ from the masked model: the constant meets a zero-padded
+    consumer conv or a padded average pool (it is no longer constant at the borders), or an
+    LSTM keeps biases on removed units (their state changes over time). Shrinking the
+    producer is then impossible, but leaving it full size with its removed rows zeroed is
+    exact: ``apply_prune(..., unfoldable="keep")`` does that instead of raising.
+
+    Attributes:
+        reason: what stops the folding, in a few words (e.g. "zero-padded Conv2d consumer").
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -305,6 +327,15 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
         names = [n for n in ("weight", "bias", "running_mean", "running_var") if _param(op, n) is not None]
         tensors = {n: _take(_param(op, n), keep, 0) for n in names}  # type: ignore[arg-type]
         replacement = rebuild_module(op, tensors, num_features=int(keep.sum()))
+        batch_stats = op.training or not op.track_running_stats or op.running_mean is None
+        zeroed = prune_bias and _param(op, "weight") is not None and _param(op, "bias") is not None
+        if blocker is not None and batch_stats and not zeroed:
+            raise UnfoldableConstant(
+                f"removed channels carry a position-dependent value (after {blocker}) into {_name(op)}, which "
+                "normalizes it with batch statistics to something other than a constant, so it cannot be "
+                "folded into a bias exactly; use prune_bias=True (or an activation with act(0) = 0)",
+                f"{blocker} before {_name(op)} with batch statistics",
+            )
         return replacement, _Flow(_batchnorm_const(op, const, removed, prune_bias), None, blocker)
     if isinstance(op, nn.PReLU):
         if op.num_parameters > 1:
@@ -345,6 +376,13 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
     elif isinstance(op, Call):
         if op.target is operator.getitem:
             raise PruneError("operator.getitem is only supported after an LSTM")
+        wide = [v for v in (*op.args, *(v for _, v in op.kwargs)) if isinstance(v, Tensor) and v.numel() > 1]
+        if wide:
+            raise PruneError(
+                f"{_name(op)} takes a tensor argument with {wide[0].numel()} entries (one per channel), a model "
+                "attribute read in forward that pruning does not slice; use a module such as "
+                "nn.PReLU(num_parameters=...), whose weight is sliced, or a single-entry tensor"
+            )
         with torch.no_grad():
             out = op(const.clone())
     else:
@@ -366,15 +404,22 @@ def _consume(
     rows = deferred.pending.pop(id(weight), None) if deferred is not None else None  # cut with the columns
     fold = _const_nonzero(flow, removed_channels)
     if flow.blocker is not None and fold:
-        raise PruneError(
+        raise UnfoldableConstant(
             f"removed channels still carry a non-zero constant through {flow.blocker}, which "
             "makes it position-dependent, so it cannot be folded into a bias exactly; "
-            "use prune_bias=True (or an activation with act(0) = 0)"
+            "use prune_bias=True (or an activation with act(0) = 0)",
+            flow.blocker,
         )
     if isinstance(consumer, nn.Linear):
         if producer_conv and flow.flatten_from is None:
             raise PruneError("a Linear consumer of a conv producer needs a flatten between them")
         if flow.flatten_from is not None:
+            if not producer_conv and consumer.in_features != channels:
+                raise PruneError(
+                    f"a flatten after a Linear producer interleaves its {channels} features with the other dims "
+                    f"(Linear consumer has in_features={consumer.in_features}); only a flatten of 2-D features "
+                    "(in_features == the producer's out_features) can be pruned"
+                )
             if consumer.in_features % channels:
                 raise PruneError(
                     f"Linear consumer has in_features={consumer.in_features}, not a multiple of the "
@@ -409,11 +454,12 @@ def _consume(
         padding = consumer.padding
         padded = padding == "same" or (isinstance(padding, tuple) and any(int(p) > 0 for p in padding))
         if fold and padded and consumer.padding_mode == "zeros":
-            raise PruneError(
+            raise UnfoldableConstant(
                 f"removed channels still carry a non-zero constant (their bias through the chain) "
                 f"into a zero-padded {_name(consumer)} (padding={padding}): the constant is not "
                 "constant at the borders, so it cannot be folded into a bias exactly; use "
-                "prune_bias=True (or an activation with act(0) = 0)"
+                "prune_bias=True (or an activation with act(0) = 0)",
+                f"zero-padded {_name(consumer)} consumer",
             )
         tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(keep))}
         if fold:
@@ -634,10 +680,11 @@ def _prune_lstm(ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool)
             for kind in ("ih", "hh"):
                 bias = getattr(lstm, f"bias_{kind}_l{layer}")
                 if not prune_bias and bool((bias.detach()[~rows] != 0).any()):
-                    raise PruneError(
+                    raise UnfoldableConstant(
                         f"LSTM bias_{kind}_l{layer} is non-zero on removed units: with prune_bias=False "
                         "their state keeps changing over time, which no bias can reproduce; use "
-                        "prune_bias=True"
+                        "prune_bias=True",
+                        "LSTM biases kept on removed units",
                     )
                 tensors[f"bias_{kind}_l{layer}"] = _take(bias, rows, 0)
     new_lstm = rebuild_module(lstm, tensors, hidden_size=kept)

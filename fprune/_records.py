@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias, Union
 
 from torch import Tensor, nn
+
+from ._errors import PruneError
 
 __all__ = [
     "Attr",
@@ -21,6 +23,7 @@ __all__ = [
     "PatternElement",
     "PruneFunction",
     "MatchedOp",
+    "ZeroOrMore",
 ]
 
 
@@ -108,8 +111,51 @@ PatternElement: TypeAlias = Union[type[nn.Module], Callable[..., object], str]
 """A module class (exact type), a function (``F.relu``), or a string: a method name
 (``"relu"`` for ``x.relu()``) or ``"output"`` for the graph's output."""
 
-Pattern: TypeAlias = tuple[PatternElement, ...]
-"""A chain of elements, producer first: ``(nn.Linear, nn.ReLU, nn.Linear)``."""
+
+@dataclass(frozen=True, init=False, repr=False)
+class ZeroOrMore:
+    """A pattern element that stands for a run of zero or more consecutive ops, each of which
+    matches one of `elements`.
+
+    ``(nn.Conv2d, ZeroOrMore(nn.ReLU, nn.MaxPool2d), nn.Conv2d)`` matches conv -> conv,
+    conv -> relu -> conv, conv -> maxpool -> relu -> relu -> conv, and so on. It is hashable and
+    immutable, so it sits in a pattern tuple like any other element; two runs of the same
+    elements are equal, whatever their order or `name`. The shipped runs are
+    ``fprune.PASS_THROUGH_LINEAR`` / ``_1D`` / ``_2D`` / ``_3D`` / ``_FLAT``.
+
+    Attributes:
+        elements: what each op of the run may be: module classes (exact type), functions or
+            method names, as in a tuple pattern; never ``"output"`` or another run.
+        name: a short name for messages and ``repr`` (``"pass-through 2d"``); not compared.
+
+    Raises PruneError for an empty run, or ``"output"`` or a nested run among `elements`.
+    """
+
+    elements: frozenset[PatternElement]
+    name: str = field(default="", compare=False)
+
+    def __init__(self, *elements: PatternElement, name: str = "") -> None:
+        if not elements:
+            raise PruneError("ZeroOrMore: give at least one element, e.g. ZeroOrMore(nn.ReLU, nn.MaxPool2d)")
+        for element in elements:
+            if isinstance(element, ZeroOrMore) or element == "output":
+                raise PruneError(
+                    f"ZeroOrMore: {element!r} cannot be repeated inside a run; put it in the pattern "
+                    "after the run instead, e.g. (nn.Linear, ZeroOrMore(nn.ReLU), 'output')"
+                )
+        object.__setattr__(self, "elements", frozenset(elements))
+        object.__setattr__(self, "name", name)
+
+    def __repr__(self) -> str:
+        if self.name:
+            return f"ZeroOrMore({self.name})"
+        names = sorted(repr(e) if isinstance(e, str) else getattr(e, "__name__", repr(e)) for e in self.elements)
+        return f"ZeroOrMore({', '.join(names)})"
+
+
+Pattern: TypeAlias = tuple[Union[PatternElement, ZeroOrMore], ...]
+"""A chain of elements, producer first: ``(nn.Linear, nn.ReLU, nn.Linear)``; an element may
+also be a :class:`ZeroOrMore` run: ``(nn.Linear, ZeroOrMore(nn.ReLU, nn.Dropout), nn.Linear)``."""
 
 
 class PruneFunction(Protocol):
@@ -137,7 +183,8 @@ class Match:
     """One occurrence of a pattern in a traced graph.
 
     Attributes:
-        pattern: the pattern key that matched (the longest one at this producer).
+        pattern: the pattern key that matched (the longest one at this producer; among
+            those that match the same nodes, the most specific, see ``match_patterns``).
         nodes: the ``fx`` node names, producer first.
         ops: what each node is: a module (by FQN), a call (function / method with its
             arguments) or the output.

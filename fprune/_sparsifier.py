@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import copy
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from ._apply import apply_prune, masked_parameters
+from ._apply import describe_unshrunk, masked_parameters, prune_reporting_unshrunk
 from ._checks import parametrized_module
 from ._copy import copy_module
 from ._errors import PruneError
@@ -337,7 +338,15 @@ class BaseStructuredSparsifier(abc.ABC):
 
         ``self.model`` is left exactly as it was: parametrized, with the same masks and
         parameters, so training, ``step`` and ``prune`` may go on. (torch.ao instead prunes
-        ``self.model`` in place and returns a GraphModule that shares its submodules.)
+        ``self.model`` in place and returns a GraphModule that shares its submodules.) It may
+        be called after training steps: caches of computed (masked) tensors, such as an
+        LSTM's ``_flat_weights``, are copied as values.
+
+        A tensor whose removed channels still emit a constant that no bias can reproduce
+        (with ``prune_bias=False``, into a zero-padded conv or a padded average pool, or an
+        LSTM keeping its biases) is left full size, as torch.ao does, with its removed rows
+        zeroed: the result is still exact (``apply_prune(..., unfoldable="keep")``). One
+        ``UserWarning`` then names those tensors; their masks stay as they are.
 
         Raises:
             PruneError: before :meth:`prepare`, or when the masks cannot be pruned exactly
@@ -349,7 +358,21 @@ class BaseStructuredSparsifier(abc.ABC):
         matches = match_patterns(_trace(view, "prune()"), self.patterns)
         masks = {entry.tensor_fqn: entry.parametrization.mask for entry in prepared.entries}
         prune_bias = {entry.tensor_fqn: entry.prune_bias for entry in prepared.entries}
-        return apply_prune(view, masks, matches, prune_bias=prune_bias)
+        try:
+            pruned, unshrunk = prune_reporting_unshrunk(
+                view, masks, matches, prune_bias=prune_bias, unfoldable="keep", caller="prune()"
+            )
+        except PruneError as error:
+            raise PruneError(f"prune(): {error}") from None
+        if unshrunk:
+            warnings.warn(
+                f"prune(): left {len(unshrunk)} tensor(s) unshrunk, their removed rows zeroed instead of cut "
+                "(as torch.ao does before a padded conv): "
+                + describe_unshrunk(unshrunk, prune_bias, "set prune_bias=True in their config entries"),
+                UserWarning,
+                stacklevel=2,
+            )
+        return pruned
 
     def squash_mask(
         self,
@@ -516,10 +539,14 @@ def _unmasked_view(prepared: _Prepared) -> nn.Module:
 
     A deep copy of the module tree in which every parameter and buffer is the original
     object, so nothing is copied but modules; in it, each parametrized module is turned back
-    into its own class with its original parameters, in their original order.
+    into its own class with its original parameters, in their original order. An RNN's weight
+    cache (``_flat_weights``), which after a forward holds the masked weights as computed
+    tensors, is pointed back at the original parameters.
     """
     model = prepared.model
     memo: dict[int, object] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    caches = (t for m in model.modules() if isinstance(m, nn.RNNBase) for t in m._flat_weights if t is not None)
+    memo.update((id(t), t) for t in caches)  # shared, not copied: re-pointed at the parameters below
     view = copy_module(model, memo)
     for fqn, module in view.named_modules():
         if not parametrize.is_parametrized(module):
@@ -539,6 +566,8 @@ def _unmasked_view(prepared: _Prepared) -> nn.Module:
             module._parameters[name] = original
         module.__class__ = original_class
         _restore_order(module, prepared.layouts.get(fqn, ()))
+        if isinstance(module, nn.RNNBase):  # its weight cache held the masked (computed) weights
+            module._init_flat_weights()
     return view
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from torch import Tensor, nn
 
 from ._errors import PruneError
-from ._masks import fpgm_mask, lstm_saliency_mask, saliency_mask, select_kept
+from ._masks import fpgm_mask, fpgm_scores, lstm_saliency_mask, saliency_mask, select_kept
 from ._records import Pattern, PruneFunction
 from ._sparsifier import BaseStructuredSparsifier, masked_weight_and_mask, sparsity_level
 
@@ -79,12 +79,27 @@ class FPGMPruner(BaseStructuredSparsifier):
         self.dist = dist
         super().__init__({"sparsity_level": sparsity_level}, patterns)
 
+    def _compute_distance(self, t: Tensor) -> Tensor:
+        """The FPGM score of each row of `t`: its summed distance to all rows, shape ``[rows]``.
+
+        torch.ao's ``FPGMPruner._compute_distance``, with its signature and results: the rows
+        flattened to ``(rows, features)``, the distance matrix by `dist` (``torch.cdist``
+        with p = `dist`, or the given function), then ``sum(|matrix|, dim=1)``. A numeric
+        `dist` is :func:`fprune.fpgm_scores`. `t` is left unchanged; raises PruneError if it
+        has fewer than 2 dims.
+        """
+        if callable(self.dist):
+            if not isinstance(t, Tensor) or t.dim() < 2:
+                got = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise PruneError(f"FPGMPruner._compute_distance: expects a weight with 2+ dims (rows first), got {got}")
+            return self.dist(t.reshape(t.shape[0], -1)).abs().sum(dim=1)
+        return fpgm_scores(t, p=float(self.dist))
+
     def update_mask(self, module: nn.Module, tensor_name: str, **kwargs: object) -> None:
         """Clear the mask entries of the rows closest to the geometric median; see the class docstring."""
         weight, mask = masked_weight_and_mask(module, tensor_name)
         level = sparsity_level(kwargs)
         if callable(self.dist):
-            scores = self.dist(weight.reshape(weight.shape[0], -1)).abs().sum(dim=1)
-            mask &= select_kept(scores, level, rounding="round")
+            mask &= select_kept(self._compute_distance(weight), level, rounding="round")
         else:
             mask &= fpgm_mask(weight, level, p=float(self.dist))

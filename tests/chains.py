@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fprune import Pattern, PatternElement
+from fprune import Pattern, PatternElement, ZeroOrMore
 
 CHANNELS = 6
 IN_FEATURES = 5
@@ -84,6 +84,8 @@ class ChainModel(nn.Module):
         for element in pattern[1:]:
             if element == "output":
                 break
+            if isinstance(element, ZeroOrMore):
+                raise ValueError("ChainModel builds tuple patterns; a ZeroOrMore run has no one model")
             if isinstance(element, type):
                 if element in (nn.AvgPool2d, nn.MaxPool2d):
                     spatial //= 2

@@ -13,9 +13,12 @@ A model is ``FuzzModel``: a stack of blocks and a head. A block is one of
 - residual blocks (``+``, ``torch.add``, ``x.add``, ``-``, ``*``; identity or projection
   shortcut);
 - concat blocks (``torch.cat`` of two or three branches, optionally with the block input);
-- split blocks (``chunk`` / ``split`` into two halves combined again: GLU-like);
+- split blocks (``chunk`` / ``split`` into two halves combined again: GLU-like), the sizes
+  as one attribute, a list or tuple of attributes (YOLOv8's ``h.split((self.c, self.c), 1)``)
+  or a list of numbers fprune cannot update;
 - hand-written attention (q / k / v Linear, view / reshape into ``self.num_heads`` heads,
-  ``F.scaled_dot_product_attention`` or ``softmax(q @ k^T) @ v``, merge, output projection),
+  ``F.scaled_dot_product_attention`` or ``softmax(q @ k^T) @ v``, merge (also with the width
+  read from the input's shape, as timm's ViT does), output projection),
   ``nn.MultiheadAttention`` (batch_first);
 - LayerNorm (fprune refuses to prune through it), a module called twice, elementwise ops with
   constants and per-channel parameters;
@@ -430,6 +433,7 @@ class Split(nn.Module):
         self.combine = combine
         self.act = act
         self.dim = dim
+        self._literal_half = half
 
     def forward(self, x: Tensor) -> Tensor:
         h: Tensor = self.layer(x)
@@ -439,6 +443,12 @@ class Split(nn.Module):
             a, b = torch.chunk(h, 2, self.dim)
         elif self.form == "torch.split":
             a, b = torch.split(h, self.half_size, dim=self.dim)
+        elif self.form == "torch.split-list":  # every size of the list must follow pruning
+            a, b = torch.split(h, [self.half_size, self.half_size], dim=self.dim)
+        elif self.form == "split-tuple":  # YOLOv8's C2f
+            a, b = getattr(h, "split")((self.half_size, self.half_size), self.dim)
+        elif self.form == "split-literal":  # sizes fprune cannot update on a module (underscore: not configuration)
+            a, b = torch.split(h, [self._literal_half, self._literal_half], dim=self.dim)
         else:  # the method (untyped in torch's stubs)
             a, b = getattr(h, "split")(self.half_size, dim=self.dim)
         gate: Tensor = self.act(b)
@@ -456,7 +466,7 @@ def _split(choose: Chooser, state: _State) -> nn.Module:
     return Split(
         layer,
         half,
-        choose.choice(["chunk", "torch.chunk", "split", "torch.split"]),
+        choose.choice(["chunk", "torch.chunk", "split", "torch.split", "torch.split-list", "split-tuple", "split-literal"]),
         choose.choice(["*", "+"]),
         _activation(choose, half, state.kind),
         choose.choice([channel, channel - ndim]),
@@ -530,7 +540,9 @@ class SelfAttention(nn.Module):
         else:
             context = (torch.matmul(q, k.transpose(-2, -1)) * self.scale).softmax(-1) @ v
         heads = self._literal_heads or self.num_heads
-        if self.merge == "reshape":
+        if self.merge == "read-width":  # timm's ViT: the width read from the input, `B, N, C = x.shape`
+            merged = context.transpose(1, 2).reshape(b, t, x.shape[-1])
+        elif self.merge == "reshape":
             merged = context.transpose(1, 2).reshape(b, t, heads * self.head_dim)
         elif self.merge == "view-1":
             merged = context.permute(0, 2, 1, 3).contiguous().view(b, t, -1)
@@ -550,6 +562,12 @@ def _attention(choose: Chooser, state: _State) -> nn.Module:
     num_heads = choose.integer(1, 4)
     kv_heads = choose.choice([k for k in range(1, num_heads) if num_heads % k == 0]) if num_heads > 1 and choose.chance(0.3) else num_heads
     head_dim = choose.integer(1, 6)
+    merge = choose.choice(["reshape", "view-1", "view-attr", "read-width"])
+    if merge == "read-width":  # the merged width must equal the input's
+        if state.channels % num_heads:
+            merge = "reshape"
+        else:
+            head_dim = state.channels // num_heads
     core = choose.choice(["sdpa", "softmax-div", "softmax-scale", "sdpa-causal"] + (["sdpa-gqa"] if kv_heads != num_heads else []))
     residual = choose.chance(0.4)
     out_dim = state.channels if residual else _width(choose)
@@ -563,7 +581,7 @@ def _attention(choose: Chooser, state: _State) -> nn.Module:
         split=choose.choice(["view", "reshape", "view-1"]),
         layout=choose.choice(["transpose", "permute"]),
         core=core,
-        merge=choose.choice(["reshape", "view-1", "view-attr"]),
+        merge=merge,
         residual=residual,
         literal_heads=choose.chance(0.08),
     )

@@ -191,7 +191,7 @@ def reason_of(message: str) -> str:
     text = message
     if "could not be traced again" in text:
         return "head counts: the pruned copy could not be traced again to check them"
-    if text.startswith("pruning changes counts that forward writes"):
+    if "pruning changes counts that forward writes" in text:
         return "head counts: a count written as a literal in forward"
     blocked = re.search(r"cannot be pruned: `[^`]*`: (.*)", text)
     if blocked:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -409,3 +410,175 @@ def _assert_exact(
     if last in masks:
         expected = expected[:, masks[last]]
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+# --- unfoldable="keep": producers whose constant cannot be folded stay full size, exactly -------
+
+
+def _keep_prune(model: nn.Module, masks: dict[str, Tensor], prune_bias: bool) -> tuple[Any, str]:
+    """apply_prune(..., unfoldable="keep") and the text of the warning it gave ("" if none);
+    the model as ``Any``, for reading the pruned layers' attributes."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned = fprune.apply_prune(model, masks, _matches(model), prune_bias=prune_bias, unfoldable="keep")
+    assert len(caught) <= 1 and all(w.category is UserWarning for w in caught)
+    return pruned, str(caught[0].message) if caught else ""
+
+
+def _masked_output(model: nn.Module, masks: dict[str, Tensor], prune_bias: bool, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        out: Tensor = functional_call(model, fprune.masked_parameters(model, masks, _matches(model), prune_bias=prune_bias), (x,))
+    return out
+
+
+def _assert_unshrunk(model: nn.Module, pruned: nn.Module, fqn: str, mask: Tensor, *, bias_kept: bool = True) -> None:
+    """`fqn` keeps all its rows, the removed ones zero, the kept ones (and the bias) as they were."""
+    weight, original = pruned.get_parameter(fqn).detach(), model.get_parameter(fqn).detach()
+    assert weight.shape == original.shape
+    assert not bool(weight[~mask].any())
+    torch.testing.assert_close(weight[mask], original[mask], rtol=0, atol=0)
+    bias_fqn = fqn.removesuffix("weight") + "bias"
+    bias, original_bias = pruned.get_parameter(bias_fqn).detach(), model.get_parameter(bias_fqn).detach()
+    torch.testing.assert_close(bias, original_bias if bias_kept else original_bias * mask, rtol=0, atol=0)
+
+
+def _padded_convnet() -> nn.Sequential:
+    """a -> relu -> b (no pad) -> relu -> c (pad) -> relu -> d (pad): b and c feed padded convs."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Conv2d(6, 6, 3), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1)
+    ).double().eval()
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, nn.Conv2d):
+                module.bias.uniform_(0.1, 1.0)  # type: ignore[union-attr]  # positive: ReLU passes every removed bias on
+    return model
+
+
+PADDED_MASKS = {
+    "0.weight": torch.tensor([True, False, True, False, True, True]),
+    "2.weight": torch.tensor([False, True, True, False, True, True]),
+    "4.weight": torch.tensor([True, True, False, True, False, True]),
+    "6.weight": torch.tensor([True, False, True, True]),
+}
+
+
+def test_keep_leaves_producers_before_padded_convs_unshrunk_and_stays_exact() -> None:
+    """b (row cut deferred to a's chain) and c stay full size with zeroed rows, their biases
+    whole; a's constant is still folded into b's (full) bias; a and d shrink."""
+    model = _padded_convnet()
+    before = _snapshot(model)
+    with pytest.raises(fprune.PruneError, match=r"pruning `4.weight` .*zero-padded Conv2d.*use prune_bias=True"):
+        _prune(model, PADDED_MASKS, prune_bias=False)
+    pruned, warning = _keep_prune(model, PADDED_MASKS, prune_bias=False)
+    _assert_unchanged(model, before)
+
+    assert warning.startswith("apply_prune: left 2 producer(s) unshrunk (unfoldable='keep')")
+    assert "`2.weight` (chain _2 -> _3 -> _4: zero-padded Conv2d consumer)" in warning and "`4.weight`" in warning
+    assert warning.endswith("the result is still exact. Pass prune_bias=True for them to shrink them")
+    assert pruned[0].out_channels == 4 and pruned[2].in_channels == 4
+    assert pruned[2].out_channels == 6 and pruned[4].in_channels == 6 and pruned[4].out_channels == 6 and pruned[6].in_channels == 6
+    assert pruned[6].out_channels == 3
+    weight = pruned[2].weight.detach()
+    assert not bool(weight[~PADDED_MASKS["2.weight"]].any())
+    _assert_unshrunk(model, pruned, "4.weight", PADDED_MASKS["4.weight"])
+    x = torch.randn(2, 2, 10, 10, dtype=torch.float64)
+    expected = _masked_output(model, PADDED_MASKS, False, x)[:, PADDED_MASKS["6.weight"]]
+    torch.testing.assert_close(pruned(x), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_keep_a_producer_whose_consumer_shrinks_later() -> None:
+    """a feeds a padded b; b's own chain shrinks b's rows first (deferred to the cut of its
+    columns by a's chain). a's chain is refused half-way and kept: b's rows are still cut."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 5, 3), nn.Tanh(), nn.Conv2d(5, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, 3, 3)).double().eval()
+    masks = {"0.weight": torch.tensor([True, False, True, True, False]), "2.weight": torch.tensor([True, False, False, True, True, True])}
+    pruned, warning = _keep_prune(model, masks, prune_bias=False)
+    assert "`0.weight`" in warning and "`2.weight`" not in warning
+    _assert_unshrunk(model, pruned, "0.weight", masks["0.weight"])
+    assert tuple(pruned[2].weight.shape) == (4, 5, 3, 3) and tuple(pruned[4].weight.shape) == (3, 4, 3, 3)
+    x = torch.randn(2, 2, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(pruned(x), _masked_output(model, masks, False, x), rtol=1e-9, atol=1e-10)
+
+
+def test_keep_with_prune_bias_zeroes_the_bias_and_batchnorm_entries_too() -> None:
+    """prune_bias=True with sigmoid(0) = 0.5 flowing into a padded conv: kept, its removed
+    rows, bias entries and BatchNorm affine entries zeroed, as in the masked model."""
+    torch.manual_seed(5)
+    norm = nn.BatchNorm2d(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), norm, nn.Sigmoid(), nn.Conv2d(4, 3, 3, padding=1)).double().eval()
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    masks = {"0.weight": torch.tensor([True, False, True, False])}
+    pruned, warning = _keep_prune(model, masks, prune_bias=True)
+    assert "`0.weight`" in warning and warning.endswith("An activation with act(0) = 0 before the padded layer would shrink them")
+    _assert_unshrunk(model, pruned, "0.weight", masks["0.weight"], bias_kept=False)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(pruned[1].get_parameter(name).detach(), norm.get_parameter(name).detach() * masks["0.weight"])
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(pruned(x), _masked_output(model, masks, True, x), rtol=1e-9, atol=1e-10)
+
+
+def test_keep_a_padded_average_pool_and_an_lstm_with_its_biases() -> None:
+    torch.manual_seed(6)
+    pooled = nn.Sequential(nn.Conv2d(2, 4, 3), nn.AvgPool2d(3, stride=1, padding=1), nn.Conv2d(4, 3, 3)).double().eval()
+    masks = {"0.weight": torch.tensor([True, False, False, True])}
+    pruned, warning = _keep_prune(pooled, masks, prune_bias=False)
+    assert "`0.weight` (chain _0 -> _1 -> _2: AvgPool2d with padding=1 and count_include_pad=True)" in warning
+    _assert_unshrunk(pooled, pruned, "0.weight", masks["0.weight"])
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(pruned(x), _masked_output(pooled, masks, False, x), rtol=1e-9, atol=1e-10)
+
+    from torch.testing._internal.common_pruning import LSTMLinearModel
+
+    lstm_model = LSTMLinearModel(3, 4, 2, 2).double().eval()
+    units = torch.tensor([True, False, True, True]).repeat(4)
+    lstm_masks = {"lstm.weight_ih_l0": units, "lstm.weight_ih_l1": units}
+    pruned, warning = _keep_prune(lstm_model, lstm_masks, prune_bias=False)
+    assert "`lstm.weight_ih_l0` (chain lstm -> getitem -> linear: LSTM biases kept on removed units)" in warning
+    assert "`lstm.weight_ih_l1`" in warning
+    lstm = pruned.get_submodule("lstm")
+    assert isinstance(lstm, nn.LSTM) and lstm.hidden_size == 4
+    assert all(w is getattr(lstm, n) for w, n in zip(lstm._flat_weights, lstm._flat_weights_names))
+    for layer in (0, 1):
+        for kind in ("ih", "hh"):
+            assert not bool(lstm.get_parameter(f"weight_{kind}_l{layer}")[~units].any())
+    sequence = torch.randn(6, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        got = pruned(sequence)
+        expected = functional_call(lstm_model, fprune.masked_parameters(lstm_model, lstm_masks, _matches(lstm_model), prune_bias=False), (sequence,))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+def test_keep_is_silent_when_everything_folds_and_checks_its_argument() -> None:
+    model = ReferenceMLP()
+    masks = _all_weight_masks(model)
+    pruned, warning = _keep_prune(model, masks, prune_bias=False)
+    assert warning == "" and pruned.get_submodule("seq.0").out_features == 250
+    with pytest.raises(fprune.PruneError, match=r"apply_prune: `unfoldable` must be 'refuse' or 'keep', got 'skip'"):
+        fprune.apply_prune(model, masks, _matches(model), unfoldable="skip")  # type: ignore[arg-type]
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    assert fprune.apply_prune(model, {"seq.0.weight": masks["seq.0.weight"]}, groups, unfoldable="keep").get_submodule("seq.0").out_features == 250
+
+
+@settings(max_examples=100, deadline=None)
+@given(_convnets())
+def test_random_convnets_with_keep_always_prune_exactly(case: tuple[nn.Sequential, dict[str, Tensor], bool]) -> None:
+    """Where the default refuses, unfoldable="keep" leaves exactly the warned-about producers
+    full size, and the result is exact."""
+    model, masks, prune_bias = case
+    before = _snapshot(model)
+    pruned, warning = _keep_prune(model, masks, prune_bias)
+    _assert_unchanged(model, before)
+    first = model[0]
+    assert isinstance(first, nn.Conv2d)
+    _assert_exact(model, pruned, masks, _matches(model), prune_bias, torch.randn(2, first.in_channels, 24, 24, dtype=torch.float64))
+    for fqn, keep in masks.items():
+        rows = pruned.get_parameter(fqn).shape[0]
+        unshrunk = f"`{fqn}`" in warning
+        assert rows == (keep.numel() if unshrunk else int(keep.sum())), (fqn, warning)

@@ -207,3 +207,102 @@ def test_hooks_are_rebound_to_the_copy() -> None:
 @given(case=fuzz_cases())
 def test_copy_module_equals_deepcopy_on_fuzzed_models(case: FuzzCase) -> None:
     assert_same_copy(case.model)
+
+
+# --- computed tensors (not graph leaves), which copy.deepcopy refuses ---------------------------
+
+
+class Holder:
+    """A plain object that keeps a tensor, as a user's bookkeeping object might."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+
+def _computed_state(model: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
+    """Store computed tensors (autograd on) in `model` the ways modules do: a plain tensor
+    attribute, a list, a tuple, a dict, inside a plain object, and on a parametrized module."""
+    out = model(x)
+    model.last = out  # a computed tensor as a plain attribute
+    model.history = [out * 2, x]  # type: ignore[assignment]
+    model.pair = (out.sum(), 3)  # type: ignore[assignment]
+    model.stats = {"mean": out.mean()}  # type: ignore[assignment]
+    model.holder = Holder(out + 1)  # type: ignore[assignment]
+    return out, out * 2
+
+
+@pytest.mark.parametrize("parametrized", [False, True], ids=["plain", "parametrized"])
+def test_computed_tensors_are_copied_detached(parametrized: bool) -> None:
+    """copy.deepcopy raises "Only Tensors created explicitly by the user (graph leaves) support
+    the deepcopy protocol" on a module holding computed tensors; copy_module copies their
+    values, detached, and leaves the module unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    if parametrized:  # a module copied through its own __deepcopy__ (copy.deepcopy's path)
+        torch.nn.utils.parametrize.register_parametrization(model[0], "weight", nn.Identity())
+    x = torch.randn(2, 4)
+    out, _ = _computed_state(model, x)
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(model)
+
+    ours = copy_module(model)
+    assert model.last is out and out.grad_fn is not None  # the original keeps its tensors
+    for name in ("last",):
+        copied = getattr(ours, name)
+        assert isinstance(copied, Tensor) and copied is not out and copied.is_leaf and not copied.requires_grad
+        torch.testing.assert_close(copied, out.detach())
+    history = ours.history
+    assert isinstance(history, list) and history[1] is not x and torch.equal(history[1], x)
+    torch.testing.assert_close(history[0], out.detach() * 2)
+    assert ours.pair[1] == 3 and ours.pair[0].is_leaf  # type: ignore[index]
+    assert ours.stats["mean"].is_leaf  # type: ignore[index]
+    holder = ours.holder
+    assert isinstance(holder, Holder) and holder is not model.holder and holder.tensor.is_leaf
+    torch.testing.assert_close(holder.tensor, out.detach() + 1)
+    torch.testing.assert_close(ours(x), model(x))
+
+
+class Halve(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * 0.5
+
+
+def test_an_lstm_weight_cache_of_computed_tensors_is_copied() -> None:
+    """After a forward with autograd on through a parametrized weight, an LSTM's
+    ``_flat_weights`` cache holds the computed weights (what fprune.sparsifier's prepared
+    models hold after training); the copy runs and computes what the original does."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(3, 4))
+    torch.nn.utils.parametrize.register_parametrization(model[0], "weight_ih_l0", Halve())
+    x = torch.randn(2, 3)
+    model(x)
+    lstm = model[0]
+    assert isinstance(lstm, nn.LSTM)
+    cached = lstm._flat_weights[0]
+    assert cached is not None and not cached.is_leaf
+    ours = copy_module(model)
+    copied = ours[0]
+    assert isinstance(copied, nn.LSTM)
+    cached = copied._flat_weights[0]
+    assert cached is not None and cached.is_leaf
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], model(x)[0])
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+def test_apply_prune_copies_a_model_holding_computed_tensors() -> None:
+    """apply_prune copies the rest of the model with copy_module: a weight_norm module (whose
+    `weight` is a computed tensor after a forward) and computed attributes do not stop it."""
+    import fprune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), torch.nn.utils.weight_norm(nn.Linear(5, 2)))
+    x = torch.randn(3, 4)
+    _computed_state(model, x)
+    matches = fprune.match_patterns(fx.symbolic_trace(model), fprune.default_patterns())
+    keep = {"0.weight": torch.tensor([True, False, True, True, False, True])}
+    pruned = fprune.apply_prune(model, keep, matches)
+    assert pruned[2].in_features == 4 and isinstance(pruned.last, Tensor) and pruned.last.is_leaf
+    masked = fprune.masked_parameters(model, keep, matches)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), torch.func.functional_call(model, masked, (x,)))

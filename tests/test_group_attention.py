@@ -95,7 +95,7 @@ def test_plain_multi_head_llama_prunes_heads_one_by_one() -> None:
 
 def test_a_head_count_written_as_a_literal_is_refused() -> None:
     model = ManualAttention(literal=True).eval()
-    with pytest.raises(fprune.PruneError, match=r"pruning changes counts that forward writes into a view / reshape / split .*could not find the module attributes"):
+    with pytest.raises(fprune.PruneError, match=r"apply_prune: pruning changes counts that forward writes into a view / reshape / split .*could not find the module attributes"):
         _prune(model, _inputs(), 0.5)
 
 

@@ -273,7 +273,7 @@ def test_a_split_size_written_as_a_literal_is_refused() -> None:
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
     conv = _by_producer(groups, "conv.weight")
     assert len(conv.units) == 3 and conv.literals[0].value == 3
-    with pytest.raises(fprune.PruneError, match=r"pruning changes counts that forward writes into a view / reshape / split"):
+    with pytest.raises(fprune.PruneError, match=r"apply_prune: pruning changes counts that forward writes into a view / reshape / split"):
         fprune.apply_prune(model, fprune.group_masks(model, groups, 0.4), groups)
 
 
@@ -332,3 +332,16 @@ def test_one_activation_kind_is_run_on_zeros_once_but_each_different_one_is_chec
     assert groups["0.weight"].prunable and groups["2.weight"].prunable
     assert not groups["4.weight"].prunable and "maps 0 to 0.25" in groups["4.weight"].blockers[0].reason
     assert not groups["6.weight"].prunable and "maps 0 to 1" in groups["6.weight"].blockers[0].reason
+
+
+@pytest.mark.parametrize("layer", [nn.BatchNorm1d(6), nn.PReLU(6)], ids=["BatchNorm1d", "PReLU"])
+def test_per_channel_layers_on_tokens_whose_count_equals_the_width_block(layer: nn.Module) -> None:
+    """BatchNorm1d and PReLU act on dim 1. On a Linear's token output ``[batch, 6 tokens, 6
+    features]`` they run (6 == 6) but act on the tokens: slicing them with the features would be
+    wrong. With example inputs the rank is known, and the group is blocked."""
+    model = nn.Sequential(nn.Linear(4, 6), layer, nn.Linear(6, 3)).double().eval()
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+    (hidden, _) = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
+    assert not hidden.prunable and "dim 1, but the channels are on dim -1" in hidden.blockers[0].reason
+    (flat, _) = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(torch.randn(2, 4, dtype=torch.float64),))
+    assert flat.prunable

@@ -146,7 +146,7 @@ def test_module_types_match_exactly_and_custom_patterns_extend_the_dict() -> Non
         ({(nn.Linear,): fprune.prune_chain}, r"a pattern is a tuple of at least 2 elements"),
         ({(F.relu, nn.Linear): fprune.prune_chain}, r"the first element must be an nn.Module class"),
         ({(nn.Linear, int): fprune.prune_chain}, r"element int is a class but not an nn.Module"),
-        ({(nn.Linear, 3): fprune.prune_chain}, r"element 3 is not a module class, function or string"),
+        ({(nn.Linear, 3): fprune.prune_chain}, r"element 3 is not a module class, function, string or fprune.ZeroOrMore"),
         ({(nn.Linear, nn.Linear): "prune"}, r"maps to 'prune', which is not a prune function"),
     ],
 )
@@ -164,11 +164,15 @@ def test_pattern_index_is_rebuilt_after_the_dict_changes() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.Hardswish(), nn.Linear(6, 2))
     gm = torch.fx.symbolic_trace(model)
     patterns = fprune.default_patterns()
-    assert len(fprune.match_patterns(gm, patterns)) == 2
-    del patterns[(nn.Linear, nn.Hardswish, nn.Linear)]
+    tuple_key = (nn.Linear, nn.Hardswish, nn.Linear)
+    run_key = (nn.Linear, fprune.PASS_THROUGH_LINEAR, nn.Linear)
+    assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [tuple_key, (nn.Linear, "output")]
+    del patterns[tuple_key]
+    assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [run_key, (nn.Linear, "output")]
+    del patterns[run_key]
     assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [(nn.Linear, "output")]
-    patterns.update({(nn.Linear, nn.Hardswish, nn.Linear): fprune.prune_chain})
+    patterns.update({tuple_key: fprune.prune_chain})
     assert len(fprune.match_patterns(gm, patterns)) == 2
     plain = dict(patterns)
-    plain.pop((nn.Linear, nn.Hardswish, nn.Linear))
+    plain.pop(tuple_key)
     assert len(fprune.match_patterns(gm, plain)) == 1

@@ -18,7 +18,8 @@ EXPECTED = {
     "saliency_mask", "select_kept", "Axis", "Blocker", "ChannelGroup", "ChannelSlice", "Criterion",
     "FlowContext", "FlowRule", "RuleKey", "channel_groups", "default_flow_rules", "explain",
     "group_masks", "group_scores", "l1_norm", "l2_norm", "prune_channels", "HeadPrunedMultiheadAttention",
-    "prune_optimizer_state",
+    "prune_optimizer_state", "ZeroOrMore", "PASS_THROUGH_LINEAR", "PASS_THROUGH_1D", "PASS_THROUGH_2D",
+    "PASS_THROUGH_3D", "PASS_THROUGH_FLAT",
 }  # fmt: skip
 
 

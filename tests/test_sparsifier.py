@@ -557,7 +557,7 @@ ERRORS: dict[str, tuple[Callable[[], object], str]] = {
     "unknown tensor_fqn": (lambda: _prepare([{"tensor_fqn": "seq.9.weight"}]), r"`seq\.9\.weight` names no parameter.*seq\.0\.weight"),
     "fewer than 2 dims": (lambda: _prepare([{"tensor_fqn": "seq.0.bias"}]), r"`seq\.0\.bias` has 1 dim\(s\) \(shape \(500,\)\)"),
     "no pattern prunes it": (lambda: _prepare([{"tensor_fqn": "fc1.weight"}], Branching()), r"`fc1\.weight`: no match prunes it: `fc1` \(Linear\).*residual add"),
-    "module type no pattern shrinks": (lambda: _prepare([{"tensor_fqn": "0.weight"}], nn.Sequential(nn.Conv1d(2, 4, 3), nn.Conv2d(4, 2, 1))), r"`0\.weight`: no match prunes it: `0` \(Conv1d\): no pattern starts with it"),
+    "module type no pattern shrinks": (lambda: _prepare([{"tensor_fqn": "0.weight"}], nn.Sequential(nn.Conv1d(2, 4, 3), nn.Conv2d(4, 2, 1))), r"`0\.weight`: no match prunes it: `0` \(Conv1d\): no pattern (starts with it|continues with `_1`)"),
     "prune before prepare": (lambda: SaliencyPruner({}).prune(), r"prune\(\) before prepare"),
     "step before prepare": (lambda: SaliencyPruner({}).step(), r"step\(\) before prepare"),
     "model before prepare": (lambda: SaliencyPruner({}).model, r"model before prepare"),
@@ -597,3 +597,75 @@ def test_a_refused_prepare_leaves_the_model_untouched() -> None:
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert pruner.groups == [] and pruner.state == {}
     pruner.prepare(model, [{"tensor_fqn": "fc3.weight"}])  # the sparsifier is still fresh
+
+
+# --------------------------------------------------------------------------------------------
+# prune_bias=False before a zero-padded conv: left unshrunk, exactly, with one warning
+# --------------------------------------------------------------------------------------------
+
+
+def test_prune_leaves_producers_before_padded_convs_unshrunk_with_one_warning() -> None:
+    """torch.ao keeps such a producer full size; so does the facade (it used to raise). The
+    pruned model equals the masked one in float64, the masks stay as step() left them, and
+    one UserWarning names the tensors."""
+    from torch.func import functional_call
+    from torch.testing._internal.common_pruning import Conv2dPadBias
+
+    torch.manual_seed(0)
+    model = Conv2dPadBias().double().eval()
+    original = copy.deepcopy(model)
+    config: list[dict[str, object]] = [
+        {"tensor_fqn": fqn, "prune_bias": False} for fqn in ("seq.0.weight", "seq.2.weight", "seq.4.weight", "seq.6.weight", "seq.8.weight", "conv2d1.weight")
+    ]
+    pruner = SaliencyPruner({"sparsity_level": 0.5})
+    pruner.prepare(model, config)
+    pruner.step()
+    masks = {fqn: mask_of(pruner, fqn).clone() for fqn in pruner.state}
+    with pytest.warns(UserWarning) as caught:
+        pruned = pruner.prune()
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("prune(): left 3 tensor(s) unshrunk")
+    assert all(f"`{fqn}` (chain" in message for fqn in ("seq.4.weight", "seq.8.weight", "conv2d1.weight"))
+    assert "Set prune_bias=True in their config entries" in message
+    assert all(torch.equal(mask_of(pruner, fqn), mask) for fqn, mask in masks.items())  # the masks are kept
+
+    for fqn, mask in masks.items():
+        weight = pruned.get_parameter(fqn).detach()
+        if fqn in ("seq.4.weight", "seq.8.weight", "conv2d1.weight"):
+            assert weight.shape[0] == mask.numel() and not bool(weight[~mask].any())
+            bias = fqn.removesuffix("weight") + "bias"  # the removed rows' biases stay (kept rows may get a folded constant)
+            torch.testing.assert_close(pruned.get_parameter(bias)[~mask], original.get_parameter(bias)[~mask], rtol=0, atol=0)
+        else:
+            assert weight.shape[0] == int(mask.sum())
+    x = torch.randn(2, 1, 12, 12, dtype=torch.float64)
+    matches = fprune.match_patterns(torch.fx.symbolic_trace(original), fprune.default_patterns())
+    with torch.no_grad():
+        expected = functional_call(original, fprune.masked_parameters(original, masks, matches, prune_bias=False), (x,))
+        torch.testing.assert_close(pruned(x), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_prune_with_prune_bias_before_padded_convs_shrinks_everything_silently() -> None:
+    from torch.testing._internal.common_pruning import Conv2dPadBias
+
+    torch.manual_seed(0)
+    model = Conv2dPadBias().eval()
+    pruner = SaliencyPruner({"sparsity_level": 0.5})
+    pruner.prepare(model, [{"tensor_fqn": f"seq.{i}.weight"} for i in (0, 2, 4, 6, 8)])
+    pruner.step()
+    pruned = pruner.prune()  # warnings are errors here
+    for fqn in pruner.state:
+        assert pruned.get_parameter(fqn).shape[0] == int(mask_of(pruner, fqn).sum())
+
+
+def test_fpgm_compute_distance_is_torch_ao_s() -> None:
+    """FPGMPruner._compute_distance(t): the summed distances of t's flattened rows, by `dist`."""
+    weight = torch.tensor([3.0, 2.0, 0.1])[:, None, None, None] * torch.ones(3, 1, 3, 3)
+    torch.testing.assert_close(FPGMPruner(0.3)._compute_distance(weight), torch.tensor([11.7, 8.7, 14.4]))
+    torch.testing.assert_close(FPGMPruner(0.3, dist=1)._compute_distance(weight), torch.tensor([9 + 26.1, 9 + 17.1, 26.1 + 17.1]))
+    manhattan = FPGMPruner(0.3, dist=lambda rows: torch.cdist(rows, rows, p=1))
+    torch.testing.assert_close(manhattan._compute_distance(weight), FPGMPruner(0.3, dist=1)._compute_distance(weight))
+    assert not torch.equal(weight, torch.zeros(1))  # unchanged input
+    with pytest.raises(fprune.PruneError, match=r"_compute_distance: expects a weight with 2\+ dims"):
+        manhattan._compute_distance(torch.ones(3))

@@ -269,3 +269,27 @@ def test_torch_ao_follows_the_first_user_of_a_branch_fprune_refuses_at_prepare()
     with pytest.raises(fprune.PruneError, match=r"`fc1\.weight`: no match prunes it: `fc1` \(Linear\).*residual add"):
         SaliencyPruner({"sparsity_level": 0.5}).prepare(model, config)
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["Conv2dPadBias", "Conv2dPool"])
+def test_keep_bias_before_padded_convs_both_leave_producers_unshrunk_fprune_fewer_and_warns(name: str) -> None:
+    """prune_bias=False: torch.ao keeps every producer with a bias before a padded conv full
+    size, silently. fprune keeps those whose removed channels really emit a constant into a
+    padding (or a padded average pool), with one warning, and shrinks the others; its result
+    is the masked model. (torch.ao's Conv2dPoolFlatten models crash here: see
+    test_torch_ao_reference.py.)"""
+    case, model, x = build(name)
+    config = head_to_head_config(name, False)
+    _, ao, ao_masks = drive(AO.SaliencyPruner({"sparsity_level": 0.5}), copy.deepcopy(model), config)
+    with pytest.warns(UserWarning, match=r"^prune\(\): left") as caught:
+        prepared, fp, fp_masks = drive(SaliencyPruner({"sparsity_level": 0.5}), copy.deepcopy(model), config)
+    assert len(caught) == 1
+    assert all(torch.equal(fp_masks[fqn], ao_masks[fqn]) for fqn in ao_masks)
+
+    original = shapes(model)
+    ao_unshrunk = {fqn for fqn in ao_masks if shapes(ao)[fqn][0] == original[fqn][0]}
+    fp_unshrunk = {fqn for fqn in fp_masks if fp.get_parameter(fqn).shape[0] == original[fqn][0]}
+    assert fp_unshrunk and fp_unshrunk <= ao_unshrunk
+    assert all(f"`{fqn}`" in str(caught[0].message) for fqn in fp_unshrunk)
+    assert sum(p.numel() for p in fp.parameters()) <= sum(p.numel() for p in ao.parameters())
+    assert_outputs_close(run(fp, x), restrict(run(prepared, x), fp_masks, case.pruned_by))
