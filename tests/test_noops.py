@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,14 +10,8 @@ from torch import Tensor, nn
 
 import fprune
 
+from .refusals import refusal
 
-def _refusal(call: Callable[[], object], *words: str) -> str:
-    with pytest.raises(fprune.PruneError) as error:
-        call()
-    message = str(error.value)
-    missing = [w for w in words if w not in message]
-    assert not missing, f"message lacks {missing}: {message}"
-    return message
 
 
 def _mlp() -> nn.Sequential:
@@ -37,7 +30,7 @@ def test_an_exported_program_is_refused_with_what_to_do() -> None:
     unlifted = torch.export.export(model, (_X,)).module()
     assert fprune.channel_groups(unlifted) == ()
     assert "torch.export" in fprune.explain(fprune.channel_groups(unlifted))
-    _refusal(
+    refusal(
         lambda: fprune.prune_channels(unlifted, 0.5, example_inputs=(_X,)),
         "prune_channels: nothing to prune", "no producer found", "graph of ATen ops", "aten.linear.default",
         "torch.export", "not supported yet", "Pass the nn.Module itself",
@@ -74,7 +67,7 @@ def test_layers_fprune_does_not_know_are_named_with_the_rule_to_register() -> No
     model = GPT2MLP()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     assert groups == () and "register a flow rule" in fprune.explain(groups)
-    _refusal(
+    refusal(
         lambda: fprune.prune_channels(model, 0.5, example_inputs=(torch.randn(2, 3, 4),)),
         "prune_channels: nothing to prune", "no producer found", "`addmm` (function addmm on `c_fc.weight`)",
         "has no flow rule", "rules[torch.addmm]", "rules=",
@@ -102,8 +95,8 @@ class _Twice(nn.Module):
 
 
 def test_the_first_layer_that_stops_the_analysis_is_named() -> None:
-    _refusal(lambda: fprune.prune_channels(_Bilinear(), 0.5), "no producer found", "`mix` (Bilinear), has no flow rule", "rules[Bilinear]")
-    _refusal(lambda: fprune.prune_channels(_Twice(), 0.5), "no producer found", "`fc` (Linear), is called 2 times in forward")
+    refusal(lambda: fprune.prune_channels(_Bilinear(), 0.5), "no producer found", "`mix` (Bilinear), has no flow rule", "rules[Bilinear]")
+    refusal(lambda: fprune.prune_channels(_Twice(), 0.5), "no producer found", "`fc` (Linear), is called 2 times in forward")
 
 
 # --- groups, but nothing to prune -----------------------------------------------------------------
@@ -121,12 +114,12 @@ class _Normed(nn.Module):
 
 def test_blocked_and_skipped_groups_are_explained() -> None:
     model = _Normed()
-    _refusal(
+    refusal(
         lambda: fprune.prune_channels(model, 0.5),
         "prune_channels: nothing to prune", "every prunable group is returned by forward (2 channels of `out.weight`)",
         "ignore=()", "the first blocker is `norm` (8 channels of `fc.weight`)",
     )  # fmt: skip
-    _refusal(lambda: fprune.prune_channels(model, 0.5, ignore={"out"}), "every prunable group has a member in `ignore`", "`norm`")
+    refusal(lambda: fprune.prune_channels(model, 0.5, ignore={"out"}), "every prunable group has a member in `ignore`", "`norm`")
     assert fprune.prune_channels(model, 0.5, ignore=()).out.out_features == 1  # what the message suggests works
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     assert "only groups that forward returns are prunable" in fprune.explain(groups)
@@ -144,7 +137,7 @@ def test_blocked_and_skipped_groups_are_explained() -> None:
 )
 def test_a_level_that_removes_nothing_names_the_smallest_that_does(level: float, options: dict[str, object], smallest: float) -> None:
     model = _mlp()
-    message = _refusal(
+    message = refusal(
         lambda: fprune.prune_channels(model, level, **options),  # type: ignore[arg-type]
         f"prune_channels: nothing to prune, the copy would equal the model: level {level} removes no channel", f"{smallest:.6g}",
     )

@@ -52,19 +52,12 @@ from torch.nn.utils import parametrize
 import fprune
 
 from .models import ConvBNNet, TiedEmbeddingLM, TiedLinear
+from .refusals import refusal
 from .zoo import ZOO
 
 Records = Sequence[fprune.Match] | Sequence[fprune.ChannelGroup]
 
 
-def _refusal(call: Callable[[], object], *words: str) -> str:
-    """The PruneError message of `call`, after checking it contains every one of `words`."""
-    with pytest.raises(fprune.PruneError) as error:
-        call()
-    message = str(error.value)
-    missing = [w for w in words if w not in message]
-    assert not missing, f"message lacks {missing}: {message}"
-    return message
 
 
 def _mlp() -> nn.Sequential:
@@ -104,8 +97,8 @@ def test_bad_group_masks_raise_naming_the_fqn(mask: object, words: tuple[str, ..
     model = _mlp()
     groups = _groups(model)
     before = _snapshot(model)
-    _refusal(lambda: fprune.apply_prune(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item]
-    _refusal(lambda: fprune.masked_parameters(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item]
+    refusal(lambda: fprune.apply_prune(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item]
+    refusal(lambda: fprune.masked_parameters(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item]
     after = _snapshot(model)
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
@@ -116,18 +109,18 @@ def test_a_mask_on_another_real_device_is_refused(pipeline: str) -> None:
     model = _mlp()
     records: Records = _matches(model) if pipeline == "patterns" else _groups(model)
     mask = torch.ones(6, dtype=torch.bool, device="cuda")
-    _refusal(lambda: fprune.apply_prune(model, {"0.weight": mask}, records), "mask for `0.weight` is on cuda", "move the mask")
+    refusal(lambda: fprune.apply_prune(model, {"0.weight": mask}, records), "mask for `0.weight` is on cuda", "move the mask")
 
 
 def test_a_group_mask_keyed_by_a_consumer_or_a_bias_says_what_to_key_it_by() -> None:
     model = _mlp()
     only_first = [g for g in _groups(model) if g.producers == ("0.weight",)]  # 2.weight only consumes it
-    _refusal(
+    refusal(
         lambda: fprune.apply_prune(model, {"2.weight": torch.ones(5, dtype=torch.bool)}, only_first),
         "mask for `2.weight`: it is not a producer of a group",
         "key the mask by a producer weight of its group (0.weight)",
     )
-    _refusal(lambda: fprune.apply_prune(model, {"0.bias": _HALF_OF_6}, _groups(model)), "mask for `0.bias`", "masks go on a producer's 2+-dim weight")
+    refusal(lambda: fprune.apply_prune(model, {"0.bias": _HALF_OF_6}, _groups(model)), "mask for `0.bias`", "masks go on a producer's 2+-dim weight")
 
 
 def _nan_model() -> nn.Sequential:
@@ -139,18 +132,18 @@ def _nan_model() -> nn.Sequential:
 
 def test_nan_weights_refuse_group_scoring() -> None:
     model = _nan_model()
-    _refusal(lambda: fprune.group_masks(model, _groups(model), 0.5), "contain NaN", "NaN or inf")
-    _refusal(lambda: fprune.prune_channels(model, 0.5), "contain NaN")
+    refusal(lambda: fprune.group_masks(model, _groups(model), 0.5), "contain NaN", "NaN or inf")
+    refusal(lambda: fprune.prune_channels(model, 0.5), "contain NaN")
 
 
 def test_nan_weights_are_named() -> None:
     model = _nan_model()
-    _refusal(lambda: fprune.group_masks(model, _groups(model), 0.5), "2.weight", "NaN")
+    refusal(lambda: fprune.group_masks(model, _groups(model), 0.5), "2.weight", "NaN")
 
 
 @pytest.mark.parametrize("level", [math.nan, -0.1, 1.0, 1.5])
 def test_prune_channels_rejects_bad_levels(level: float) -> None:
-    _refusal(lambda: fprune.prune_channels(_mlp(), level), "`level` must be in [0, 1)", repr(level))
+    refusal(lambda: fprune.prune_channels(_mlp(), level), "`level` must be in [0, 1)", repr(level))
 
 
 def test_unknown_fqns_in_group_masks_are_named() -> None:
@@ -158,14 +151,14 @@ def test_unknown_fqns_in_group_masks_are_named() -> None:
     groups = _groups(model)
     keep = torch.ones(6, dtype=torch.bool)
     for call in (lambda: fprune.apply_prune(model, {"9.weight": keep}, groups), lambda: fprune.masked_parameters(model, {"9.weight": keep}, groups)):
-        _refusal(call, "mask for `9.weight`: the model has no parameter of that name", "tensors with that name: 0.weight")
+        refusal(call, "mask for `9.weight`: the model has no parameter of that name", "tensors with that name: 0.weight")
 
 
 @pytest.mark.parametrize("entry", ["0.wieght", "layer9"])
 def test_an_unknown_fqn_in_ignore_is_refused(entry: str) -> None:
     model = _mlp()
-    _refusal(lambda: fprune.group_masks(model, _groups(model), 0.5, ignore={entry}), entry)
-    _refusal(lambda: fprune.prune_channels(model, 0.5, ignore={entry}), entry)
+    refusal(lambda: fprune.group_masks(model, _groups(model), 0.5, ignore={entry}), entry)
+    refusal(lambda: fprune.prune_channels(model, 0.5, ignore={entry}), entry)
 
 
 # --- tied / shared parameters --------------------------------------------------------------------
@@ -187,7 +180,7 @@ def _assert_tie_kept_and_exact(model: nn.Module, masks: dict[str, Tensor], group
 
 def test_a_tied_embedding_is_refused_by_patterns_and_pruned_whole_by_groups() -> None:
     model = TiedEmbeddingLM()
-    _refusal(lambda: fprune.apply_prune(model, {"out.weight": torch.ones(10, dtype=torch.bool)}, _matches(model)), "mask for `out.weight`", "shared with embed.weight", "untie them")
+    refusal(lambda: fprune.apply_prune(model, {"out.weight": torch.ones(10, dtype=torch.bool)}, _matches(model)), "mask for `out.weight`", "shared with embed.weight", "untie them")
     # channel groups unite the two names' channels: the embedding dim and fc2's outputs are one group
     groups = _groups(model, _IDS)
     group = next(g for g in groups if "embed.weight" in g.producers)
@@ -199,7 +192,7 @@ def test_a_tied_embedding_is_refused_by_patterns_and_pruned_whole_by_groups() ->
 def test_a_mask_that_slices_a_tied_consumer_is_refused_or_keeps_the_tie(pipeline: str) -> None:
     model = TiedLinear()
     if pipeline == "patterns":  # the chain rebuilds fc2 alone: it would untie fc2 and fc3
-        _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, _matches(model)), "`fc2.weight`", "`fc3.weight`", "untie them first")
+        refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, _matches(model)), "`fc2.weight`", "`fc3.weight`", "untie them first")
         return
     x = torch.randn(3, 4)
     groups = _groups(model, x)  # fc1, fc2 and fc3 outputs are one group: the tie slices rows and columns alike
@@ -216,7 +209,7 @@ def test_groups_from_another_model_cannot_untie_weights() -> None:
     model, untied = TiedLinear(), TiedLinear()
     untied.fc3.weight = nn.Parameter(untied.fc2.weight.detach().clone())
     groups = _groups(untied, torch.randn(3, 4))  # found where fc2 and fc3 are separate
-    _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, groups), "`fc2.weight` and `fc3.weight` are one tensor", "slice them differently")
+    refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, groups), "`fc2.weight` and `fc3.weight` are one tensor", "slice them differently")
 
 
 def test_a_tie_that_only_one_name_slices_blocks_the_group() -> None:
@@ -271,15 +264,15 @@ class _ShapeDependent(nn.Module):
 @pytest.mark.parametrize("model_class", [_DataDependent, _ShapeDependent])
 def test_untraceable_models_say_so(model_class: type[nn.Module]) -> None:
     model = model_class()
-    _refusal(lambda: fprune.prune_channels(model, 0.5), "symbolic_trace failed", "control flow", "must be fx-traceable", "leaf modules")
+    refusal(lambda: fprune.prune_channels(model, 0.5), "symbolic_trace failed", "control flow", "must be fx-traceable", "leaf modules")
     # a mask no given match covers: the hint says the model could not be traced
-    _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, ()), "mask for `fc1.weight`: no match prunes it", "could not be traced")
+    refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, ()), "mask for `fc1.weight`: no match prunes it", "could not be traced")
 
 
 @pytest.mark.parametrize("model_class", [_DataDependent, _ShapeDependent])
 def test_masked_parameters_says_the_model_is_untraceable(model_class: type[nn.Module]) -> None:
     model = model_class()
-    _refusal(lambda: fprune.masked_parameters(model, {"fc1.weight": _HALF_OF_6}), "fx", "trace", "matches")
+    refusal(lambda: fprune.masked_parameters(model, {"fc1.weight": _HALF_OF_6}), "fx", "trace", "matches")
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -301,10 +294,10 @@ def test_leaf_modules_make_the_rest_prunable() -> None:
     pruned = fprune.apply_prune(model, masks, groups)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), functional_call(model, fprune.masked_parameters(model, masks, groups), (x,)))
-    _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, groups), "mask for `fc1.weight`: its channel group cannot be pruned: `gate`", "register one")
+    refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, groups), "mask for `fc1.weight`: its channel group cannot be pruned: `gate`", "register one")
     matches = fprune.match_patterns(gm, fprune.default_patterns())
     # the hint re-traces with the default tracer, which fails here: it says so
-    _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, matches), "mask for `fc1.weight`: no match prunes it", "could not be traced")
+    refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6}, matches), "mask for `fc1.weight`: no match prunes it", "could not be traced")
 
 
 # --- hard-coded widths --------------------------------------------------------------------------
@@ -344,17 +337,17 @@ def test_hard_coded_widths_block_their_group() -> None:
     x = torch.randn(3, 6)
     for source in (model, torch.fx.symbolic_trace(model)):
         groups = fprune.channel_groups(torch.fx.symbolic_trace(source), example_inputs=(x,))
-        _refusal(lambda: fprune.apply_prune(source, {"fc1.weight": torch.ones(8, dtype=torch.bool).index_fill(0, torch.tensor([1, 5]), False)}, groups),
+        refusal(lambda: fprune.apply_prune(source, {"fc1.weight": torch.ones(8, dtype=torch.bool).index_fill(0, torch.tensor([1, 5]), False)}, groups),
                  "mask for `fc1.weight`: its channel group cannot be pruned: `view`", "the number 8", "write -1")
         # nothing else is prunable: prune_channels says so instead of returning an unpruned copy
-        _refusal(lambda: fprune.prune_channels(source, 0.5, example_inputs=(x,)),
+        refusal(lambda: fprune.prune_channels(source, 0.5, example_inputs=(x,)),
                  "prune_channels: nothing to prune", "`view`", "the number 8", "write -1")
-    _refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6.repeat(2)[:8]}, _groups(model)), "`view`", "pass example_inputs")
+    refusal(lambda: fprune.apply_prune(model, {"fc1.weight": _HALF_OF_6.repeat(2)[:8]}, _groups(model)), "`view`", "pass example_inputs")
     conv = _ConvView()
     image = torch.randn(2, 3, 12, 12)
-    _refusal(lambda: fprune.apply_prune(conv, {"conv.weight": _HALF_OF_6.repeat(2)[:8]}, _groups(conv, image)),
+    refusal(lambda: fprune.apply_prune(conv, {"conv.weight": _HALF_OF_6.repeat(2)[:8]}, _groups(conv, image)),
              "mask for `conv.weight`: its channel group cannot be pruned: `view`", "not on the last dim", "torch.flatten(x, 1)")
-    _refusal(lambda: fprune.apply_prune(conv, {"conv.weight": _HALF_OF_6.repeat(2)[:8]}, _matches(conv)),
+    refusal(lambda: fprune.apply_prune(conv, {"conv.weight": _HALF_OF_6.repeat(2)[:8]}, _matches(conv)),
              "mask for `conv.weight`: no match prunes it: `conv` (Conv2d): no pattern continues with `view`")
 
 
@@ -383,7 +376,7 @@ def test_parametrized_models_are_refused_by_both_pipelines() -> None:
         lambda: fprune.apply_prune(model, {"0.weight": _HALF_OF_6}, matches),
         lambda: fprune.masked_parameters(model, {"0.weight": _HALF_OF_6}, groups),
     ):
-        _refusal(call, "module `2` carries torch.nn.utils.parametrize parametrizations", "remove them first")
+        refusal(call, "module `2` carries torch.nn.utils.parametrize parametrizations", "remove them first")
 
 
 @pytest.mark.parametrize("entry", ["group_masks", "prune_channels"])
@@ -392,7 +385,7 @@ def test_parametrized_models_are_named_by_group_masks_and_prune_channels(entry: 
     groups = _groups(model)
     parametrize.register_parametrization(model[2], "weight", nn.Identity())
     call: Callable[[], object] = (lambda: fprune.group_masks(model, groups, 0.5)) if entry == "group_masks" else (lambda: fprune.prune_channels(model, 0.5))
-    _refusal(call, "`2`", "parametriz", "remove")
+    refusal(call, "`2`", "parametriz", "remove")
 
 
 def _torch_pruned() -> nn.Sequential:
@@ -414,7 +407,7 @@ _TORCH_PRUNE_CALLS: dict[str, Callable[[nn.Module], object]] = {
 @pytest.mark.parametrize("entry", sorted(_TORCH_PRUNE_CALLS))
 def test_torch_utils_pruned_models_are_refused_clearly(entry: str) -> None:
     model = _torch_pruned()
-    _refusal(lambda: _TORCH_PRUNE_CALLS[entry](model), "`2", "torch.nn.utils.prune", "remove")
+    refusal(lambda: _TORCH_PRUNE_CALLS[entry](model), "`2", "torch.nn.utils.prune", "remove")
 
 
 @pytest.mark.parametrize("pipeline", ["patterns", "groups"])
@@ -438,7 +431,7 @@ def test_a_pruned_copy_prunes_again(pipeline: str) -> None:
         torch.testing.assert_close(twice(x), functional_call(once, fprune.masked_parameters(once, masks2, records2), (x,)))
     # masks made for the original do not fit the pruned copy
     records = _matches(once) if pipeline == "patterns" else _groups(once, x)
-    _refusal(lambda: fprune.apply_prune(once, masks, records), "mask for `conv1.weight` has shape (8,), expected (4,)")
+    refusal(lambda: fprune.apply_prune(once, masks, records), "mask for `conv1.weight` has shape (8,), expected (4,)")
 
 
 # --- dtypes ----------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ The broken copies here come from flow rules that are deliberately wrong (passed 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,16 +16,10 @@ from torch import Tensor, nn
 import fprune
 from fprune._verify import ExampleShapes, TensorSpec
 
+from .refusals import refusal
 from .zoo import ZOO
 
 
-def _refusal(call: Callable[[], object], *words: str) -> str:
-    with pytest.raises(fprune.PruneError) as error:
-        call()
-    message = str(error.value)
-    missing = [w for w in words if w not in message]
-    assert not missing, f"message lacks {missing}: {message}"
-    return message
 
 
 def _pass_through(ctx: fprune.FlowContext) -> fprune.Axis | None:
@@ -87,7 +80,7 @@ _TOKENS = torch.randn(2, 5, 8)
 
 def test_a_copy_that_fails_is_refused_by_prune_channels_with_the_node_and_the_group() -> None:
     model = TimmStyleMixer()
-    message = _refusal(
+    message = refusal(
         lambda: fprune.prune_channels(model, 0.5, example_inputs=(_TOKENS,), rules=_rules(reshape=_pass_through)),
         "prune_channels: the pruned copy fails on its first forward at node `reshape` (method .reshape())",
         "RuntimeError", "the group of 8 channels produced by `fc1.weight`", "ignore={'fc1.weight'}", "rules=", "report the model",
@@ -100,7 +93,7 @@ def test_a_copy_that_fails_is_refused_by_apply_prune_when_groups_carry_example_s
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(_TOKENS,), rules=_rules(reshape=_pass_through))
     assert groups[0].example_shapes == ExampleShapes((TensorSpec((2, 5, 8), torch.float32),), groups[0].example_shapes.structure)  # type: ignore[union-attr]
     masks = fprune.group_masks(model, groups, 0.5)
-    _refusal(
+    refusal(
         lambda: fprune.apply_prune(model, masks, groups),
         "apply_prune: the pruned copy fails on its first forward at node `reshape`", "`fc1.weight`", "leave out the masks of that group",
     )
@@ -139,7 +132,7 @@ def _drop_relu() -> dict[fprune.RuleKey, fprune.FlowRule]:
 
 def test_an_output_that_changes_shape_is_refused_with_its_path() -> None:
     model, x = _Features(), torch.randn(3, 4)
-    _refusal(
+    refusal(
         lambda: fprune.prune_channels(model, 0.5, example_inputs=(x,), rules=_drop_relu()),
         "prune_channels: the pruned copy runs, but its output[1][0] (node `relu`) has shape (3, 4), expected (3, 8)",
         "`fc1.weight`", "ignore={'fc1.weight'}",
@@ -167,7 +160,7 @@ def test_correct_copies_pass_with_tuple_and_dict_outputs_in_every_dtype(dtype: t
     x = torch.randn(2, 3, 6, 6, dtype=dtype)
     state = copy.deepcopy(model.state_dict())
     if ignore is None:  # `pooled` is returned: its group is skipped, and so is the head's
-        _refusal(lambda: fprune.prune_channels(model, 0.5, example_inputs=(x, 0.5)), "nothing to prune", "returned by forward", "ignore=()")
+        refusal(lambda: fprune.prune_channels(model, 0.5, example_inputs=(x, 0.5)), "nothing to prune", "returned by forward", "ignore=()")
         return
     pruned = fprune.prune_channels(model, 0.5, example_inputs=(x, 0.5), ignore=ignore)
     assert pruned.conv.out_channels == 4 and pruned.head.out_features == 2
@@ -221,12 +214,12 @@ def test_meta_models_are_checked_on_meta() -> None:
     features = _Features().to("meta")
     groups = fprune.channel_groups(torch.fx.symbolic_trace(features), example_inputs=(torch.randn(3, 4),), rules=_drop_relu())
     keep = torch.tensor([True, False] * 4)
-    _refusal(lambda: fprune.apply_prune(features, {"fc1.weight": keep}, groups), "apply_prune: the pruned copy runs, but its output[1][0]")
+    refusal(lambda: fprune.apply_prune(features, {"fc1.weight": keep}, groups), "apply_prune: the pruned copy runs, but its output[1][0]")
 
 
 def test_graph_modules_are_checked_and_named_by_their_own_graph() -> None:
     gm = torch.fx.symbolic_trace(TimmStyleMixer())
-    _refusal(
+    refusal(
         lambda: fprune.prune_channels(gm, 0.5, example_inputs=(_TOKENS,), rules=_rules(reshape=_pass_through)),
         "at node `reshape` (method .reshape())", "`fc1.weight`",
     )
@@ -251,9 +244,9 @@ def test_models_that_read_values_are_checked_on_real_inputs() -> None:
     model, x = _ReadsValues(), torch.randn(4, 6)
     rules = _rules(view=_pass_through)
     rules[_normalized] = lambda ctx: ctx.input(0)
-    _refusal(lambda: fprune.prune_channels(model, 0.5, example_inputs=(x,), rules=rules), "the pruned copy fails on its first forward at node `fc2`", "`fc1.weight`")
+    refusal(lambda: fprune.prune_channels(model, 0.5, example_inputs=(x,), rules=rules), "the pruned copy fails on its first forward at node `fc2`", "`fc1.weight`")
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,), rules=rules)
-    _refusal(lambda: fprune.apply_prune(model, fprune.group_masks(model, groups, 0.5), groups), "apply_prune: the pruned copy fails", "`fc2`")  # zeros
+    refusal(lambda: fprune.apply_prune(model, fprune.group_masks(model, groups, 0.5), groups), "apply_prune: the pruned copy fails", "`fc2`")  # zeros
 
 
 def test_hooks_do_not_fire_during_the_check_and_stay_registered() -> None:
