@@ -92,7 +92,7 @@ def head_pruned_attention(
         return F.linear(x, w, b).reshape(length, batch * heads, size).transpose(0, 1).reshape(batch, heads, length, size)
 
     q, k, v = split(query, w_q, b_q, tgt), split(key, w_k, b_k, src), split(value, w_v, b_v, src)
-    mask = _merge_masks(attn_mask, key_padding_mask, batch, heads, tgt, src, q.dtype, is_causal)
+    mask = _merge_masks(attn_mask, key_padding_mask, batch, heads, tgt, src, q.dtype, q.device, is_causal)
     if need_weights:
         scores = (q @ k.transpose(-2, -1)) / (size**0.5)
         if mask is not None:
@@ -127,6 +127,7 @@ def _merge_masks(
     tgt: int,
     src: int,
     dtype: torch.dtype,
+    device: torch.device,
     is_causal: bool,
 ) -> Tensor | None:
     """One additive float mask of shape broadcastable to [batch, heads, tgt, src]."""
@@ -138,7 +139,7 @@ def _merge_masks(
 
     merged: Tensor | None = None
     if attn_mask is None and is_causal:
-        attn_mask = torch.ones(tgt, src, dtype=torch.bool).triu(1)
+        attn_mask = torch.ones(tgt, src, dtype=torch.bool, device=device).triu(1)
     if attn_mask is not None:
         if attn_mask.dim() == 3:
             raise PruneError("a per-head (3-D) attn_mask is not supported after pruning heads")

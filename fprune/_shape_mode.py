@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,13 @@ def to_meta(value: object) -> object:
         items = [to_meta(v) for v in value]
         if all(a is b for a, b in zip(items, value)):
             return value
-        return type(value)(items) if type(value) in (tuple, list) else value
+        if type(value) in (tuple, list):
+            return type(value)(items)
+        if isinstance(value, list):  # fx's immutable_list (an Interpreter's arguments), ...
+            return items
+        if hasattr(value, "_fields"):  # a namedtuple
+            return cast(Callable[..., object], type(value))(*items)
+        return tuple(items)
     if type(value) is dict:
         return {k: to_meta(v) for k, v in value.items()}
     return value

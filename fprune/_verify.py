@@ -35,7 +35,7 @@ from ._shape_mode import ShapeOnly
 if TYPE_CHECKING:
     from ._groups import ChannelGroup
 
-__all__ = ["ExampleShapes", "TensorSpec", "check_pruned", "example_shapes"]
+__all__ = ["ExampleShapes", "TensorSpec", "check_pruned", "example_shapes", "hooks_off", "run_on_copies"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ _HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backw
 
 
 @contextmanager
-def _hooks_off(*models: nn.Module) -> Iterator[None]:
+def hooks_off(*models: nn.Module) -> Iterator[None]:
     """The modules' own hooks do not fire inside (the check is not the user's forward: a hook
     that records, logs or counts must not see it); the very same tables are back afterwards."""
     saved: list[tuple[nn.Module, str, object]] = []
@@ -127,14 +127,21 @@ def _hooks_off(*models: nn.Module) -> Iterator[None]:
             vars(module)[name] = table
 
 
+def run_on_copies(model: nn.Module, inputs: Sequence[object]) -> object:
+    """`model(*inputs)` with copies of its buffers in place of its own, so that what forward
+    writes to them (BatchNorm statistics in train mode) does not stay in the model."""
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers(remove_duplicate=False)}
+    return torch.func.functional_call(model, buffers, tuple(inputs))
+
+
 def _run(model: nn.Module, inputs: Sequence[object], *, meta: bool) -> _Ran:
-    with warnings.catch_warnings(), torch.no_grad(), _hooks_off(model):
+    with warnings.catch_warnings(), torch.no_grad(), hooks_off(model):
         warnings.simplefilter("ignore")  # the model's warnings belong to the user's own runs
         try:
             if meta:
                 with ShapeOnly():
                     return _Ran(model(*inputs))
-            return _Ran(model(*inputs))
+            return _Ran(run_on_copies(model, inputs))
         except Exception as error:  # noqa: BLE001 - reported, or the check is skipped
             return _Ran(error=error)
 
@@ -286,7 +293,7 @@ def _failing_node(pruned: nn.Module, inputs: Sequence[object], meta: bool) -> tu
     gm = _graph_module(pruned)
     if gm is None:
         return None, None
-    with warnings.catch_warnings(), torch.no_grad(), _hooks_off(gm):
+    with warnings.catch_warnings(), torch.no_grad(), hooks_off(gm):
         warnings.simplefilter("ignore")
         try:
             if meta:

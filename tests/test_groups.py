@@ -345,3 +345,45 @@ def test_per_channel_layers_on_tokens_whose_count_equals_the_width_block(layer: 
     assert not hidden.prunable and "dim 1, but the channels are on dim -1" in hidden.blockers[0].reason
     (flat, _) = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(torch.randn(2, 4, dtype=torch.float64),))
     assert flat.prunable
+
+
+def test_recording_shapes_fires_no_hook_and_leaves_the_model_alone() -> None:
+    """channel_groups runs the example inputs once (on shapes alone) when a rule needs shapes;
+    that run is not the user's forward: a hook that records activations must not see it."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Flatten(0), nn.Linear(12, 2)).eval()
+    seen: list[str] = []
+    model[0].register_forward_hook(lambda module, args, out: seen.append("forward"))
+    model[3].register_forward_pre_hook(lambda module, args: seen.append("pre"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(torch.randn(2, 4),))
+    assert groups[0].prunable and seen == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model(torch.randn(2, 4))
+    assert seen == ["forward", "pre"]  # the hooks are still registered
+
+
+class _CatWithInput(nn.Module):
+    """A concat of the model input with computed channels, BatchNorm in train mode."""
+
+    def __init__(self, read_value: bool) -> None:
+        super().__init__()
+        self.fc, self.bn, self.head = nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(7, 2)
+        self.read_value = read_value
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn(self.fc(x)))
+        if self.read_value:  # a value read in forward: no run on shapes alone is possible
+            h = h * (x.abs().sum() > -1).float().item()
+        out: Tensor = self.head(torch.flatten(torch.cat([x, h], dim=-1), 1))
+        return out
+
+
+@pytest.mark.parametrize("read_value", [False, True], ids=["on-shapes", "on-values"])
+def test_recording_shapes_of_a_train_mode_model_leaves_its_statistics_alone(read_value: bool) -> None:
+    """Regressions from the fuzzer: a list argument of a traced call (fx's immutable_list) kept
+    its real tensors in the shape-only run, which then failed; the fallback run on the real
+    inputs updated train-mode BatchNorm statistics in the user's model."""
+    model = _CatWithInput(read_value).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(torch.randn(5, 4),))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from torch.fx.immutable_collections import immutable_list
 
 from fprune._shape_mode import _RULES, ShapeOnly, to_meta
 
@@ -199,3 +200,14 @@ def test_real_tensors_reaching_an_op_are_never_written() -> None:
         counter[0] = 5.0
         out = _meta((2, 3)) * scale
     assert torch.equal(counter, torch.zeros(3)) and out.is_meta and out.shape == (2, 3)
+
+
+def test_arguments_in_fx_immutable_lists_become_meta_too() -> None:
+    """An fx Interpreter passes list arguments (``torch.cat([x, h])``) as fx's immutable_list;
+    its real tensors must become meta tensors like any list's (regression: they stayed real,
+    and the call failed on mixed devices)."""
+    x = torch.randn(2, 3)
+    converted = to_meta((immutable_list([x, torch.empty(2, 1, device="meta")]),))
+    assert isinstance(converted, tuple) and all(t.is_meta for t in converted[0])
+    with ShapeOnly():
+        assert torch.cat(immutable_list([x, torch.relu(x)]), dim=-1).shape == (2, 6)
