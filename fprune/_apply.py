@@ -18,7 +18,7 @@ from ._group_prune import apply_groups, masked_group_parameters
 from ._groups import ChannelGroup
 from ._match import explain_unmatched, match_patterns
 from ._patterns import default_patterns
-from ._prune_functions import CHAIN_FUNCTIONS, UnfoldableConstant, cut_pending_rows, deferred_rows, rebuild_module
+from ._prune_functions import CHAIN_FUNCTIONS, UnfoldableConstant, cut_pending_rows, deferred_rows, prune_deferring, rebuild_module
 from ._records import Attr, Call, Match, ModuleOp, Op, OUTPUT, Output, Pattern, PruneFunction
 
 __all__ = ["Unfoldable", "Unshrunk", "apply_prune", "describe_unshrunk", "masked_parameters", "prune_reporting_unshrunk"]
@@ -291,7 +291,8 @@ def prune_reporting_unshrunk(
     active = _coverage(model, masks, matches)  # type: ignore[arg-type]
     current: dict[str, nn.Module] = {}
     unshrunk: list[tuple[str, str]] = []
-    with torch.no_grad(), deferred_rows(_cut_twice(model, active)) as deferred:
+    deferred = deferred_rows(_cut_twice(model, active))  # passed explicitly to the built-in chains only
+    with torch.no_grad():
         for match in _order(active):
             ops = [_resolve(op, model, current) for op in match.ops]
             producer = match.ops[0]
@@ -300,7 +301,10 @@ def prune_reporting_unshrunk(
             flag = _match_prune_bias(match, prune_bias)
             pending = dict(deferred.pending) if unfoldable == "keep" else {}  # a refused chain may take or add some
             try:
-                new = match.prune_fn(ops, keep, prune_bias=flag)
+                if match.prune_fn in CHAIN_FUNCTIONS:  # the same result, with the one-gather row cut
+                    new = prune_deferring(match.prune_fn, ops, keep, prune_bias=flag, deferred=deferred)
+                else:
+                    new = match.prune_fn(ops, keep, prune_bias=flag)
             except UnfoldableConstant as error:
                 if unfoldable == "refuse":
                     raise PruneError(f"pruning `{match.weight_fqn}` (chain {' -> '.join(match.nodes)}): {error}") from None

@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 
 from ._errors import PruneError
-from ._patterns import PatternDict
+from ._patterns import PatternDict, default_table
 from ._records import OUTPUT, Attr, Call, Match, MatchedOp, ModuleOp, Pattern, PatternElement, PruneFunction, ZeroOrMore
 
 __all__ = ["match_patterns", "explain_unmatched"]
@@ -99,30 +99,47 @@ def _show(pattern: Pattern) -> str:
     return "(" + ", ".join(names) + ")"
 
 
-_TRIE_CACHE: list[tuple[tuple[tuple[Pattern, PruneFunction], ...], _Trie]] = []
+_DEFAULT_TRIE: list[_Trie] = []
+"""The index of the default table (``default_table()``), built on first use: that table never
+changes, so neither does its index (a cache of a constant, it changes no result)."""
+
+_TRIE_CACHE: list[tuple[tuple[Pattern, ...], tuple[PruneFunction, ...], _Trie]] = []
+"""The last few indexes built for other mappings: (the patterns, their functions, trie)."""
+
+
+def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """True if `a` and `b` hold the very same objects in the same order (identity, not ==)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _build_trie(patterns: Mapping[Pattern, PruneFunction]) -> _Trie:
-    """The patterns as a trie over element keys, cached.
+    """The patterns as a trie over element keys, cached without ever writing to `patterns`.
 
-    A :class:`PatternDict` (what ``default_patterns()`` returns) is looked up by identity and
-    version in O(1); any other mapping by comparing its items with the last few seen.
+    An unmodified copy of the defaults (``default_patterns()``, a :class:`PatternDict` whose
+    changes through its methods are counted) shares the one index of the default table, built
+    once from data that never changes. Any other mapping is looked up among the last few
+    indexes built: an entry holds the pattern tuples and prune functions it was built from and
+    is a hit only if `patterns` holds the very same objects (``is``, not ``==``) in the same
+    order. The trie depends on nothing else: a pattern tuple never changes, nor do its
+    elements (classes, strings and functions are keyed by themselves, a ZeroOrMore is frozen),
+    and the match ranks come from the order. A cached trie is thus always the one
+    ``_new_trie(patterns)`` would build (its nodes' ``reach`` caches are computed from the trie
+    alone), so the cache cannot change what ``match_patterns`` returns, and the Match records
+    hold the caller's own pattern and function objects. Equal but distinct patterns or
+    functions miss and are indexed anew.
     """
-    if isinstance(patterns, PatternDict):
-        version, index = patterns.index
-        if version == patterns.version and isinstance(index, _Trie):
-            return index
-        if patterns.version == 0 and patterns.origin is not None:
-            return _build_trie(patterns.origin)  # an unmodified copy of the defaults
-        trie = _new_trie(patterns)
-        patterns.index = (patterns.version, trie)
-        return trie
-    items = tuple(patterns.items())
-    for cached_items, cached in _TRIE_CACHE:
-        if cached_items == items:
+    if isinstance(patterns, PatternDict) and patterns.version == 0 and patterns.origin is not None:
+        table = default_table()
+        if patterns.origin is table and table.version == 0 and len(patterns) == len(table):
+            if not _DEFAULT_TRIE:
+                _DEFAULT_TRIE.append(_new_trie(table))
+            return _DEFAULT_TRIE[0]
+    keys, functions = tuple(patterns), tuple(patterns.values())
+    for cached_keys, cached_functions, cached in _TRIE_CACHE:
+        if _same_objects(cached_keys, keys) and _same_objects(cached_functions, functions):
             return cached
     trie = _new_trie(patterns)
-    _TRIE_CACHE.insert(0, (items, trie))
+    _TRIE_CACHE.insert(0, (keys, functions, trie))
     del _TRIE_CACHE[4:]
     return trie
 

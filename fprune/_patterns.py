@@ -40,16 +40,19 @@ __all__ = [
     "PASS_THROUGH_LINEAR",
     "PatternDict",
     "default_patterns",
+    "default_table",
 ]
 
 
 class PatternDict(dict[Pattern, PruneFunction]):
     """A plain ``dict`` of patterns that counts its changes, so that ``match_patterns`` can
-    reuse the index it built for it until the dict is modified."""
+    use the shared index of the default table while a copy of it is unmodified.
 
-    version: int = 0
-    index: tuple[int, object] = (-1, None)  # (version, match index) cached by match_patterns
-    origin: PatternDict | None = None  # the dict this one was copied from, while unmodified
+    ``match_patterns`` only reads it: no index or cache is ever stored on the dict.
+    """
+
+    version: int = 0  # changes made through the dict's methods
+    origin: PatternDict | None = None  # the default table this one was copied from (default_patterns)
 
     def _changed(self) -> None:
         self.version += 1
@@ -262,15 +265,22 @@ def default_patterns() -> PatternDict:
     Note: ``F.sigmoid`` and ``F.tanh`` trace as the methods ``x.sigmoid()`` / ``x.tanh()``, so
     the ``"sigmoid"`` / ``"tanh"`` patterns are the ones that match them.
     """
+    table = default_table()
+    fresh = PatternDict(table)
+    fresh.origin = table
+    return fresh
+
+
+def default_table() -> PatternDict:
+    """The default patterns, built once on first use from data that never changes; never
+    handed to users (``default_patterns()`` returns copies) and never modified."""
     if not _PRISTINE:
         patterns: dict[Pattern, PruneFunction] = {}
         for source in (_linear_patterns(), _conv_patterns(), _lstm_patterns(), _run_patterns()):
             for pattern, function in source:
                 patterns.setdefault(pattern, function)
         _PRISTINE.append(PatternDict(patterns))
-    fresh = PatternDict(_PRISTINE[0])
-    fresh.origin = _PRISTINE[0]
-    return fresh
+    return _PRISTINE[0]
 
 
 _PRISTINE: list[PatternDict] = []  # the defaults, built once and never modified

@@ -15,10 +15,9 @@ unfoldable="keep")`` then leaves that producer unshrunk instead.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TypeVar
 
 import torch
@@ -39,6 +38,7 @@ __all__ = [
     "cut_pending_rows",
     "deferred_rows",
     "prune_chain",
+    "prune_deferring",
     "prune_conv2d",
     "prune_conv2d_activation_conv2d",
     "prune_conv2d_activation_pool_conv2d",
@@ -154,20 +154,12 @@ class _DeferredRows:
     pending: dict[int, Tensor] = field(default_factory=dict)
 
 
-_DEFERRED: ContextVar[_DeferredRows | None] = ContextVar("fprune_deferred_rows", default=None)
-
-
-@contextmanager
-def deferred_rows(weights: set[int]) -> Iterator[_DeferredRows]:
-    """Let the built-in chains of one apply_prune defer the row cut of `weights` to the chain
+def deferred_rows(weights: set[int]) -> _DeferredRows:
+    """A fresh deferral state for one apply_prune, which passes it explicitly to each built-in
+    chain it runs (:func:`prune_deferring`): the row cut of `weights` is deferred to the chain
     that cuts their columns (see :class:`_DeferredRows`); what is still pending at the end is
-    the caller's to cut (:func:`cut_pending_rows`)."""
-    state = _DeferredRows(weights)
-    token = _DEFERRED.set(state)
-    try:
-        yield state
-    finally:
-        _DEFERRED.reset(token)
+    the caller's to cut (:func:`cut_pending_rows`). The public prune functions never defer."""
+    return _DeferredRows(weights)
 
 
 def cut_pending_rows(module: nn.Module, state: _DeferredRows) -> nn.Module:
@@ -393,14 +385,13 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
 
 
 def _consume(
-    consumer: nn.Module, keep: Tensor, flow: _Flow, producer_conv: bool, prune_bias: bool
+    consumer: nn.Module, keep: Tensor, flow: _Flow, producer_conv: bool, prune_bias: bool, deferred: _DeferredRows | None
 ) -> nn.Module:
     """The consumer with the removed input channels cut and their constant folded into its bias."""
     channels = keep.shape[0]
     removed_channels = ~keep
     const = flow.const.reshape(-1)
     weight = _weight(consumer, "consumer")
-    deferred = _DEFERRED.get()
     rows = deferred.pending.pop(id(weight), None) if deferred is not None else None  # cut with the columns
     fold = _const_nonzero(flow, removed_channels)
     if flow.blocker is not None and fold:
@@ -488,6 +479,14 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
     is folded into its bias. Returns one replacement module or None per op; `ops` are left
     unchanged. Raises PruneError where the result could not equal the masked model.
     """
+    return _prune_chain(ops, keep, prune_bias, None)
+
+
+def _prune_chain(
+    ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool, deferred: _DeferredRows | None
+) -> tuple[nn.Module | None, ...]:
+    """:func:`prune_chain`; with `deferred` (apply_prune's state, never a public caller's), the
+    row cut of a producer weight in ``deferred.weights`` is left to the chain that consumes it."""
     if len(ops) < 2:
         raise PruneError(f"a chain needs a producer and a consumer or the output, got {len(ops)} op(s)")
     producer = ops[0]
@@ -512,7 +511,6 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
     flow = _Flow(const.reshape(layout), None, None)
 
     kept = int(mask.sum())
-    deferred = _DEFERRED.get()
     defer = deferred is not None and id(weight) in deferred.weights
     tensors = {"weight": weight.detach() if defer else _take(weight, mask, 0)}  # deferred: cut with the columns
     if bias is not None:
@@ -529,7 +527,7 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
     if isinstance(last, Output):
         replacements.append(None)
     elif isinstance(last, nn.Module):
-        replacements.append(_consume(last, mask, flow, is_conv, prune_bias))
+        replacements.append(_consume(last, mask, flow, is_conv, prune_bias, deferred))
     else:
         raise PruneError(f"{_name(last)} cannot end a chain; a chain ends with a Linear/Conv consumer or the output")
     return tuple(replacements)
@@ -546,57 +544,48 @@ _ACT = (nn.Module, Call)
 
 def prune_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Linear, "output")``: remove rows of a Linear whose output is returned; pure."""
-    _expect(ops, (nn.Linear, Output), "prune_linear")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_linear, ops, keep, prune_bias, None)
 
 
 def prune_linear_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Linear, nn.Linear)``: remove rows of the first and columns of the second; pure."""
-    _expect(ops, (nn.Linear, nn.Linear), "prune_linear_linear")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_linear_linear, ops, keep, prune_bias, None)
 
 
 def prune_linear_activation_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Linear, activation, nn.Linear)``: the activation is a module or a call; pure."""
-    _expect(ops, (nn.Linear, _ACT, nn.Linear), "prune_linear_activation_linear")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_linear_activation_linear, ops, keep, prune_bias, None)
 
 
 def prune_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Conv2d, "output")``: remove output channels of a conv whose output is returned; pure."""
-    _expect(ops, (nn.Conv2d, Output), "prune_conv2d")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_conv2d, ops, keep, prune_bias, None)
 
 
 def prune_conv2d_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Conv2d, nn.Conv2d)``: output channels of the first, input channels of the second; pure."""
-    _expect(ops, (nn.Conv2d, nn.Conv2d), "prune_conv2d_conv2d")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_conv2d_conv2d, ops, keep, prune_bias, None)
 
 
 def prune_conv2d_activation_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Conv2d, activation, nn.Conv2d)``; pure."""
-    _expect(ops, (nn.Conv2d, _ACT, nn.Conv2d), "prune_conv2d_activation_conv2d")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_conv2d_activation_conv2d, ops, keep, prune_bias, None)
 
 
 def prune_conv2d_activation_pool_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Conv2d, activation, pool, nn.Conv2d)``; pure."""
-    _expect(ops, (nn.Conv2d, _ACT, _ACT, nn.Conv2d), "prune_conv2d_activation_pool_conv2d")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_conv2d_activation_pool_conv2d, ops, keep, prune_bias, None)
 
 
 def prune_conv2d_pool_activation_conv2d(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Conv2d, pool, activation, nn.Conv2d)``; pure."""
-    _expect(ops, (nn.Conv2d, _ACT, _ACT, nn.Conv2d), "prune_conv2d_pool_activation_conv2d")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_conv2d_pool_activation_conv2d, ops, keep, prune_bias, None)
 
 
 def prune_conv2d_pool_flatten_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """``(nn.Conv2d, adaptive pool, flatten, nn.Linear)``: each kept channel keeps its
     ``in_features // out_channels`` consecutive Linear columns; pure."""
-    _expect(ops, (nn.Conv2d, _ACT, _ACT, nn.Linear), "prune_conv2d_pool_flatten_linear")
-    return prune_chain(ops, keep, prune_bias=prune_bias)
+    return _chain(prune_conv2d_pool_flatten_linear, ops, keep, prune_bias, None)
 
 
 def _lstm_unit_masks(lstm: nn.LSTM, keep: Mapping[str, Tensor]) -> list[Tensor]:
@@ -707,18 +696,42 @@ def _prune_lstm(ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool)
     return tuple(out)
 
 
-CHAIN_FUNCTIONS: frozenset[object] = frozenset(
-    {
-        prune_chain,
-        prune_linear,
-        prune_linear_linear,
-        prune_linear_activation_linear,
-        prune_conv2d,
-        prune_conv2d_conv2d,
-        prune_conv2d_activation_conv2d,
-        prune_conv2d_activation_pool_conv2d,
-        prune_conv2d_pool_activation_conv2d,
-        prune_conv2d_pool_flatten_linear,
-    }
-)
-"""The prune functions built on :func:`prune_chain` (they may defer a producer's row cut)."""
+_CHAIN_KINDS: Mapping[object, Sequence[type | tuple[type, ...]]] = MappingProxyType({
+    prune_linear: (nn.Linear, Output),
+    prune_linear_linear: (nn.Linear, nn.Linear),
+    prune_linear_activation_linear: (nn.Linear, _ACT, nn.Linear),
+    prune_conv2d: (nn.Conv2d, Output),
+    prune_conv2d_conv2d: (nn.Conv2d, nn.Conv2d),
+    prune_conv2d_activation_conv2d: (nn.Conv2d, _ACT, nn.Conv2d),
+    prune_conv2d_activation_pool_conv2d: (nn.Conv2d, _ACT, _ACT, nn.Conv2d),
+    prune_conv2d_pool_activation_conv2d: (nn.Conv2d, _ACT, _ACT, nn.Conv2d),
+    prune_conv2d_pool_flatten_linear: (nn.Conv2d, _ACT, _ACT, nn.Linear),
+})
+"""Each named chain function -> the ops it expects, by position (matching its name); read-only."""
+
+CHAIN_FUNCTIONS: frozenset[object] = frozenset({prune_chain, *_CHAIN_KINDS})
+"""The prune functions built on :func:`prune_chain` (apply_prune may defer a producer's row
+cut through them, with :func:`prune_deferring`)."""
+
+
+def _chain(
+    function: object, ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool, deferred: _DeferredRows | None
+) -> tuple[nn.Module | None, ...]:
+    """`function` (one of :data:`CHAIN_FUNCTIONS`) on `ops`: its ops checked, then the chain pruned."""
+    kinds = _CHAIN_KINDS.get(function)
+    if kinds is not None:
+        _expect(ops, kinds, getattr(function, "__name__", "prune_chain"))
+    return _prune_chain(ops, keep, prune_bias, deferred)
+
+
+def prune_deferring(
+    function: object, ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool, deferred: _DeferredRows
+) -> tuple[nn.Module | None, ...]:
+    """What ``function(ops, keep, prune_bias=prune_bias)`` returns, for `function` one of
+    :data:`CHAIN_FUNCTIONS`, except that the row cut of a producer weight in ``deferred.weights``
+    is left to the later chain that cuts its columns (one gather), recorded in `deferred`.
+    apply_prune's private path: the public prune functions never defer (they are pure), and
+    `deferred` is the only state this reads or writes."""
+    if function not in CHAIN_FUNCTIONS:
+        raise PruneError(f"prune_deferring: {function!r} is not a built-in chain function")
+    return _chain(function, ops, keep, prune_bias, deferred)

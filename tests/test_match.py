@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fprune
-from fprune import Call, Match, ModuleOp, OUTPUT
+from fprune import Call, Match, ModuleOp, OUTPUT, Pattern, PruneFunction
 
 from .models import Branching, ConvBNNet, LSTMNet, ReferenceMLP, TwiceCalled
 
@@ -176,3 +176,67 @@ def test_pattern_index_is_rebuilt_after_the_dict_changes() -> None:
     plain = dict(patterns)
     plain.pop(tuple_key)
     assert len(fprune.match_patterns(gm, plain)) == 1
+
+
+def test_match_patterns_never_writes_to_the_patterns_dict() -> None:
+    """Pure: no index or cache is stored on the caller's dict, whatever kind it is."""
+    gm = torch.fx.symbolic_trace(ReferenceMLP())
+    defaults = fprune.default_patterns()
+    modified = fprune.default_patterns()
+    modified[(nn.Linear, nn.Tanh, nn.Linear)] = fprune.prune_chain
+    plain = dict(modified)
+    for patterns in (defaults, modified, plain):
+        attributes = dict(vars(patterns)) if hasattr(patterns, "__dict__") else None
+        items = list(patterns.items())
+        for _ in range(2):  # the second call finds a cached index
+            assert fprune.match_patterns(gm, patterns)
+        assert (dict(vars(patterns)) if hasattr(patterns, "__dict__") else None) == attributes
+        assert list(patterns.items()) == items and all(a[1] is b[1] for a, b in zip(patterns.items(), items))
+    assert "index" not in vars(defaults) and "index" not in vars(modified)
+
+
+class _EqualToAll:
+    """A prune function equal to every other object: an index keyed by == would confuse them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __call__(self, ops: object, keep: object, *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+        raise AssertionError("not called")
+
+
+def test_dicts_with_equal_patterns_but_different_functions_never_share_an_index() -> None:
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
+    pattern: Pattern = (nn.Linear, nn.ReLU, nn.Linear)
+    first, second = _EqualToAll("first"), _EqualToAll("second")
+    dicts: list[dict[Pattern, PruneFunction]] = [{pattern: first}, {pattern: second}, {pattern: fprune.prune_chain}, {pattern: fprune.prune_linear_activation_linear}]
+    for _ in range(2):  # alternate, with every index cached
+        for patterns in dicts:
+            (match,) = fprune.match_patterns(gm, patterns)
+            assert match.prune_fn is patterns[pattern]
+    again: dict[Pattern, PruneFunction] = {pattern: first}
+    again[pattern] = second  # the same dict object, changed in place: indexed anew
+    (match,) = fprune.match_patterns(gm, again)
+    assert match.prune_fn is second
+    copy_of_pattern: Pattern = tuple(pattern)[:2] + (nn.Linear,)  # equal, but another tuple object
+    assert copy_of_pattern == pattern and copy_of_pattern is not pattern
+    (match,) = fprune.match_patterns(gm, {copy_of_pattern: first})
+    assert match.pattern is copy_of_pattern and match.prune_fn is first
+
+
+def test_unmodified_default_copies_share_the_default_index_and_modified_ones_do_not() -> None:
+    from fprune._match import _build_trie
+
+    a, b = fprune.default_patterns(), fprune.default_patterns()
+    assert _build_trie(a) is _build_trie(b)
+    b[(nn.Linear, nn.Tanh, nn.Linear)] = fprune.prune_chain
+    assert _build_trie(b) is not _build_trie(a)
+    del b[(nn.Linear, nn.Tanh, nn.Linear)]
+    gm = torch.fx.symbolic_trace(ReferenceMLP())
+    assert fprune.match_patterns(gm, b) == fprune.match_patterns(gm, a)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import fprune
-from fprune import OUTPUT, Call
+from fprune import OUTPUT, Call, Op
 
 from .models import LSTMNet
 
@@ -278,14 +279,61 @@ def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: py
 
 
 def test_a_deferred_row_cut_left_pending_is_done_at_the_end() -> None:
-    from fprune._prune_functions import cut_pending_rows, deferred_rows
+    from fprune._prune_functions import cut_pending_rows, deferred_rows, prune_deferring
 
     torch.manual_seed(0)
     layer = nn.Linear(4, 6)
     keep = torch.tensor([True, False, True, True, False, True])
-    with deferred_rows({id(layer.weight)}) as state:
-        (new, _) = fprune.prune_chain((layer, OUTPUT), {"weight": keep}, prune_bias=True)
+    state = deferred_rows({id(layer.weight)})
+    (new, _) = prune_deferring(fprune.prune_chain, (layer, OUTPUT), {"weight": keep}, prune_bias=True, deferred=state)
     assert new is not None and state.pending  # nothing consumed it: its rows are still to cut
     done = cut_pending_rows(new, state)
     assert isinstance(done, nn.Linear) and done.out_features == 4 and not state.pending
     assert torch.equal(done.weight, layer.weight[keep]) and done.weight.data_ptr() != layer.weight.data_ptr()
+
+
+def test_public_prune_functions_give_the_same_result_inside_apply_prune() -> None:
+    """No hidden state: a public prune function called while apply_prune runs (here from a custom
+    prune function, on a producer whose row cut apply_prune defers) returns what it returns
+    outside, with its rows cut, and apply_prune's own result stays exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    masks = {f"{i}.weight": torch.rand(n) > 0.4 for i, n in ((0, 8), (2, 7), (4, 5))}
+    for mask in masks.values():
+        mask[0] = True
+    inner_ops = (model[2], model[3], model[4])
+    inside: list[tuple[nn.Module | None, ...]] = []
+
+    def custom(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
+        inside.append(fprune.prune_linear_activation_linear(inner_ops, {"weight": masks["2.weight"]}, prune_bias=True))
+        return fprune.prune_linear_activation_linear(ops, keep, prune_bias=prune_bias)
+
+    patterns = fprune.default_patterns()
+    patterns[(nn.Linear, nn.Tanh, nn.Linear)] = custom
+    matches = fprune.match_patterns(torch.fx.symbolic_trace(model), patterns)
+    assert [m.prune_fn for m in matches][:3] == [fprune.prune_linear_activation_linear, fprune.prune_linear_activation_linear, custom]
+    pruned = fprune.apply_prune(model, masks, matches)
+    outside = fprune.prune_linear_activation_linear(inner_ops, {"weight": masks["2.weight"]}, prune_bias=True)
+    (got,) = inside
+    assert len(got) == len(outside) == 3
+    for a, b in zip(got, outside):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert type(a) is type(b) and a.state_dict().keys() == b.state_dict().keys()
+            for name, tensor in a.state_dict().items():
+                assert torch.equal(tensor, b.state_dict()[name]), name
+    first = got[0]
+    assert isinstance(first, nn.Linear) and first.out_features == first.weight.shape[0] == int(masks["2.weight"].sum())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        expected = functional_call(model, fprune.masked_parameters(model, masks, matches), (x,))
+        torch.testing.assert_close(pruned(x), expected)
+
+
+def test_prune_functions_module_holds_no_context_state() -> None:
+    """The deferral state is an explicit argument of apply_prune's private path, not a ContextVar."""
+    from contextvars import ContextVar
+
+    from fprune import _prune_functions
+
+    assert not [name for name, value in vars(_prune_functions).items() if isinstance(value, ContextVar)]
