@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 
 import pytest
+import torch
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,6 +30,16 @@ def fuzz_long_enabled(config: pytest.Config) -> bool:
 def fuzz_long(request: pytest.FixtureRequest) -> bool:
     """Whether the fuzzer runs in long mode."""
     return fuzz_long_enabled(request.config)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the test (tiny tensors: on 2 busy cores, threads only
+    contend, several times slower); the thread count is restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import pickle
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import pytest
@@ -37,13 +37,7 @@ from .fuzz_models import DrawChooser
 from .models import ReferenceMLP
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only contend (several times slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- building chain models from elements ----------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import operator
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,13 +20,7 @@ from .chains import CHANNELS, ChainModel, randomize_biases
 PATTERNS = fprune.default_patterns()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only contend (several times slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 _ao: Any = importlib.import_module("torch.ao.pruning._experimental.pruner.base_structured_sparsifier")
 
 
