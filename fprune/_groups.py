@@ -570,8 +570,8 @@ class _Analysis:
             dim = ctx.arg(1, "dim")
             if isinstance(read, tuple) and isinstance(dim, int):
                 read = read[dim] if -len(read) <= dim < len(read) else None
-            elif read is not None and dim is not None:
-                return False  # a computed dim: the read is used, and blocks
+            elif read is not None and dim is not None:  # a computed dim: it may count any of the channels
+                read = _SizeRead(tuple(i for r in read if r is not None for i in r.ids), False, node.name)
         elif node.op == "call_function" and node.target is len and len(node.args) == 1:  # with torch.fx.wrap("len")
             shape = self._shape_read(ctx, node.args[0])
             read = shape[0] if shape else None

@@ -275,3 +275,26 @@ def test_len_of_a_tensor_of_channels_is_a_read() -> None:
     hidden = _group_of(groups, "fc1.weight")
     assert [b.node for b in hidden.blockers] == ["truediv"]
     _exact(model, 0.5, x)
+
+
+class ComputedDimRead(nn.Module):
+    """``h.size(d)`` with `d` computed in forward: the read may count any dim's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.fc1(x))
+        width = h.size(x.dim() - 1)
+        out: Tensor = self.fc2(h)
+        return out * width
+
+
+def test_a_size_read_along_a_computed_dim_blocks_the_channels_it_may_count() -> None:
+    model = ComputedDimRead().double().eval()
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    groups = fprune.channel_groups(fx.symbolic_trace(model), example_inputs=(x,))
+    hidden = _group_of(groups, "fc1.weight")
+    assert not hidden.prunable and [b.node for b in hidden.blockers] == ["mul"]
+    _exact(model, 0.5, x)
