@@ -281,8 +281,8 @@ def prune_reporting_unshrunk(
     ``"refuse"``). `caller` names the public function in error messages."""
     if unfoldable not in ("refuse", "keep"):
         raise PruneError(f"{caller}: `unfoldable` must be 'refuse' or 'keep', got {unfoldable!r}")
-    check_model(model, "apply_prune")
-    groups = _groups_only(matches, "apply_prune")
+    check_model(model, caller)
+    groups = _groups_only(matches, caller)
     _check_masks(model, masks, _producer_dims(groups), tied_ok=groups is not None)  # groups keep ties whole
     if groups is not None:
         if prune_bias is not True:

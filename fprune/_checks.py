@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from ._errors import PruneError
 
-__all__ = ["check_model", "names_by_tensor", "parametrized_module"]
+__all__ = ["check_model", "describe_node", "names_by_tensor", "parametrized_module"]
 
 
 def names_by_tensor(named: Iterable[tuple[str, Tensor]]) -> dict[int, list[str]]:
@@ -56,3 +56,16 @@ def check_model(model: object, function: str) -> None:
             f"forward pre-hook); make that permanent first with torch.nn.utils.prune.remove(module, {tensor!r}) "
             f"so fprune sees a real `{tensor}` parameter"
         )
+
+
+def describe_node(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
+    """What a graph node calls, for messages: "module `fc1` (Linear)", "method .view()",
+    "function relu"."""
+    if node.op == "call_module":
+        module = modules.get(str(node.target))
+        return f"module `{node.target}` ({type(module).__name__ if module is not None else 'module'})"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    if node.op == "call_function":
+        return f"function {getattr(node.target, '__name__', str(node.target))}"
+    return node.op

@@ -20,7 +20,7 @@ from typing import Literal, Protocol, TypeAlias, Union
 import torch
 from torch import Tensor, fx, nn
 
-from ._checks import names_by_tensor
+from ._checks import describe_node, names_by_tensor
 from ._errors import PruneError
 from ._shape_mode import ShapeOnly
 from ._verify import ExampleShapes, example_shapes, hooks_off, run_on_copies
@@ -547,7 +547,7 @@ class _Analysis:
             return
         if rule is None:
             if inputs is not None:
-                ctx.block(inputs, f"{_describe(node, self.modules)} is not understood (no flow rule); register one to prune through it")
+                ctx.block(inputs, f"{describe_node(node, self.modules)} is not understood (no flow rule); register one to prune through it")
             self.flows[node.name] = None
             return
         try:
@@ -667,15 +667,6 @@ class _Analysis:
 
 def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-
-
-def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return f"module `{node.target}` ({type(modules[str(node.target)]).__name__})"
-    if node.op == "call_method":
-        return f"method .{node.target}()"
-    name = getattr(node.target, "__name__", str(node.target))
-    return f"function {name}"
 
 
 class _ShapeRecorder(fx.Interpreter):

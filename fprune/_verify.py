@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from ._checks import describe_node
 from ._errors import PruneError
 from ._shape_mode import ShapeOnly
 
@@ -201,7 +202,7 @@ def check_pruned(
         node, located = _failing_node(pruned, inputs, meta)
         error = located or got.error
         first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else "(no message)"
-        where = f"at node `{node.name}` ({_describe(node, pruned)})" if node is not None else "(fprune could not find the node: the copy's traced graph does not fail the same way)"
+        where = f"at node `{node.name}` ({describe_node(node, dict(pruned.named_modules()))})" if node is not None else "(fprune could not find the node: the copy's traced graph does not fail the same way)"
         found = _groups_near(pruned, node, groups, cut) if node is not None else []
         raise PruneError(
             f"{caller}: the pruned copy fails on its first forward {where}: {type(error).__name__}: {first}. "
@@ -320,20 +321,6 @@ def _output_node(pruned: nn.Module, path: str) -> fx.Node | None:
         if pytree.keystr(key) == path and isinstance(value, fx.Node):
             return value
     return None
-
-
-def _describe(node: fx.Node, pruned: nn.Module) -> str:
-    if node.op == "call_module":
-        try:
-            kind = type(pruned.get_submodule(str(node.target))).__name__
-        except AttributeError:
-            kind = "module"
-        return f"module `{node.target}`, {kind}"
-    if node.op == "call_method":
-        return f"method .{node.target}()"
-    if node.op == "call_function":
-        return f"function {getattr(node.target, '__name__', str(node.target))}"
-    return node.op
 
 
 def _groups_near(pruned: nn.Module, node: fx.Node, groups: Sequence[ChannelGroup], cut: Sequence[int]) -> list[int]:

@@ -34,16 +34,22 @@ _CALL_ARGS: dict[object, tuple[tuple[object, ...], dict[str, object]]] = {
 _METHOD_ARGS: dict[str, tuple[object, ...]] = {"flatten": (1,)}
 
 
+def random_batchnorm(kind: type[nn.Module], c: int) -> nn.Module:
+    """A BatchNorm of `c` channels with random statistics and affine entries (not the identity)."""
+    bn = kind(c)
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+        bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    return bn
+
+
 def _module(element: type[nn.Module], conv: bool, flat_features: int) -> nn.Module:
     c = CHANNELS
     if element is nn.BatchNorm1d or element is nn.BatchNorm2d:
-        bn = element(c)
-        with torch.no_grad():
-            bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
-            bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-1, 1)
-        return bn
+        return random_batchnorm(element, c)
     if element is nn.PReLU:
         prelu = nn.PReLU(c)
         with torch.no_grad():

@@ -29,10 +29,10 @@ from torch.func import functional_call
 
 import fprune
 from fprune import PatternElement, ZeroOrMore
-
 from fprune._match import explain_unmatched
 
 from .chain_fuzz import build_and_run, chain_case, is_exactness_refusal, run_chain_case
+from .chains import random_batchnorm
 from .fuzz_models import DrawChooser
 from .models import ReferenceMLP
 
@@ -95,17 +95,6 @@ _MODULES: dict[type[nn.Module], Callable[[int], nn.Module]] = {
 }
 
 
-def _batchnorm(kind: type[nn.Module], c: int) -> nn.Module:
-    bn = kind(c)
-    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
-        bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-1, 1)
-    return bn
-
-
 class Steps(nn.Module):
     """``producer -> elements... -> consumer`` (or the output), each element in its own form."""
 
@@ -123,7 +112,7 @@ class Steps(nn.Module):
     def _step(self, element: PatternElement, c: int) -> Callable[[Tensor], Tensor]:
         if isinstance(element, type):
             if element in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-                module = _batchnorm(element, c)
+                module = random_batchnorm(element, c)
             else:
                 module = _MODULES[element](c) if element in _MODULES else element()
             self.ops.append(module)
@@ -518,7 +507,7 @@ def _conv_model(middle: Sequence[nn.Module], consumer: nn.Module) -> nn.Sequenti
 
 def test_prune_bias_false_folds_through_a_long_run() -> None:
     model = _conv_model(
-        [_batchnorm(nn.BatchNorm2d, 6), nn.LeakyReLU(0.2), nn.MaxPool2d(3, 1, 1), nn.PReLU(6), nn.Dropout2d(0.0), nn.Sigmoid(), nn.AvgPool2d(2), nn.Identity(), nn.SELU()],
+        [random_batchnorm(nn.BatchNorm2d, 6), nn.LeakyReLU(0.2), nn.MaxPool2d(3, 1, 1), nn.PReLU(6), nn.Dropout2d(0.0), nn.Sigmoid(), nn.AvgPool2d(2), nn.Identity(), nn.SELU()],
         nn.Conv2d(6, 4, 3),
     ).eval()
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)

@@ -173,15 +173,21 @@ def expected_output(masked: Tensor, pruned: Tensor, compare: Compare, pruner: Ba
     return torch.stack([masked[layer].index_select(dim - 1, kept.nonzero().squeeze(1)) for layer, kept in enumerate(units)])
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_prepare_train_prune_equals_the_masked_model(name: str) -> None:
-    case = CASES[name]
+def prepared_and_trained(case: Case) -> tuple[nn.Module, Tensor, BaseStructuredSparsifier]:
+    """`case`'s model (float64, train mode), an input, and its pruner, prepared and trained."""
     torch.manual_seed(0)
     model = case.make().double().train()
     x = torch.randn(case.shape, dtype=torch.float64)
     pruner = case.pruner()
     pruner.prepare(model, case.config)
     train(model, pruner, x)
+    return model, x, pruner
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_prepare_train_prune_equals_the_masked_model(name: str) -> None:
+    case = CASES[name]
+    model, x, pruner = prepared_and_trained(case)
     model.eval()  # prune_bias=False folds a BatchNorm'd constant as the model is set to run
     pruned = prune(pruner, case.unshrunk)
     assert not pruned.training
@@ -206,12 +212,7 @@ def test_the_pruned_model_trains_and_the_prepared_one_goes_on(name: str) -> None
     """The pruned model's parameters are its own leaves (an LSTM's weight cache points at them)
     and train; the prepared model trains, steps and prunes again."""
     case = CASES[name]
-    torch.manual_seed(0)
-    model = case.make().double().train()
-    x = torch.randn(case.shape, dtype=torch.float64)
-    pruner = case.pruner()
-    pruner.prepare(model, case.config)
-    train(model, pruner, x)
+    model, x, pruner = prepared_and_trained(case)
     pruned = prune(pruner, case.unshrunk).train()
 
     params = list(pruned.parameters())
