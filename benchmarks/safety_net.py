@@ -6,7 +6,7 @@ check it ends with (the pruned copy and the original, each run once on meta tens
 Each case runs in this one process, one after the other, with ``torch.set_num_threads(args.threads)``.
 Per case: one warm-up call, then `repeats` rounds, each timing one whole ``prune_channels``
 call (check included) and, right after it, the check alone on that call's pruned copy
-(``fprune._verify.check_pruned``, as prune_channels calls it). Printed as a markdown table:
+(``fprune.groups._verify.check_pruned``, as prune_channels calls it). Printed as a markdown table:
 median ms of both, and the median over rounds of the check's share of the whole call.
 """
 
@@ -20,8 +20,9 @@ import time
 import torch
 
 import fprune
-from fprune._groups import find_groups
-from fprune._verify import check_pruned, example_shapes
+from fprune.groups._find import find_groups
+from fprune.groups._verify import check_pruned
+from fprune._util.running import example_shapes
 
 from .cases import CASES, LEVEL, case_named
 

@@ -1,137 +1,136 @@
 """fprune: functional, typed structured pruning for PyTorch.
 
-Pure functions compute keep-masks, ``match_patterns`` finds layer chains in a ``torch.fx``
-graph, and ``apply_prune`` returns a physically smaller copy of the model.
+The pipeline, top to bottom: keep-masks from pure functions (``saliency_mask``, ...); what must
+be pruned together, from a ``torch.fx`` graph, by one of two engines: layer chains
+(``match_patterns``, more in :mod:`fprune.patterns`) or channel groups (``channel_groups``,
+``group_masks``, more in :mod:`fprune.groups`); and ``apply_prune``, which returns a
+physically smaller copy of the model. ``prune_channels`` does it all in one call.
+torch.ao's ``prepare / step / prune`` workflow lives in :mod:`fprune.sparsifier`.
 """
 
+import typing as _typing
+import warnings as _warnings
+
+from . import groups as groups
+from . import patterns as patterns
+from . import sparsifier as sparsifier
+from ._apply import Unfoldable as Unfoldable
 from ._apply import apply_prune as apply_prune
 from ._apply import masked_parameters as masked_parameters
 from ._errors import PruneError as PruneError
-from ._flow_rules import default_flow_rules as default_flow_rules
-from ._group_prune import Criterion as Criterion
-from ._group_prune import group_masks as group_masks
-from ._group_prune import group_scores as group_scores
-from ._group_prune import l1_norm as l1_norm
-from ._group_prune import l2_norm as l2_norm
-from ._group_prune import prune_channels as prune_channels
-from ._groups import Axis as Axis
-from ._groups import Blocker as Blocker
-from ._groups import ChannelGroup as ChannelGroup
-from ._groups import ChannelSlice as ChannelSlice
-from ._groups import FlowContext as FlowContext
-from ._groups import FlowRule as FlowRule
-from ._groups import RuleKey as RuleKey
-from ._groups import channel_groups as channel_groups
-from ._groups import explain as explain
-from ._mha import HeadPrunedMultiheadAttention as HeadPrunedMultiheadAttention
+from ._masks import Criterion as Criterion
 from ._masks import fpgm_mask as fpgm_mask
 from ._masks import fpgm_scores as fpgm_scores
+from ._masks import l1_norm as l1_norm
+from ._masks import l2_norm as l2_norm
 from ._masks import lstm_saliency_mask as lstm_saliency_mask
 from ._masks import lstm_unit_scores as lstm_unit_scores
 from ._masks import row_norms as row_norms
 from ._masks import saliency_mask as saliency_mask
 from ._masks import select_kept as select_kept
-from ._match import match_patterns as match_patterns
 from ._optim import prune_optimizer_state as prune_optimizer_state
-from ._patterns import ACTIVATION_FUNCTIONS as ACTIVATION_FUNCTIONS
-from ._patterns import ACTIVATION_METHODS as ACTIVATION_METHODS
-from ._patterns import ACTIVATION_MODULES as ACTIVATION_MODULES
-from ._patterns import PASS_THROUGH_1D as PASS_THROUGH_1D
-from ._patterns import PASS_THROUGH_2D as PASS_THROUGH_2D
-from ._patterns import PASS_THROUGH_3D as PASS_THROUGH_3D
-from ._patterns import PASS_THROUGH_FLAT as PASS_THROUGH_FLAT
-from ._patterns import PASS_THROUGH_LINEAR as PASS_THROUGH_LINEAR
-from ._patterns import default_patterns as default_patterns
-from ._prune_functions import prune_chain as prune_chain
-from ._prune_functions import prune_conv2d as prune_conv2d
-from ._prune_functions import prune_conv2d_activation_conv2d as prune_conv2d_activation_conv2d
-from ._prune_functions import prune_conv2d_activation_pool_conv2d as prune_conv2d_activation_pool_conv2d
-from ._prune_functions import prune_conv2d_conv2d as prune_conv2d_conv2d
-from ._prune_functions import prune_conv2d_pool_activation_conv2d as prune_conv2d_pool_activation_conv2d
-from ._prune_functions import prune_conv2d_pool_flatten_linear as prune_conv2d_pool_flatten_linear
-from ._prune_functions import prune_linear as prune_linear
-from ._prune_functions import prune_linear_activation_linear as prune_linear_activation_linear
-from ._prune_functions import prune_linear_linear as prune_linear_linear
-from ._prune_functions import prune_lstm_output_layernorm_linear as prune_lstm_output_layernorm_linear
-from ._prune_functions import prune_lstm_output_linear as prune_lstm_output_linear
-from ._prune_functions import rebuild_module as rebuild_module
-from ._records import OUTPUT as OUTPUT
-from ._records import Attr as Attr
-from ._records import Call as Call
-from ._records import Match as Match
-from ._records import MatchedOp as MatchedOp
-from ._records import ModuleOp as ModuleOp
-from ._records import Op as Op
-from ._records import Output as Output
-from ._records import Pattern as Pattern
-from ._records import PatternElement as PatternElement
-from ._records import PruneFunction as PruneFunction
-from ._records import ZeroOrMore as ZeroOrMore
+from ._prune_channels import prune_channels as prune_channels
+from .groups import ChannelGroup as ChannelGroup
+from .groups import channel_groups as channel_groups
+from .groups import explain as explain
+from .groups import group_masks as group_masks
+from .groups import group_scores as group_scores
+from .patterns import Match as Match
+from .patterns import default_patterns as default_patterns
+from .patterns import match_patterns as match_patterns
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ACTIVATION_FUNCTIONS",
-    "Axis",
-    "Blocker",
-    "ChannelGroup",
-    "ChannelSlice",
-    "Criterion",
-    "HeadPrunedMultiheadAttention",
-    "FlowContext",
-    "FlowRule",
-    "RuleKey",
-    "channel_groups",
-    "default_flow_rules",
-    "explain",
-    "group_masks",
-    "group_scores",
-    "l1_norm",
-    "l2_norm",
-    "prune_channels",
-    "ACTIVATION_METHODS",
-    "ACTIVATION_MODULES",
-    "OUTPUT",
-    "PASS_THROUGH_1D",
-    "PASS_THROUGH_2D",
-    "PASS_THROUGH_3D",
-    "PASS_THROUGH_FLAT",
-    "PASS_THROUGH_LINEAR",
-    "Attr",
-    "Call",
-    "Match",
-    "MatchedOp",
-    "ModuleOp",
-    "Op",
-    "Output",
-    "Pattern",
-    "PatternElement",
-    "PruneError",
-    "PruneFunction",
-    "apply_prune",
-    "default_patterns",
-    "fpgm_mask",
-    "fpgm_scores",
-    "lstm_saliency_mask",
-    "lstm_unit_scores",
-    "masked_parameters",
-    "match_patterns",
-    "prune_chain",
-    "prune_conv2d",
-    "prune_conv2d_activation_conv2d",
-    "prune_conv2d_activation_pool_conv2d",
-    "prune_conv2d_conv2d",
-    "prune_conv2d_pool_activation_conv2d",
-    "prune_conv2d_pool_flatten_linear",
-    "prune_linear",
-    "prune_linear_activation_linear",
-    "prune_linear_linear",
-    "prune_lstm_output_layernorm_linear",
-    "prune_lstm_output_linear",
-    "prune_optimizer_state",
-    "rebuild_module",
-    "row_norms",
-    "saliency_mask",
-    "select_kept",
-    "ZeroOrMore",
-]
+# Names that lived at the top level before 0.2: they still work, with a DeprecationWarning,
+# for one release; each now lives in the namespace given here.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "ACTIVATION_MODULES", "OUTPUT", "PASS_THROUGH_1D",
+            "PASS_THROUGH_2D", "PASS_THROUGH_3D", "PASS_THROUGH_FLAT", "PASS_THROUGH_LINEAR", "Attr", "Call",
+            "MatchedOp", "ModuleOp", "Op", "Output", "Pattern", "PatternElement", "PruneFunction", "ZeroOrMore",
+            "prune_chain", "prune_conv2d", "prune_conv2d_activation_conv2d", "prune_conv2d_activation_pool_conv2d",
+            "prune_conv2d_conv2d", "prune_conv2d_pool_activation_conv2d", "prune_conv2d_pool_flatten_linear",
+            "prune_linear", "prune_linear_activation_linear", "prune_linear_linear",
+            "prune_lstm_output_layernorm_linear", "prune_lstm_output_linear", "rebuild_module",
+        ),
+        "fprune.patterns",
+    ),
+    **dict.fromkeys(
+        (
+            "Axis", "Blocker", "ChannelSlice", "FlowContext", "FlowRule", "HeadPrunedMultiheadAttention",
+            "RuleKey", "default_flow_rules",
+        ),
+        "fprune.groups",
+    ),
+}  # fmt: skip
+
+
+if not _typing.TYPE_CHECKING:  # hidden from type checkers: a typo in a name stays an error there
+
+    def __getattr__(name: str) -> object:
+        """The moved names, with a DeprecationWarning that says where they live now."""
+        namespace = _MOVED.get(name)
+        if namespace is None:
+            raise AttributeError(f"module 'fprune' has no attribute {name!r}")
+        _warnings.warn(
+            f"fprune.{name} moved to {namespace}.{name}; the top-level name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(groups if namespace == "fprune.groups" else patterns, name)
+
+
+if _typing.TYPE_CHECKING:  # the moved names keep their types for code not yet updated
+    from .groups import Axis as Axis
+    from .groups import Blocker as Blocker
+    from .groups import ChannelSlice as ChannelSlice
+    from .groups import FlowContext as FlowContext
+    from .groups import FlowRule as FlowRule
+    from .groups import HeadPrunedMultiheadAttention as HeadPrunedMultiheadAttention
+    from .groups import RuleKey as RuleKey
+    from .groups import default_flow_rules as default_flow_rules
+    from .patterns import ACTIVATION_FUNCTIONS as ACTIVATION_FUNCTIONS
+    from .patterns import ACTIVATION_METHODS as ACTIVATION_METHODS
+    from .patterns import ACTIVATION_MODULES as ACTIVATION_MODULES
+    from .patterns import OUTPUT as OUTPUT
+    from .patterns import PASS_THROUGH_1D as PASS_THROUGH_1D
+    from .patterns import PASS_THROUGH_2D as PASS_THROUGH_2D
+    from .patterns import PASS_THROUGH_3D as PASS_THROUGH_3D
+    from .patterns import PASS_THROUGH_FLAT as PASS_THROUGH_FLAT
+    from .patterns import PASS_THROUGH_LINEAR as PASS_THROUGH_LINEAR
+    from .patterns import Attr as Attr
+    from .patterns import Call as Call
+    from .patterns import MatchedOp as MatchedOp
+    from .patterns import ModuleOp as ModuleOp
+    from .patterns import Op as Op
+    from .patterns import Output as Output
+    from .patterns import Pattern as Pattern
+    from .patterns import PatternElement as PatternElement
+    from .patterns import PruneFunction as PruneFunction
+    from .patterns import ZeroOrMore as ZeroOrMore
+    from .patterns import prune_chain as prune_chain
+    from .patterns import prune_conv2d as prune_conv2d
+    from .patterns import (
+        prune_conv2d_activation_conv2d as prune_conv2d_activation_conv2d,
+    )
+    from .patterns import (
+        prune_conv2d_activation_pool_conv2d as prune_conv2d_activation_pool_conv2d,
+    )
+    from .patterns import prune_conv2d_conv2d as prune_conv2d_conv2d
+    from .patterns import (
+        prune_conv2d_pool_activation_conv2d as prune_conv2d_pool_activation_conv2d,
+    )
+    from .patterns import (
+        prune_conv2d_pool_flatten_linear as prune_conv2d_pool_flatten_linear,
+    )
+    from .patterns import prune_linear as prune_linear
+    from .patterns import (
+        prune_linear_activation_linear as prune_linear_activation_linear,
+    )
+    from .patterns import prune_linear_linear as prune_linear_linear
+    from .patterns import (
+        prune_lstm_output_layernorm_linear as prune_lstm_output_layernorm_linear,
+    )
+    from .patterns import prune_lstm_output_linear as prune_lstm_output_linear
+    from .patterns import rebuild_module as rebuild_module

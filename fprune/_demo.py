@@ -8,10 +8,8 @@ from torch.func import functional_call
 
 from ._apply import apply_prune, masked_parameters
 from ._masks import saliency_mask
-from ._match import match_patterns
-from ._patterns import default_patterns
-
-__all__ = ["ReferenceMLP", "parameter_table", "run_demo"]
+from .patterns._defaults import default_patterns
+from .patterns._match import match_patterns
 
 
 class ReferenceMLP(nn.Module):

@@ -7,23 +7,14 @@ A keep-mask is a 1-D ``torch.bool`` tensor over dim 0 of a weight: ``True`` = th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ._errors import PruneError
-from ._norms import lp_rows
-
-__all__ = [
-    "fpgm_mask",
-    "fpgm_scores",
-    "lstm_saliency_mask",
-    "lstm_unit_scores",
-    "row_norms",
-    "saliency_mask",
-    "select_kept",
-]
+from ._util.norms import lp_rows
 
 Rounding = Literal["floor", "round"]
 
@@ -84,10 +75,15 @@ def lstm_unit_scores(weight: Tensor, *, p: float = 1.0) -> Tensor:
     so that a unit is kept or removed in all gates at once. `weight` is left unchanged.
     Raises PruneError if dim 0 is not a multiple of 4.
     """
-    _check_weight(weight, "lstm_unit_scores")
+    return _lstm_unit_scores(weight, p, "lstm_unit_scores")
+
+
+def _lstm_unit_scores(weight: Tensor, p: float, what: str) -> Tensor:
+    """:func:`lstm_unit_scores`, its refusals named after `what` (the public function)."""
+    _check_weight(weight, what)
     if weight.shape[0] % 4 != 0:
         raise PruneError(
-            f"lstm_unit_scores: a packed LSTM weight has 4 * hidden_size rows, got "
+            f"{what}: a packed LSTM weight has 4 * hidden_size rows, got "
             f"{weight.shape[0]} rows (shape {tuple(weight.shape)})"
         )
     return row_norms(weight, p=p).reshape(4, -1).sum(dim=0)
@@ -118,16 +114,21 @@ def select_kept(scores: Tensor, level: float, *, rounding: Rounding = "floor") -
     Raises PruneError if `level` is not in [0, 1), would remove every row, or if `scores`
     is not 1-D or contains NaN.
     """
+    return _select_kept(scores, level, rounding, "select_kept")
+
+
+def _select_kept(scores: Tensor, level: float, rounding: Rounding, what: str) -> Tensor:
+    """:func:`select_kept`, its refusals named after `what` (the public function)."""
     if not isinstance(scores, Tensor) or scores.dim() != 1:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-        raise PruneError(f"select_kept: `scores` must be a 1-D tensor, got {shape}")
+        raise PruneError(f"{what}: `scores` must be a 1-D tensor, got {shape}")
     if rounding not in ("floor", "round"):
-        raise PruneError(f"select_kept: `rounding` must be 'floor' or 'round', got {rounding!r}")
+        raise PruneError(f"{what}: `rounding` must be 'floor' or 'round', got {rounding!r}")
     rows = scores.shape[0]
-    removed = _count_removed(rows, level, rounding, "select_kept")
+    removed = _count_removed(rows, level, rounding, what)
     if bool(torch.isnan(scores).any()):
         raise PruneError(
-            "select_kept: scores contain NaN (does the weight hold NaN or inf values?); "
+            f"{what}: scores contain NaN (does the weight hold NaN or inf values?); "
             "fix the weight or compute scores that are finite"
         )
     keep = torch.ones(rows, dtype=torch.bool, device=scores.device)
@@ -146,7 +147,7 @@ def saliency_mask(weight: Tensor, level: float, *, p: float = 1.0) -> Tensor:
     """
     _check_weight(weight, "saliency_mask")
     _count_removed(weight.shape[0], level, "floor", "saliency_mask")
-    return select_kept(row_norms(weight, p=p), level)
+    return _select_kept(row_norms(weight, p=p), level, "floor", "saliency_mask")
 
 
 def fpgm_mask(weight: Tensor, level: float, *, p: float = 2.0) -> Tensor:
@@ -158,7 +159,7 @@ def fpgm_mask(weight: Tensor, level: float, *, p: float = 2.0) -> Tensor:
     """
     _check_weight(weight, "fpgm_mask")
     _count_removed(weight.shape[0], level, "round", "fpgm_mask")
-    return select_kept(fpgm_scores(weight, p=p), level, rounding="round")
+    return _select_kept(fpgm_scores(weight, p=p), level, "round", "fpgm_mask")
 
 
 def lstm_saliency_mask(weight: Tensor, level: float, *, p: float = 1.0) -> Tensor:
@@ -170,5 +171,20 @@ def lstm_saliency_mask(weight: Tensor, level: float, *, p: float = 1.0) -> Tenso
     (torch.ao's ``LSTMSaliencyPruner`` prunes the same count per gate but picks each gate's
     rows separately.) `weight` is left unchanged.
     """
-    scores = lstm_unit_scores(weight, p=p)
-    return select_kept(scores, level).repeat(4)
+    scores = _lstm_unit_scores(weight, p, "lstm_saliency_mask")
+    return _select_kept(scores, level, "floor", "lstm_saliency_mask").repeat(4)
+
+Criterion = Callable[[Tensor], Tensor]
+"""Scores rows: takes ``[entries, features]`` (one row per channel position of a weight),
+returns ``[entries]``. Higher means more important."""
+
+
+def l2_norm(rows: Tensor) -> Tensor:
+    """The L2 norm of each row (the default criterion)."""
+    out: Tensor = torch.linalg.vector_norm(rows, ord=2, dim=1)
+    return out
+
+
+def l1_norm(rows: Tensor) -> Tensor:
+    """The L1 norm of each row."""
+    return lp_rows(rows, 1)

@@ -8,16 +8,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._apply import _groups_only, apply_prune
-from ._checks import names_by_tensor
-from ._copy import copy_module
+from ._apply import prune_reporting_unshrunk, split_records
 from ._errors import PruneError
-from ._gather import take
-from ._group_prune import _kept_indices, _tensors, group_keeps
-from ._groups import ChannelGroup
-from ._records import Match
-
-__all__ = ["prune_optimizer_state"]
+from ._util.checks import named_tensors, names_by_tensor
+from ._util.copy import copy_module
+from ._util.gather import take
+from .groups._apply import group_keeps, kept_indices
+from .groups._records import ChannelGroup
+from .patterns._records import Match
 
 
 def prune_optimizer_state(
@@ -77,14 +75,14 @@ def prune_optimizer_state(
     state_dict, names = _indexed(optimizer, model, param_fqns)
     originals = dict(model.named_parameters())
     canonical = _canonical_names(model)
-    pruned = apply_prune(model, masks, matches, prune_bias=prune_bias)
+    pruned, _ = prune_reporting_unshrunk(model, masks, matches, prune_bias=prune_bias, caller="prune_optimizer_state")
     _check_ties(model, pruned)
     every_name = set(canonical)
     added = [fqn for fqn, _ in pruned.named_parameters() if fqn not in every_name]
-    groups = _groups_only(matches, "prune_optimizer_state")
+    groups, _ = split_records(matches, "prune_optimizer_state")
     index_maps: Mapping[str, Tensor | Mapping[int, Tensor]]
     if groups is not None:  # apply_prune's own slicing of each tensor, read off the groups
-        index_maps = _kept_indices(groups, group_keeps(groups, masks), _tensors(model))
+        index_maps = kept_indices(groups, group_keeps(groups, masks), named_tensors(model))
     else:
         index_maps = _index_maps(model, masks, matches)
 
@@ -111,7 +109,7 @@ def prune_optimizer_state(
             values = raw_state.get(old) if old is not None else None
             if values is not None:
                 if not isinstance(values, Mapping):
-                    raise PruneError(f"optimizer state of `{given}` is a {type(values).__name__}; expected a dict")
+                    raise PruneError(f"prune_optimizer_state: optimizer state of `{given}` is a {type(values).__name__}; expected a dict")
                 new_state[next_index] = {
                     str(key): _slice(value, originals[fqn], index_maps.get(fqn), given, str(key))
                     for key, value in values.items()
@@ -137,7 +135,7 @@ def _canonical_names(model: nn.Module) -> dict[str, str]:
 def _indices(group: Mapping[str, object]) -> list[int]:
     params = group.get("params")
     if not isinstance(params, Sequence) or not all(isinstance(i, int) for i in params):
-        raise PruneError("an optimizer state dict's param group must list its parameters as ints under 'params'")
+        raise PruneError("prune_optimizer_state: an optimizer state dict's param group must list its parameters as ints under 'params'")
     return [i for i in params if isinstance(i, int)]
 
 
@@ -157,14 +155,14 @@ def _indexed(
                 fqn = fqn_of.get(id(param))
                 if fqn is None:
                     raise PruneError(
-                        f"optimizer parameter {index} (param group {g}, shape {tuple(param.shape)}) is not a "
+                        f"prune_optimizer_state: optimizer parameter {index} (param group {g}, shape {tuple(param.shape)}) is not a "
                         f"parameter of the {type(model).__name__} given; pass the model the optimizer was built over"
                     )
                 names[index] = fqn
     else:
         if not isinstance(optimizer, Mapping) or not isinstance(optimizer.get("state"), Mapping) or not isinstance(optimizer.get("param_groups"), list):
             raise PruneError(
-                "prune_optimizer_state expects a torch.optim.Optimizer or its state_dict() "
+                "prune_optimizer_state: expects a torch.optim.Optimizer or its state_dict() "
                 f"(a dict with 'state' and 'param_groups'), got {type(optimizer).__name__}"
             )
         state_dict = optimizer
@@ -175,14 +173,14 @@ def _indexed(
             given = list(param_fqns)
         for g, group in enumerate(groups):
             if not isinstance(group, Mapping):
-                raise PruneError(f"param group {g} of the optimizer state dict is a {type(group).__name__}; expected a dict")
+                raise PruneError(f"prune_optimizer_state: param group {g} of the optimizer state dict is a {type(group).__name__}; expected a dict")
             indices = _indices(group)
             group_names = group.get("param_names")
             for k, index in enumerate(indices):
                 if param_fqns is not None:
                     if index >= len(given):
                         raise PruneError(
-                            f"param_fqns names {len(given)} parameters, but the optimizer state dict has parameter "
+                            f"prune_optimizer_state: param_fqns names {len(given)} parameters, but the optimizer state dict has parameter "
                             f"index {index}; give one FQN per parameter index, in index order"
                         )
                     names[index] = given[index]
@@ -190,25 +188,25 @@ def _indexed(
                     names[index] = group_names[k]
                 else:
                     raise PruneError(
-                        "the optimizer state dict does not name its parameters; pass the optimizer itself, or "
+                        "prune_optimizer_state: the optimizer state dict does not name its parameters; pass the optimizer itself, or "
                         "param_fqns (the model FQN of each parameter index), or build the optimizer over "
                         "model.named_parameters()"
                     )
         if param_fqns is not None and len(given) != len(names):
             raise PruneError(
-                f"param_fqns names {len(given)} parameters, but the optimizer state dict has {len(names)}; "
+                f"prune_optimizer_state: param_fqns names {len(given)} parameters, but the optimizer state dict has {len(names)}; "
                 "give one FQN per parameter index, in index order"
             )
         state = optimizer["state"]
         assert isinstance(state, Mapping)
         for index in state:
             if index not in names:
-                raise PruneError(f"the optimizer state dict has state for parameter index {index!r}, which no param group lists")
+                raise PruneError(f"prune_optimizer_state: the optimizer state dict has state for parameter index {index!r}, which no param group lists")
     for index, fqn in names.items():
         if fqn not in canonical:
             close = [n for n in canonical if n.endswith(fqn.rpartition(".")[2])][:3]
             hint = f"; parameters with that name: {', '.join(close)}" if close else ""
-            raise PruneError(f"optimizer parameter {index} is named `{fqn}`, which is not a parameter of the model{hint}")
+            raise PruneError(f"prune_optimizer_state: optimizer parameter {index} is named `{fqn}`, which is not a parameter of the model{hint}")
     return state_dict, names
 
 
@@ -217,7 +215,7 @@ def _check_ties(model: nn.Module, pruned: nn.Module) -> None:
     for names in names_by_tensor(model.named_parameters(remove_duplicate=False)).values():
         if len(names) > 1 and len({id(pruned.get_parameter(n)) for n in names}) > 1:
             raise PruneError(
-                f"pruning separates the tied parameters {', '.join(f'`{n}`' for n in names)} (one of them is sliced, "
+                f"prune_optimizer_state: pruning separates the tied parameters {', '.join(f'`{n}`' for n in names)} (one of them is sliced, "
                 "the others are not), so no optimizer state can follow them; untie them, or prune neither"
             )
 
@@ -247,8 +245,8 @@ def _index_maps(
     folded from removed channels, a product with the consumer's weight), so weights are read
     from a copy with zero biases and biases from a copy with zero weights: nothing is added.
     """
-    weights = apply_prune(_coded(model, True), masks, matches, prune_bias=True)
-    others = apply_prune(_coded(model, False), masks, matches, prune_bias=True)
+    weights, _ = prune_reporting_unshrunk(_coded(model, True), masks, matches, prune_bias=True, caller="prune_optimizer_state")
+    others, _ = prune_reporting_unshrunk(_coded(model, False), masks, matches, prune_bias=True, caller="prune_optimizer_state")
     maps: dict[str, Tensor] = {}
     for fqn, param in model.named_parameters():
         codes = (weights if param.dim() >= 2 else others).get_parameter(fqn).detach()
@@ -256,7 +254,7 @@ def _index_maps(
             continue
         valid = (codes >= 0) & (codes < param.numel()) & (codes == codes.round())
         if codes.dim() != param.dim() or not bool(valid.all()):
-            raise PruneError(f"could not find which entries of `{fqn}` pruning keeps; its optimizer state cannot be sliced")
+            raise PruneError(f"prune_optimizer_state: could not find which entries of `{fqn}` pruning keeps; its optimizer state cannot be sliced")
         maps[fqn] = codes.to(torch.long)
     return maps
 
@@ -270,7 +268,7 @@ def _slice(value: object, param: Tensor, index: Tensor | Mapping[int, Tensor] | 
         return value.detach().clone()
     if value.shape != param.shape:
         raise PruneError(
-            f"optimizer state `{key}` of `{fqn}` has shape {tuple(value.shape)}, neither the parameter's shape "
+            f"prune_optimizer_state: optimizer state `{key}` of `{fqn}` has shape {tuple(value.shape)}, neither the parameter's shape "
             f"{tuple(param.shape)} nor a scalar, so it cannot be cut to the kept channels; reset it after pruning"
         )
     if isinstance(index, Mapping):

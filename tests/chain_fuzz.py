@@ -36,7 +36,8 @@ from torch.func import functional_call
 import fprune
 
 from .fuzz_models import BATCH, Chooser, Pool, RandomChooser, _activation, _initialize
-from .fuzz_pipelines import ATOL, RTOL, changes, reason_of, snapshot
+from .fuzz_pipelines import ATOL, RTOL, reason_of
+from .purity import changes, snapshot
 
 __all__ = [
     "EXACTNESS_REASONS",
@@ -303,7 +304,7 @@ class ChainOutcome:
     exactness: bool = False
 
 
-def run_chain_case(case: ChainCase, choose: Chooser, patterns: Mapping[fprune.Pattern, fprune.PruneFunction] | None = None) -> ChainOutcome:
+def run_chain_case(case: ChainCase, choose: Chooser, patterns: Mapping[fprune.patterns.Pattern, fprune.patterns.PruneFunction] | None = None) -> ChainOutcome:
     """match_patterns(`patterns`, default: default_patterns()) + apply_prune on `case`, checked
     against the masked model in float64 and against a snapshot of the input model."""
     before = snapshot(case.model)
@@ -337,7 +338,7 @@ def run_chain_case(case: ChainCase, choose: Chooser, patterns: Mapping[fprune.Pa
     return unchanged(ChainOutcome("exact"))
 
 
-def build_and_run(case_seed: int, patterns: Mapping[fprune.Pattern, fprune.PruneFunction] | None = None) -> tuple[ChainCase, ChainOutcome]:
+def build_and_run(case_seed: int, patterns: Mapping[fprune.patterns.Pattern, fprune.patterns.PruneFunction] | None = None) -> tuple[ChainCase, ChainOutcome]:
     """The case of `case_seed` and its outcome (the report and the tests share this); any
     exception other than a PruneError propagates."""
     choose = RandomChooser(random.Random(case_seed))

@@ -35,8 +35,8 @@ def _style(case: ChainCase) -> str:
     return "True" if case.prune_bias is True else "False" if case.prune_bias is False else "per weight"
 
 
-def _tuples_only() -> dict[fprune.Pattern, fprune.PruneFunction]:
-    return {k: v for k, v in fprune.default_patterns().items() if not any(isinstance(e, fprune.ZeroOrMore) for e in k)}
+def _tuples_only() -> dict[fprune.patterns.Pattern, fprune.patterns.PruneFunction]:
+    return {k: v for k, v in fprune.default_patterns().items() if not any(isinstance(e, fprune.patterns.ZeroOrMore) for e in k)}
 
 
 def report(models: int, seed: int, tuples_only: bool, show: int) -> str:

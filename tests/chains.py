@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fprune import Pattern, PatternElement, ZeroOrMore
+from fprune.patterns import Pattern, PatternElement, ZeroOrMore
 
 CHANNELS = 6
 IN_FEATURES = 5

@@ -28,12 +28,11 @@ from typing import Literal
 import torch
 from torch import Tensor, fx, nn
 from torch.func import functional_call
-from torch.nn.modules import module as module_globals
-from torch.nn.utils import parametrize
 
 import fprune
 
 from .fuzz_models import Chooser, FuzzCase
+from .purity import changes, snapshot
 
 __all__ = [
     "LEVELS",
@@ -41,12 +40,9 @@ __all__ = [
     "PIPELINES",
     "STATS",
     "STATUSES",
-    "Snapshot",
     "Stats",
-    "changes",
     "reason_of",
     "run_pipeline",
-    "snapshot",
 ]
 
 LEVELS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -100,95 +96,12 @@ STATS = Stats()
 """The counts of this process (the tests add to it; conftest prints it at the end)."""
 
 
-# --- the input model must stay exactly as it was --------------------------------------------------
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
-_GLOBAL_HOOKS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-    "_global_module_registration_hooks",
-    "_global_parameter_registration_hooks",
-    "_global_buffer_registration_hooks",
-)
-_PLAIN = (int, float, bool, str, tuple, type(None))
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything about a model that pruning must not change, copied."""
-
-    tensors: dict[str, tuple[int, Tensor]]
-    flags: dict[str, tuple[bool, bool]]  # requires_grad, has .grad
-    modules: dict[str, tuple[int, str, bool, str, tuple[int, ...], bool]]  # id, type, training, attributes, hooks, parametrized
-    structure: str
-    global_hooks: tuple[int, ...]
-
-
-def snapshot(model: nn.Module) -> Snapshot:
-    tensors = {k: (id(v), v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
-    flags = {k: (p.requires_grad, p.grad is not None) for k, p in model.named_parameters(remove_duplicate=False)}
-    modules = {
-        name: (
-            id(m),
-            type(m).__qualname__,
-            m.training,
-            repr(sorted((k, repr(v)) for k, v in vars(m).items() if isinstance(v, _PLAIN) and k != "training")),
-            tuple(len(getattr(m, d, {})) for d in _HOOK_DICTS),
-            parametrize.is_parametrized(m),
-        )
-        for name, m in model.named_modules(remove_duplicate=False)
-    }
-    global_hooks = tuple(len(getattr(module_globals, name, {})) for name in _GLOBAL_HOOKS)
-    return Snapshot(tensors, flags, modules, repr(model), global_hooks)
-
-
-def changes(model: nn.Module, before: Snapshot) -> list[str]:
-    """How `model` differs from `before` (empty: bit-for-bit the same)."""
-    after = snapshot(model)
-    found: list[str] = []
-    if after.tensors.keys() != before.tensors.keys():
-        found.append(f"state_dict keys changed: {sorted(set(after.tensors) ^ set(before.tensors))}")
-    for key, (ident, value) in before.tensors.items():
-        if key not in after.tensors:
-            continue
-        new_ident, new_value = after.tensors[key]
-        if new_ident != ident:
-            found.append(f"{key} was replaced by another tensor")
-        if new_value.shape != value.shape or new_value.dtype != value.dtype or not torch.equal(new_value, value):
-            found.append(f"{key} changed value")
-    if after.flags != before.flags:
-        found.append("requires_grad / .grad changed: " + ", ".join(k for k in before.flags if after.flags.get(k) != before.flags[k]))
-    if after.modules.keys() != before.modules.keys():
-        found.append("submodules changed")
-    for name, record in before.modules.items():
-        new = after.modules.get(name)
-        if new is not None and new != record:
-            what = ["identity", "type", "training flag", "attributes", "hooks", "parametrizations"]
-            found.append(f"module `{name}`: {', '.join(w for w, a, b in zip(what, record, new) if a != b)} changed")
-    if after.structure != before.structure:
-        found.append("repr(model) changed")
-    if after.global_hooks != before.global_hooks:
-        found.append("global module hooks changed")
-    return found
-
-
 # --- refusal reasons -----------------------------------------------------------------------------
 
 
 def reason_of(message: str) -> str:
     """A PruneError message without names and numbers, cut to its gist, for counting."""
-    text = message
+    text = re.sub(r"^[\w.]+(\(\))?: ", "", message)  # the public function's name, which starts every message
     if "could not be traced again" in text:
         return "head counts: the pruned copy could not be traced again to check them"
     if "pruning changes counts that forward writes" in text:

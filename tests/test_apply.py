@@ -12,7 +12,15 @@ from torch.func import functional_call
 
 import fprune
 
-from .models import REFERENCE_PRUNED_SHAPES, Branching, ConvBNNet, HardCodedView, ReferenceMLP, TwiceCalled
+from .models import (
+    REFERENCE_PRUNED_SHAPES,
+    Branching,
+    ConvBNNet,
+    HardCodedView,
+    ReferenceMLP,
+    TwiceCalled,
+)
+from .purity import assert_unchanged, snapshot
 
 
 def _all_weight_masks(model: nn.Module, level: float = 0.5) -> dict[str, Tensor]:
@@ -26,21 +34,6 @@ def _all_weight_masks(model: nn.Module, level: float = 0.5) -> dict[str, Tensor]
 def _prune(model: nn.Module, masks: dict[str, Tensor], prune_bias: bool = True) -> nn.Module:
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
     return fprune.apply_prune(model, masks, matches, prune_bias=prune_bias)
-
-
-def _snapshot(model: nn.Module) -> dict[str, tuple[int, Tensor]]:
-    state = {f"p:{k}": (id(v), v.detach().clone()) for k, v in model.named_parameters()}
-    state.update({f"b:{k}": (id(v), v.clone()) for k, v in model.named_buffers()})
-    state.update({f"m:{k}": (id(m), torch.tensor(0)) for k, m in model.named_modules()})
-    return state
-
-
-def _assert_unchanged(model: nn.Module, before: dict[str, tuple[int, Tensor]]) -> None:
-    after = _snapshot(model)
-    assert after.keys() == before.keys()
-    for key, (ident, value) in before.items():
-        assert after[key][0] == ident, f"{key} was replaced"
-        assert torch.equal(after[key][1], value), f"{key} changed value"
 
 
 def test_reference_mlp_prunes_to_the_documented_shapes_and_count() -> None:
@@ -108,11 +101,11 @@ def test_input_model_is_left_exactly_as_it_was() -> None:
     calls: list[int] = []
     handle = model.conv2.register_forward_hook(lambda m, i, o: calls.append(1))
     model.eval()
-    before = _snapshot(model)
+    before = snapshot(model)
     hooks_before = dict(model.conv2._forward_hooks)
     masks = _all_weight_masks(model)
     pruned = _prune(model, masks, prune_bias=False)
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     assert dict(model.conv2._forward_hooks) == hooks_before
     assert model.conv1.out_channels == 8 and model.bn1.num_features == 8
     assert not model.training
@@ -157,7 +150,7 @@ def test_batchnorm_chain_is_exact_in_train_mode_with_prune_bias() -> None:
 def test_masked_parameters_are_differentiable_and_leave_the_model_alone() -> None:
     torch.manual_seed(6)
     model = ReferenceMLP()
-    before = _snapshot(model)
+    before = snapshot(model)
     masks = _all_weight_masks(model)
     params = fprune.masked_parameters(model, masks)
     assert params.keys() == dict(model.named_parameters()).keys()
@@ -169,7 +162,7 @@ def test_masked_parameters_are_differentiable_and_leave_the_model_alone() -> Non
     assert torch.any(grad[masks["seq.0.weight"]] != 0)
     assert torch.all(params["seq.0.bias"][~masks["seq.0.weight"]] == 0)
     model.zero_grad()
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 def test_masked_parameters_keep_biases_and_batchnorm_without_prune_bias() -> None:
@@ -205,12 +198,12 @@ def _matches(model: nn.Module) -> tuple[fprune.Match, ...]:
 )
 def test_bad_masks_raise_prune_error_naming_the_fqn(mask: object, message: str) -> None:
     model = ReferenceMLP()
-    before = _snapshot(model)
+    before = snapshot(model)
     with pytest.raises(fprune.PruneError, match=message):
         fprune.apply_prune(model, {"seq.0.weight": mask}, _matches(model))  # type: ignore[dict-item]
     with pytest.raises(fprune.PruneError, match=message):
         fprune.masked_parameters(model, {"seq.0.weight": mask})  # type: ignore[dict-item]
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 def test_unknown_fqn_is_named_with_close_names() -> None:
@@ -246,7 +239,7 @@ def test_module_called_twice_is_refused() -> None:
 
 def test_hard_coded_view_stops_the_chain_and_is_named() -> None:
     model = HardCodedView()
-    with pytest.raises(fprune.PruneError, match=r"`fc1` \(Linear\): no pattern continues with `view` \(method .view\(\)\)"):
+    with pytest.raises(fprune.PruneError, match=r"`fc1` \(Linear\): no pattern continues with `view`: method .view\(\)"):
         fprune.apply_prune(model, {"fc1.weight": torch.ones(8, dtype=torch.bool)}, _matches(model))
 
 
@@ -286,7 +279,7 @@ def test_mask_without_matches_names_the_fqn() -> None:
 
 def test_apply_prune_rejects_non_match_records() -> None:
     with pytest.raises(fprune.PruneError, match=r"matches must be fprune.Match records"):
-        fprune.apply_prune(ReferenceMLP(), {}, ["seq.0"])  # type: ignore[arg-type]
+        fprune.apply_prune(ReferenceMLP(), {}, ["seq.0"])  # type: ignore[list-item]
 
 
 # --- properties over random shapes and masks -----------------------------------------------------
@@ -345,10 +338,10 @@ def _mlps(draw: st.DrawFn) -> tuple[nn.Sequential, dict[str, Tensor], bool]:
 @given(_mlps())
 def test_random_mlps_prune_exactly_and_leave_the_input_alone(case: tuple[nn.Sequential, dict[str, Tensor], bool]) -> None:
     model, masks, prune_bias = case
-    before = _snapshot(model)
+    before = snapshot(model)
     matches = _matches(model)
     pruned = fprune.apply_prune(model, masks, matches, prune_bias=prune_bias)
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     first = model[0]
     assert isinstance(first, nn.Linear)
     _assert_exact(model, pruned, masks, matches, prune_bias, torch.randn(5, first.in_features, dtype=torch.float64))
@@ -384,16 +377,16 @@ def _convnets(draw: st.DrawFn) -> tuple[nn.Sequential, dict[str, Tensor], bool]:
 @given(_convnets())
 def test_random_convnets_prune_exactly_or_refuse_for_a_stated_reason(case: tuple[nn.Sequential, dict[str, Tensor], bool]) -> None:
     model, masks, prune_bias = case
-    before = _snapshot(model)
+    before = snapshot(model)
     matches = _matches(model)
     try:
         pruned = fprune.apply_prune(model, masks, matches, prune_bias=prune_bias)
     except fprune.PruneError as error:
         # the only refusal here: a non-zero constant meeting zero padding
         assert "zero-padded" in str(error) or "count_include_pad=True" in str(error), str(error)
-        _assert_unchanged(model, before)
+        assert_unchanged(model, before)
         return
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     first = model[0]
     assert isinstance(first, nn.Conv2d)
     _assert_exact(model, pruned, masks, matches, prune_bias, torch.randn(2, first.in_channels, 24, 24, dtype=torch.float64))
@@ -469,11 +462,11 @@ def test_keep_leaves_producers_before_padded_convs_unshrunk_and_stays_exact() ->
     """b (row cut deferred to a's chain) and c stay full size with zeroed rows, their biases
     whole; a's constant is still folded into b's (full) bias; a and d shrink."""
     model = _padded_convnet()
-    before = _snapshot(model)
+    before = snapshot(model)
     with pytest.raises(fprune.PruneError, match=r"pruning `4.weight` .*zero-padded Conv2d.*use prune_bias=True"):
         _prune(model, PADDED_MASKS, prune_bias=False)
     pruned, warning = _keep_prune(model, PADDED_MASKS, prune_bias=False)
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
     assert warning.startswith("apply_prune: left 2 producer(s) unshrunk (unfoldable='keep')")
     assert "`2.weight` (chain _2 -> _3 -> _4: zero-padded Conv2d consumer)" in warning and "`4.weight`" in warning
@@ -561,7 +554,7 @@ def test_keep_is_silent_when_everything_folds_and_checks_its_argument() -> None:
     pruned, warning = _keep_prune(model, masks, prune_bias=False)
     assert warning == "" and pruned.get_submodule("seq.0").out_features == 250
     with pytest.raises(fprune.PruneError, match=r"apply_prune: `unfoldable` must be 'refuse' or 'keep', got 'skip'"):
-        fprune.apply_prune(model, masks, _matches(model), unfoldable="skip")  # type: ignore[arg-type]
+        fprune.apply_prune(model, masks, _matches(model), unfoldable="skip")  # type: ignore[call-overload]
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     assert fprune.apply_prune(model, {"seq.0.weight": masks["seq.0.weight"]}, groups, unfoldable="keep").get_submodule("seq.0").out_features == 250
 
@@ -572,9 +565,9 @@ def test_random_convnets_with_keep_always_prune_exactly(case: tuple[nn.Sequentia
     """Where the default refuses, unfoldable="keep" leaves exactly the warned-about producers
     full size, and the result is exact."""
     model, masks, prune_bias = case
-    before = _snapshot(model)
+    before = snapshot(model)
     pruned, warning = _keep_prune(model, masks, prune_bias)
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     first = model[0]
     assert isinstance(first, nn.Conv2d)
     _assert_exact(model, pruned, masks, _matches(model), prune_bias, torch.randn(2, first.in_channels, 24, 24, dtype=torch.float64))

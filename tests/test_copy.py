@@ -11,10 +11,9 @@ from collections.abc import Callable
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import Tensor, fx, nn
 
-from fprune._copy import copy_module
+from fprune._util.copy import copy_module
 from tests.fuzz_models import FuzzCase, fuzz_cases
 from tests.models import TiedEmbeddingLM
 from tests.zoo import ZOO

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import Tensor, fx, nn
 
 import fprune
-from fprune._gather import take, take_rows_columns
+from fprune._util.gather import take, take_rows_columns
 
 _LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}
 

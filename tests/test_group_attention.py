@@ -127,7 +127,7 @@ def test_multihead_attention_heads_are_pruned_into_a_drop_in_subclass() -> None:
     heads = next(g for g in groups if "blocks.0.attn.in_proj_weight" in g.producers)
     assert len(heads.units) == 4 and heads.size == 192
     attention = pruned.get_submodule("blocks.0.attn")
-    assert isinstance(attention, fprune.HeadPrunedMultiheadAttention) and isinstance(attention, nn.MultiheadAttention)
+    assert isinstance(attention, fprune.groups.HeadPrunedMultiheadAttention) and isinstance(attention, nn.MultiheadAttention)
     assert attention.num_heads == 2 and attention.embed_dim == 64 and attention.in_proj_weight.shape == (96, 64)
     assert type(model.get_submodule("blocks.0.attn")) is nn.MultiheadAttention
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_multihead_attention_input_width_masks_and_weights_follow() -> None:
     assert set(masks) == {"proj.weight", "attn.in_proj_weight", "attn.out_proj.weight"}
     pruned = fprune.apply_prune(model, masks, groups)
     attention = pruned.get_submodule("attn")
-    assert isinstance(attention, fprune.HeadPrunedMultiheadAttention)
+    assert isinstance(attention, fprune.groups.HeadPrunedMultiheadAttention)
     assert attention.num_heads == 2 and attention.in_proj_weight.shape == (24, 8) and attention.out_proj.weight.shape == (8, 8)
     with torch.no_grad():
         expected = functional_call(model, fprune.masked_parameters(model, masks, groups), args)
@@ -191,7 +191,7 @@ def test_multihead_attention_with_only_its_output_pruned_still_runs() -> None:
     keep = torch.tensor([True, False] * 8)
     pruned = fprune.apply_prune(model, {"attn.out_proj.weight": keep}, groups)
     attention = pruned.get_submodule("attn")
-    assert isinstance(attention, fprune.HeadPrunedMultiheadAttention) and attention.embed_dim == 8 and attention.num_heads == 4
+    assert isinstance(attention, fprune.groups.HeadPrunedMultiheadAttention) and attention.embed_dim == 8 and attention.num_heads == 4
     with torch.no_grad():
         expected = functional_call(model, fprune.masked_parameters(model, {"attn.out_proj.weight": keep}, groups), args)
         torch.testing.assert_close(pruned(*args)[0], expected[0], rtol=1e-5, atol=1e-5)

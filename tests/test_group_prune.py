@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fprune
 
+from .purity import assert_unchanged, snapshot
 from .zoo import ZOO
 
 CNNS = ["resnet18", "resnet50", "mobilenetv2", "densenet"]
@@ -22,16 +23,11 @@ def flops(model: nn.Module, x: Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _snapshot(model: nn.Module) -> dict[str, tuple[int, Tensor]]:
-    state = {k: (id(v), v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
-    return state
-
-
 @pytest.mark.parametrize("name", sorted(ZOO))
 @pytest.mark.parametrize("level", [0.3, 0.5])
 def test_zoo_models_prune_exactly_and_shrink(name: str, level: float) -> None:
     model, x = ZOO[name]()
-    before = _snapshot(model)
+    before = snapshot(model)
     gm = torch.fx.symbolic_trace(model)
     groups = fprune.channel_groups(gm, example_inputs=(x,))
     masks = fprune.group_masks(model, groups, level)
@@ -56,10 +52,7 @@ def test_zoo_models_prune_exactly_and_shrink(name: str, level: float) -> None:
     else:  # transformers: MLP widths and (Llama, at 50%) attention heads
         assert masks and pruned_params < params
         assert flops(pruned, x) < flops(model, x)
-    after = _snapshot(model)
-    assert after.keys() == before.keys()
-    for key, (ident, value) in before.items():
-        assert after[key][0] == ident and torch.equal(after[key][1], value)
+    assert_unchanged(model, before)
     assert type(pruned) is type(model)
 
 
@@ -137,7 +130,7 @@ def test_group_mask_errors_name_the_tensor() -> None:
     both = fprune.match_patterns(torch.fx.symbolic_trace(mlp), fprune.default_patterns())
     assert both
     with pytest.raises(fprune.PruneError, match=r"pass either pattern matches or channel groups, not both"):
-        fprune.apply_prune(model, {}, [*both, *groups])  # type: ignore[arg-type]
+        fprune.apply_prune(model, {}, [*both, *groups])  # type: ignore[list-item]
     pruned = fprune.apply_prune(model, {"fc2.weight": keep}, groups)  # the residual group, keyed by any producer
     assert pruned.get_submodule("fc1").get_parameter("weight").shape == (4, 4)
     assert pruned.get_submodule("fc3").get_parameter("weight").shape == (2, 4)
@@ -193,7 +186,9 @@ def test_conv1d_and_conv_transpose_groups_prune_exactly() -> None:
 def test_slices_cut_alike_share_one_index_tensor() -> None:
     """A conv's rows, its BatchNorm's four vectors and the next conv's columns are cut by one
     group alike: apply_prune builds one index tensor for all of them, not one each."""
-    from fprune._group_prune import _kept_indices, _tensors, group_keeps
+    from fprune._util.checks import named_tensors as _tensors
+    from fprune.groups._apply import group_keeps
+    from fprune.groups._apply import kept_indices as _kept_indices
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import pytest
 import torch
@@ -149,10 +150,10 @@ class _WithScale(nn.Module):
         return out
 
 
-def _scale_rule(ctx: fprune.FlowContext) -> fprune.Axis | None:
+def _scale_rule(ctx: fprune.groups.FlowContext) -> fprune.groups.Axis | None:
     axis = ctx.input(0)
-    if isinstance(axis, fprune.Axis):
-        ctx.carry("scale", 0, fprune.Axis(0, axis.ids))
+    if isinstance(axis, fprune.groups.Axis):
+        ctx.carry("scale", 0, fprune.groups.Axis(0, axis.ids))
         return axis
     return None
 
@@ -165,7 +166,7 @@ def test_unknown_ops_block_and_user_rules_teach_new_modules() -> None:
     gm = torch.fx.GraphModule(model, _Leaf().trace(model))
     blocked = _by_producer(fprune.channel_groups(gm), "fc1.weight")
     assert not blocked.prunable and "module `scale` (_Scale)" in blocked.blockers[0].reason
-    rules = fprune.default_flow_rules()
+    rules = fprune.groups.default_flow_rules()
     rules[_Scale] = _scale_rule
     group = _by_producer(fprune.channel_groups(gm, rules=rules), "fc1.weight")
     assert group.prunable and ("scale.scale", 0, "carrier") in _members(group)
@@ -198,7 +199,7 @@ def test_records_are_frozen_and_analysis_leaves_the_graph_alone() -> None:
 
 
 def test_channel_groups_needs_a_graph_module() -> None:
-    with pytest.raises(fprune.PruneError, match=r"channel_groups expects a torch.fx.GraphModule, got Sequential"):
+    with pytest.raises(fprune.PruneError, match=r"^channel_groups: expects a torch.fx.GraphModule, got Sequential"):
         fprune.channel_groups(nn.Sequential())  # type: ignore[arg-type]
 
 
@@ -332,6 +333,51 @@ def test_one_activation_kind_is_run_on_zeros_once_but_each_different_one_is_chec
     assert groups["0.weight"].prunable and groups["2.weight"].prunable
     assert not groups["4.weight"].prunable and "maps 0 to 0.25" in groups["4.weight"].blockers[0].reason
     assert not groups["6.weight"].prunable and "maps 0 to 1" in groups["6.weight"].blockers[0].reason
+
+
+def test_a_user_rule_does_per_kind_work_once_with_ctx_once_and_a_failed_check_is_not_remembered() -> None:
+    """FlowContext.once is the public way for a rule to check something once per analysis: it
+    runs for the first node of a key, not again after it passed; a check that raised runs (and
+    raises, blocking that node's channels) again for the next node."""
+    calls: list[str] = []
+
+    def rule(ctx: fprune.groups.FlowContext) -> fprune.groups.Flow:
+        module = ctx.module
+        assert isinstance(module, _Scale)
+
+        def check() -> None:
+            calls.append(ctx.node.name)
+            if len(calls) == 1:
+                raise fprune.PruneError("the first check fails")
+
+        ctx.once(("scale-check", type(module)), check)
+        axis = ctx.input(0)
+        assert isinstance(axis, fprune.groups.Axis)
+        ctx.carry("scale", 0, fprune.groups.Axis(0, axis.ids))
+        return axis
+
+    class Three(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.ModuleList(nn.Linear(4, 4) for _ in range(4))
+            self.s = nn.ModuleList(_Scale(4) for _ in range(3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            for fc, s in zip(self.fc, self.s):
+                x = s(fc(x))
+            return cast(Tensor, self.fc[3](x))
+
+    model = Three()
+    gm = torch.fx.GraphModule(model, _Leaf().trace(model))
+    rules = fprune.groups.default_flow_rules()
+    rules[_Scale] = rule
+    groups = {g.producers[0]: g for g in fprune.channel_groups(gm, rules=rules)}
+    assert calls == ["s_0", "s_1"]  # failed at s_0, passed at s_1, not run at s_2
+    assert not groups["fc.0.weight"].prunable and "the first check fails" in groups["fc.0.weight"].blockers[0].reason
+    assert groups["fc.1.weight"].prunable and groups["fc.2.weight"].prunable
+    calls.clear()
+    fprune.channel_groups(gm, rules=rules)
+    assert calls == ["s_0", "s_1"]  # a new analysis checks anew
 
 
 @pytest.mark.parametrize("layer", [nn.BatchNorm1d(6), nn.PReLU(6)], ids=["BatchNorm1d", "PReLU"])

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fprune
-from fprune import Call, Match, ModuleOp, OUTPUT, Pattern, PruneFunction
+from fprune import Match
+from fprune.patterns import Call, ModuleOp, OUTPUT, Pattern, PruneFunction
 
 from .models import Branching, ConvBNNet, LSTMNet, ReferenceMLP, TwiceCalled
 
@@ -27,7 +28,7 @@ def test_reference_mlp_matches_four_chains_in_graph_order() -> None:
     assert first.pattern == (nn.Linear, nn.ReLU, nn.Linear)
     assert first.nodes == ("seq_0", "seq_1", "seq_2")
     assert first.ops == (ModuleOp("seq.0", nn.Linear), ModuleOp("seq.1", nn.ReLU), ModuleOp("seq.2", nn.Linear))
-    assert first.prune_fn is fprune.prune_linear_activation_linear
+    assert first.prune_fn is fprune.patterns.prune_linear_activation_linear
     assert first.mask_fqns == ("seq.0.weight",)
     assert first.module_fqns == ("seq.0", "seq.1", "seq.2")
     assert matches[-1].pattern == (nn.Linear, "output") and matches[-1].ops[-1] is OUTPUT
@@ -57,7 +58,7 @@ def test_longest_pattern_wins() -> None:
         (nn.Conv2d, nn.BatchNorm2d, F.leaky_relu, F.adaptive_avg_pool2d, torch.flatten, nn.Linear),
         (nn.Linear, "output"),
     ]
-    patterns = {(nn.Conv2d, nn.BatchNorm2d): fprune.prune_chain, (nn.Conv2d, nn.BatchNorm2d, F.relu, nn.MaxPool2d, nn.Conv2d): fprune.prune_chain}
+    patterns = {(nn.Conv2d, nn.BatchNorm2d): fprune.patterns.prune_chain, (nn.Conv2d, nn.BatchNorm2d, F.relu, nn.MaxPool2d, nn.Conv2d): fprune.patterns.prune_chain}
     short = fprune.match_patterns(torch.fx.symbolic_trace(ConvBNNet()), patterns)  # type: ignore[arg-type]
     assert [m.pattern for m in short] == [(nn.Conv2d, nn.BatchNorm2d, F.relu, nn.MaxPool2d, nn.Conv2d), (nn.Conv2d, nn.BatchNorm2d)]
 
@@ -88,7 +89,7 @@ def test_lstm_chain_goes_through_getitem_zero() -> None:
         assert lstm_match.ops[1] == Call(operator.getitem, (0,))
         assert lstm_match.weight_fqn == "lstm.weight_ih_l0"
         assert lstm_match.mask_fqns == ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1")
-        assert lstm_match.prune_fn is (fprune.prune_lstm_output_layernorm_linear if norm else fprune.prune_lstm_output_linear)
+        assert lstm_match.prune_fn is (fprune.patterns.prune_lstm_output_layernorm_linear if norm else fprune.patterns.prune_lstm_output_linear)
 
 
 class _ReturnsHidden(nn.Module):
@@ -135,7 +136,7 @@ def test_module_types_match_exactly_and_custom_patterns_extend_the_dict() -> Non
     gm = torch.fx.GraphModule(model, _LeafTracer().trace(model))
     assert [m.weight_fqn for m in fprune.match_patterns(gm, fprune.default_patterns())] == ["2.weight"]
     patterns = fprune.default_patterns()
-    patterns[(_SubclassedLinear, nn.ReLU, nn.Linear)] = fprune.prune_linear_activation_linear
+    patterns[(_SubclassedLinear, nn.ReLU, nn.Linear)] = fprune.patterns.prune_linear_activation_linear
     matches = fprune.match_patterns(gm, patterns)
     assert [m.weight_fqn for m in matches] == ["0.weight", "2.weight"]
 
@@ -143,10 +144,10 @@ def test_module_types_match_exactly_and_custom_patterns_extend_the_dict() -> Non
 @pytest.mark.parametrize(
     ("patterns", "message"),
     [
-        ({(nn.Linear,): fprune.prune_chain}, r"a pattern is a tuple of at least 2 elements"),
-        ({(F.relu, nn.Linear): fprune.prune_chain}, r"the first element must be an nn.Module class"),
-        ({(nn.Linear, int): fprune.prune_chain}, r"element int is a class but not an nn.Module"),
-        ({(nn.Linear, 3): fprune.prune_chain}, r"element 3 is not a module class, function, string or fprune.ZeroOrMore"),
+        ({(nn.Linear,): fprune.patterns.prune_chain}, r"a pattern is a tuple of at least 2 elements"),
+        ({(F.relu, nn.Linear): fprune.patterns.prune_chain}, r"the first element must be an nn.Module class"),
+        ({(nn.Linear, int): fprune.patterns.prune_chain}, r"element int is a class but not an nn.Module"),
+        ({(nn.Linear, 3): fprune.patterns.prune_chain}, r"element 3 is not a module class, function, string or fprune.patterns.ZeroOrMore"),
         ({(nn.Linear, nn.Linear): "prune"}, r"maps to 'prune', which is not a prune function"),
     ],
 )
@@ -165,13 +166,13 @@ def test_pattern_index_is_rebuilt_after_the_dict_changes() -> None:
     gm = torch.fx.symbolic_trace(model)
     patterns = fprune.default_patterns()
     tuple_key = (nn.Linear, nn.Hardswish, nn.Linear)
-    run_key = (nn.Linear, fprune.PASS_THROUGH_LINEAR, nn.Linear)
+    run_key = (nn.Linear, fprune.patterns.PASS_THROUGH_LINEAR, nn.Linear)
     assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [tuple_key, (nn.Linear, "output")]
     del patterns[tuple_key]
     assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [run_key, (nn.Linear, "output")]
     del patterns[run_key]
     assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [(nn.Linear, "output")]
-    patterns.update({tuple_key: fprune.prune_chain})
+    patterns.update({tuple_key: fprune.patterns.prune_chain})
     assert len(fprune.match_patterns(gm, patterns)) == 2
     plain = dict(patterns)
     plain.pop(tuple_key)
@@ -183,7 +184,7 @@ def test_match_patterns_never_writes_to_the_patterns_dict() -> None:
     gm = torch.fx.symbolic_trace(ReferenceMLP())
     defaults = fprune.default_patterns()
     modified = fprune.default_patterns()
-    modified[(nn.Linear, nn.Tanh, nn.Linear)] = fprune.prune_chain
+    modified[(nn.Linear, nn.Tanh, nn.Linear)] = fprune.patterns.prune_chain
     plain = dict(modified)
     for patterns in (defaults, modified, plain):
         attributes = dict(vars(patterns)) if hasattr(patterns, "__dict__") else None
@@ -215,7 +216,7 @@ def test_dicts_with_equal_patterns_but_different_functions_never_share_an_index(
     gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
     pattern: Pattern = (nn.Linear, nn.ReLU, nn.Linear)
     first, second = _EqualToAll("first"), _EqualToAll("second")
-    dicts: list[dict[Pattern, PruneFunction]] = [{pattern: first}, {pattern: second}, {pattern: fprune.prune_chain}, {pattern: fprune.prune_linear_activation_linear}]
+    dicts: list[dict[Pattern, PruneFunction]] = [{pattern: first}, {pattern: second}, {pattern: fprune.patterns.prune_chain}, {pattern: fprune.patterns.prune_linear_activation_linear}]
     for _ in range(2):  # alternate, with every index cached
         for patterns in dicts:
             (match,) = fprune.match_patterns(gm, patterns)
@@ -231,11 +232,11 @@ def test_dicts_with_equal_patterns_but_different_functions_never_share_an_index(
 
 
 def test_unmodified_default_copies_share_the_default_index_and_modified_ones_do_not() -> None:
-    from fprune._match import _build_trie
+    from fprune.patterns._match import _build_trie
 
     a, b = fprune.default_patterns(), fprune.default_patterns()
     assert _build_trie(a) is _build_trie(b)
-    b[(nn.Linear, nn.Tanh, nn.Linear)] = fprune.prune_chain
+    b[(nn.Linear, nn.Tanh, nn.Linear)] = fprune.patterns.prune_chain
     assert _build_trie(b) is not _build_trie(a)
     del b[(nn.Linear, nn.Tanh, nn.Linear)]
     gm = torch.fx.symbolic_trace(ReferenceMLP())

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from fprune._norms import BLOCK, dim_norms, lp_rows, row_column_norms
+from fprune._util.norms import BLOCK, dim_norms, lp_rows, row_column_norms
 
 
 def _reference(t: Tensor, dim: int, p: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Open-ended chains: a producer, any run of pass-through ops (``fprune.ZeroOrMore``), a consumer.
+"""Open-ended chains: a producer, any run of pass-through ops (``fprune.patterns.ZeroOrMore``), a consumer.
 
 - ``ZeroOrMore`` as a pattern element: zero, one or many ops; longest match, then the most
   specific pattern; malformed runs refused; tuple patterns unchanged.
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import fprune
-from fprune import PatternElement, ZeroOrMore
-from fprune._match import explain_unmatched
+from fprune.patterns import PatternElement, ZeroOrMore
+from fprune.patterns._match import explain_unmatched
 
 from .chain_fuzz import build_and_run, chain_case, is_exactness_refusal, run_chain_case
 from .chains import random_batchnorm
@@ -237,24 +237,24 @@ def test_malformed_runs_raise(make: Callable[[], ZeroOrMore], message: str) -> N
         ((nn.Linear, ZeroOrMore(nn.ReLU)), r"pattern \(Linear, ZeroOrMore\(ReLU\)\): a pattern cannot end with a ZeroOrMore run; end it with the consumer or 'output'"),
         ((ZeroOrMore(nn.Linear), nn.Linear), r"the first element must be an nn.Module class \(the producer\)"),
         ((nn.Linear, ZeroOrMore(int), nn.Linear), r"element int is a class but not an nn.Module"),
-        ((nn.Linear, ZeroOrMore(3), nn.Linear), r"element 3 is not a module class, function, string or fprune.ZeroOrMore"),  # type: ignore[arg-type]
+        ((nn.Linear, ZeroOrMore(3), nn.Linear), r"element 3 is not a module class, function, string or fprune.patterns.ZeroOrMore"),  # type: ignore[arg-type]
     ],
 )
 def test_malformed_run_patterns_raise(pattern: tuple[object, ...], message: str) -> None:
     with pytest.raises(fprune.PruneError, match=message):
-        fprune.match_patterns(torch.fx.symbolic_trace(ReferenceMLP()), {pattern: fprune.prune_chain})  # type: ignore[dict-item]
+        fprune.match_patterns(torch.fx.symbolic_trace(ReferenceMLP()), {pattern: fprune.patterns.prune_chain})  # type: ignore[dict-item]
 
 
 # --- ZeroOrMore: matching -------------------------------------------------------------------------
 
 
-def _patterns_of(model: nn.Module, patterns: dict[tuple[object, ...], fprune.PruneFunction]) -> list[tuple[object, ...]]:
+def _patterns_of(model: nn.Module, patterns: dict[tuple[object, ...], fprune.patterns.PruneFunction]) -> list[tuple[object, ...]]:
     return [m.pattern for m in fprune.match_patterns(torch.fx.symbolic_trace(model), patterns)]  # type: ignore[arg-type]
 
 
 def test_a_run_matches_zero_one_or_many_ops() -> None:
     relus = ZeroOrMore(nn.ReLU, F.relu, "relu")
-    patterns: dict[tuple[object, ...], fprune.PruneFunction] = {(nn.Linear, relus, nn.Linear): fprune.prune_chain}
+    patterns: dict[tuple[object, ...], fprune.patterns.PruneFunction] = {(nn.Linear, relus, nn.Linear): fprune.patterns.prune_chain}
     for middle in ([], [nn.ReLU()], [nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()]):
         model = nn.Sequential(nn.Linear(4, 6), *middle, nn.Linear(6, 2))
         matches = fprune.match_patterns(torch.fx.symbolic_trace(model), patterns)  # type: ignore[arg-type]
@@ -265,13 +265,13 @@ def test_a_run_matches_zero_one_or_many_ops() -> None:
     gm = torch.fx.symbolic_trace(model)
     assert fprune.match_patterns(gm, patterns) == ()  # type: ignore[arg-type]
     reason = explain_unmatched(gm, "0.weight", patterns)  # type: ignore[arg-type]
-    assert reason == "`0` (Linear): no pattern continues with `_2` (Tanh module `2`)"
+    assert reason == "`0` (Linear): no pattern continues with `_2`: module `2` (Tanh)"
 
 
 def test_runs_and_fixed_elements_combine() -> None:
     relus = ZeroOrMore(nn.ReLU)
     pattern = (nn.Conv2d, relus, nn.MaxPool2d, relus, ZeroOrMore(nn.Tanh), nn.Conv2d)
-    patterns: dict[tuple[object, ...], fprune.PruneFunction] = {pattern: fprune.prune_chain}
+    patterns: dict[tuple[object, ...], fprune.patterns.PruneFunction] = {pattern: fprune.patterns.prune_chain}
     ok: list[list[nn.Module]] = [
         [nn.MaxPool2d(2)],
         [nn.ReLU(), nn.MaxPool2d(2), nn.ReLU(), nn.ReLU(), nn.Tanh()],
@@ -291,30 +291,30 @@ def test_longest_match_wins_then_the_most_specific_pattern() -> None:
     run = ZeroOrMore(nn.ReLU, nn.Dropout)
     other = ZeroOrMore(nn.ReLU, nn.Dropout, nn.Tanh)
     # longer beats more specific: the (Linear, ReLU) tuple ends a node earlier
-    assert _patterns_of(model, {(nn.Linear, nn.ReLU): fprune.prune_chain, (nn.Linear, run, nn.Linear): fprune.prune_chain})[0] == (nn.Linear, run, nn.Linear)
+    assert _patterns_of(model, {(nn.Linear, nn.ReLU): fprune.patterns.prune_chain, (nn.Linear, run, nn.Linear): fprune.patterns.prune_chain})[0] == (nn.Linear, run, nn.Linear)
     # same nodes: the tuple (4 fixed elements) beats a run pattern (2 fixed elements)
     tuple_key = (nn.Linear, nn.ReLU, nn.Dropout, nn.Linear)
-    assert _patterns_of(model, {tuple_key: fprune.prune_chain, (nn.Linear, run, nn.Linear): fprune.prune_chain})[0] == tuple_key
-    assert _patterns_of(model, {(nn.Linear, run, nn.Linear): fprune.prune_chain, tuple_key: fprune.prune_chain})[0] == tuple_key
+    assert _patterns_of(model, {tuple_key: fprune.patterns.prune_chain, (nn.Linear, run, nn.Linear): fprune.patterns.prune_chain})[0] == tuple_key
+    assert _patterns_of(model, {(nn.Linear, run, nn.Linear): fprune.patterns.prune_chain, tuple_key: fprune.patterns.prune_chain})[0] == tuple_key
     # more fixed elements beat fewer: (Linear, run, Dropout, Linear) over (Linear, run, Linear)
     three = (nn.Linear, run, nn.Dropout, nn.Linear)
-    assert _patterns_of(model, {three: fprune.prune_chain, (nn.Linear, run, nn.Linear): fprune.prune_chain})[0] == three
+    assert _patterns_of(model, {three: fprune.patterns.prune_chain, (nn.Linear, run, nn.Linear): fprune.patterns.prune_chain})[0] == three
     # equally specific runs: the pattern added to the dict last wins
-    assert _patterns_of(model, {(nn.Linear, run, nn.Linear): fprune.prune_chain, (nn.Linear, other, nn.Linear): fprune.prune_chain})[0] == (nn.Linear, other, nn.Linear)
-    assert _patterns_of(model, {(nn.Linear, other, nn.Linear): fprune.prune_chain, (nn.Linear, run, nn.Linear): fprune.prune_chain})[0] == (nn.Linear, run, nn.Linear)
+    assert _patterns_of(model, {(nn.Linear, run, nn.Linear): fprune.patterns.prune_chain, (nn.Linear, other, nn.Linear): fprune.patterns.prune_chain})[0] == (nn.Linear, other, nn.Linear)
+    assert _patterns_of(model, {(nn.Linear, other, nn.Linear): fprune.patterns.prune_chain, (nn.Linear, run, nn.Linear): fprune.patterns.prune_chain})[0] == (nn.Linear, run, nn.Linear)
     # an empty run ties with the tuple of the same fixed elements: the tuple (no run) wins
     plain = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
-    assert _patterns_of(plain, {(nn.Linear, run, nn.Linear): fprune.prune_chain, (nn.Linear, nn.Linear): fprune.prune_linear_linear})[0] == (nn.Linear, nn.Linear)
+    assert _patterns_of(plain, {(nn.Linear, run, nn.Linear): fprune.patterns.prune_chain, (nn.Linear, nn.Linear): fprune.patterns.prune_linear_linear})[0] == (nn.Linear, nn.Linear)
 
 
 def test_default_tuples_still_win_with_their_torch_ao_functions() -> None:
     cases: list[tuple[nn.Module, tuple[object, ...], object]] = [
-        (ReferenceMLP(), (nn.Linear, nn.ReLU, nn.Linear), fprune.prune_linear_activation_linear),
-        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 2, 3)), (nn.Conv2d, nn.Conv2d), fprune.prune_conv2d_conv2d),
-        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 2, 1)), (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d), fprune.prune_conv2d_activation_pool_conv2d),
-        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)), (nn.Conv2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear), fprune.prune_conv2d_pool_flatten_linear),
-        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(), nn.Conv2d(6, 2, 1)), (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Dropout, nn.Conv2d), fprune.prune_chain),
-        (nn.Sequential(nn.Linear(4, 6)), (nn.Linear, "output"), fprune.prune_linear),
+        (ReferenceMLP(), (nn.Linear, nn.ReLU, nn.Linear), fprune.patterns.prune_linear_activation_linear),
+        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 2, 3)), (nn.Conv2d, nn.Conv2d), fprune.patterns.prune_conv2d_conv2d),
+        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 2, 1)), (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d), fprune.patterns.prune_conv2d_activation_pool_conv2d),
+        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)), (nn.Conv2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear), fprune.patterns.prune_conv2d_pool_flatten_linear),
+        (nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(), nn.Conv2d(6, 2, 1)), (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Dropout, nn.Conv2d), fprune.patterns.prune_chain),
+        (nn.Sequential(nn.Linear(4, 6)), (nn.Linear, "output"), fprune.patterns.prune_linear),
     ]
     for model, pattern, function in cases:
         first = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())[0]
@@ -337,8 +337,8 @@ def test_the_issue_chain_matches_and_prunes_exactly() -> None:
 
     model = Net().double().eval()
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
-    assert matches[0].pattern == (nn.Conv2d, fprune.PASS_THROUGH_2D, torch.flatten, fprune.PASS_THROUGH_FLAT, nn.Linear)
-    assert matches[0].nodes == ("conv", "relu", "max_pool2d", "pool", "flatten", "fc") and matches[0].prune_fn is fprune.prune_chain
+    assert matches[0].pattern == (nn.Conv2d, fprune.patterns.PASS_THROUGH_2D, torch.flatten, fprune.patterns.PASS_THROUGH_FLAT, nn.Linear)
+    assert matches[0].nodes == ("conv", "relu", "max_pool2d", "pool", "flatten", "fc") and matches[0].prune_fn is fprune.patterns.prune_chain
     keep = torch.tensor([True, False] * 4)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     for prune_bias in (True, False):
@@ -350,7 +350,7 @@ def test_the_issue_chain_matches_and_prunes_exactly() -> None:
 
 def test_matching_cost_does_not_grow_with_run_patterns() -> None:
     """A run is one trie node that loops: matching walks a set of at most a few nodes."""
-    from fprune._match import _build_trie
+    from fprune.patterns._match import _build_trie
 
     trie = _build_trie(fprune.default_patterns())
     linear = trie.children[("module", nn.Linear)]
@@ -374,8 +374,8 @@ def test_a_run_extended_with_your_own_elementwise_op_rebuilds_the_index_and_prun
     gm = torch.fx.symbolic_trace(model)
     patterns = fprune.default_patterns()
     assert [m.pattern for m in fprune.match_patterns(gm, patterns)] == [(nn.Linear, "output")]
-    custom = ZeroOrMore(*fprune.PASS_THROUGH_LINEAR.elements, "abs")
-    patterns[(nn.Linear, custom, nn.Linear)] = fprune.prune_chain
+    custom = ZeroOrMore(*fprune.patterns.PASS_THROUGH_LINEAR.elements, "abs")
+    patterns[(nn.Linear, custom, nn.Linear)] = fprune.patterns.prune_chain
     matches = fprune.match_patterns(gm, patterns)
     assert [m.pattern for m in matches] == [(nn.Linear, custom, nn.Linear), (nn.Linear, "output")]
     keep = torch.tensor([True, False, True, True, False, True])
@@ -391,10 +391,10 @@ def test_a_run_extended_with_your_own_elementwise_op_rebuilds_the_index_and_prun
 # --- the default runs: every element, every family ------------------------------------------------
 
 _FAMILIES = {
-    nn.Linear: fprune.PASS_THROUGH_LINEAR,
-    nn.Conv1d: fprune.PASS_THROUGH_1D,
-    nn.Conv2d: fprune.PASS_THROUGH_2D,
-    nn.Conv3d: fprune.PASS_THROUGH_3D,
+    nn.Linear: fprune.patterns.PASS_THROUGH_LINEAR,
+    nn.Conv1d: fprune.patterns.PASS_THROUGH_1D,
+    nn.Conv2d: fprune.patterns.PASS_THROUGH_2D,
+    nn.Conv3d: fprune.patterns.PASS_THROUGH_3D,
 }
 _FLATTENS: tuple[PatternElement, ...] = (nn.Flatten, torch.flatten, "flatten")
 
@@ -406,32 +406,33 @@ def _sorted(elements: frozenset[PatternElement]) -> list[PatternElement]:
 def _cases() -> list[tuple[type[nn.Module], tuple[PatternElement, ...]]]:
     cases: list[tuple[type[nn.Module], tuple[PatternElement, ...]]] = [(producer, (element,)) for producer, run in _FAMILIES.items() for element in _sorted(run.elements)]
     for producer in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        cases += [(producer, (flat, element)) for flat in _FLATTENS for element in _sorted(fprune.PASS_THROUGH_FLAT.elements)[:: 7]]
+        cases += [(producer, (flat, element)) for flat in _FLATTENS for element in _sorted(fprune.patterns.PASS_THROUGH_FLAT.elements)[:: 7]]
     return cases
 
 
 def test_the_default_runs_are_the_documented_sets() -> None:
-    common = fprune.PASS_THROUGH_FLAT.elements
-    assert set(fprune.ACTIVATION_MODULES + fprune.ACTIVATION_FUNCTIONS + fprune.ACTIVATION_METHODS) <= common
+    common = fprune.patterns.PASS_THROUGH_FLAT.elements
+    assert set(fprune.patterns.ACTIVATION_MODULES + fprune.patterns.ACTIVATION_FUNCTIONS + fprune.patterns.ACTIVATION_METHODS) <= common
     assert {nn.Identity, nn.Dropout, F.dropout} <= common and not {nn.BatchNorm1d, nn.MaxPool2d, nn.Flatten} & common
-    assert fprune.PASS_THROUGH_LINEAR.elements == common | {nn.BatchNorm1d}
-    assert fprune.PASS_THROUGH_2D.elements - common == {
+    assert fprune.patterns.PASS_THROUGH_LINEAR.elements == common | {nn.BatchNorm1d}
+    assert fprune.patterns.PASS_THROUGH_2D.elements - common == {
         nn.BatchNorm2d, nn.Dropout2d, F.dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
         F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
     }  # fmt: skip
-    for run in (fprune.PASS_THROUGH_1D, fprune.PASS_THROUGH_3D):
+    for run in (fprune.patterns.PASS_THROUGH_1D, fprune.patterns.PASS_THROUGH_3D):
         assert len(run.elements - common) == 11
     patterns = fprune.default_patterns()
     for producer, run in _FAMILIES.items():
         consumer = producer
-        assert patterns[(producer, run, consumer)] is fprune.prune_chain and patterns[(producer, run, "output")] is fprune.prune_chain
+        assert patterns[(producer, run, consumer)] is fprune.patterns.prune_chain and patterns[(producer, run, "output")] is fprune.patterns.prune_chain
         if producer is not nn.Linear:
             for flat in _FLATTENS:
-                assert patterns[(producer, run, flat, fprune.PASS_THROUGH_FLAT, nn.Linear)] is fprune.prune_chain
+                assert patterns[(producer, run, flat, fprune.patterns.PASS_THROUGH_FLAT, nn.Linear)] is fprune.patterns.prune_chain
     runs = [p for p in patterns if any(isinstance(e, ZeroOrMore) for e in p)]
     assert len(runs) == 2 * 4 + 2 * 3 * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("end", ["consumer", "output"])
 def test_every_pass_through_element_prunes_exactly_in_its_family(end: str) -> None:
     """Producer -> one element (module, function or method form) -> consumer or output, for
@@ -462,7 +463,7 @@ def test_random_runs_of_each_family_prune_exactly_or_refuse_for_exactness(produc
     family = _FAMILIES[producer].elements
     elements = _sorted(family)
     norms_and_dropouts = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, F.dropout1d, F.dropout2d, F.dropout3d}
-    pools = family - fprune.PASS_THROUGH_FLAT.elements - norms_and_dropouts
+    pools = family - fprune.patterns.PASS_THROUGH_FLAT.elements - norms_and_dropouts
     random_in_train = {nn.RReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout}
     failures: list[str] = []
     exact = 0
@@ -530,7 +531,7 @@ def test_long_runs_refuse_where_no_bias_is_exact(middle: list[nn.Module], consum
     model = _conv_model(middle, consumer).train(train)
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
     assert len(matches[0].ops) == len(middle) + 2
-    with pytest.raises(fprune.PruneError, match=r"^pruning `0.weight` \(chain _0 -> _1 -> .*\): .*" + message) as error:
+    with pytest.raises(fprune.PruneError, match=r"^apply_prune: pruning `0.weight` \(chain _0 -> _1 -> .*\): .*" + message) as error:
         fprune.apply_prune(model, {"0.weight": KEEP}, matches, prune_bias=prune_bias)
     assert is_exactness_refusal(str(error.value))
 
@@ -576,7 +577,7 @@ def test_a_flatten_after_a_linear_producer_must_not_interleave_features() -> Non
             return self.b(torch.flatten(torch.relu(self.a(x)), 1))  # type: ignore[no-any-return]
 
     run = ZeroOrMore(torch.relu, torch.flatten)
-    patterns: dict[tuple[object, ...], fprune.PruneFunction] = {(nn.Linear, run, nn.Linear): fprune.prune_chain}
+    patterns: dict[tuple[object, ...], fprune.patterns.PruneFunction] = {(nn.Linear, run, nn.Linear): fprune.patterns.prune_chain}
     keep = torch.tensor([True, False, True, True, False, True])
     model = Tokens(3).double()
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), patterns)  # type: ignore[arg-type]
@@ -595,6 +596,7 @@ CHAIN_MODELS = 400
 MAX_REFUSALS = 0.05
 
 
+@pytest.mark.slow
 def test_chain_models_refuse_under_5_percent_for_exactness_only_and_prune_exactly_otherwise() -> None:
     """Issue 11's target: random Linear / Conv2d chain models (tests/chain_fuzz.py, seeds 0 to
     399) are refused less than 5% of the time, each refusal for an exactness reason; every

@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 import fprune
-from fprune import Pattern, PruneFunction
+from fprune.patterns import Pattern, PruneFunction
 
 from .chains import CHANNELS, ChainModel, randomize_biases
 
@@ -57,7 +57,7 @@ def test_default_patterns_cover_batchnorm_dropout_and_method_forms() -> None:
 def _linear_or_conv_patterns() -> list[Pattern]:
     """The tuple patterns of Linear and Conv2d producers (the open-ended ones are tested in
     tests/test_passthrough.py)."""
-    return [p for p in PATTERNS if p[0] in (nn.Linear, nn.Conv2d) and not any(isinstance(e, fprune.ZeroOrMore) for e in p)]
+    return [p for p in PATTERNS if p[0] in (nn.Linear, nn.Conv2d) and not any(isinstance(e, fprune.patterns.ZeroOrMore) for e in p)]
 
 
 _TRACED_AS_METHOD: dict[object, str] = {F.sigmoid: "sigmoid", F.tanh: "tanh"}
@@ -78,14 +78,38 @@ def _id(pattern: Pattern) -> str:
     return "-".join(e if isinstance(e, str) else getattr(e, "__name__", "?") for e in pattern)
 
 
+def _a_pattern_for_each_element() -> list[tuple[int, Pattern]]:
+    """The fast tier's sample of the sweep below (~120 of its ~8000 patterns, with their index
+    in it): the first pattern that brings in an element not yet seen after its producer, so
+    every (producer, element) pair of the sweep, each ending included, is pruned once."""
+    seen: set[tuple[object, object]] = set()
+    sample: list[tuple[int, Pattern]] = []
+    for index, pattern in enumerate(_linear_or_conv_patterns()):
+        pairs = {(pattern[0], element) for element in pattern[1:]}
+        if not pairs <= seen:
+            seen |= pairs
+            sample.append((index, pattern))
+    return sample
+
+
+@pytest.mark.parametrize("prune_bias", [True, False], ids=["prune_bias", "fold_bias"])
+def test_a_pattern_with_each_element_prunes_to_what_the_masked_model_computes(prune_bias: bool) -> None:
+    _check_patterns(_a_pattern_for_each_element(), prune_bias)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("prune_bias", [True, False], ids=["prune_bias", "fold_bias"])
 def test_every_default_pattern_prunes_to_what_the_masked_model_computes(prune_bias: bool) -> None:
     """For each of the ~8000 chain patterns: a model that is exactly that chain (float64,
     random weights, non-zero biases, BatchNorm statistics), a random keep-mask on the producer:
     the match found is that pattern, and the pruned copy equals the masked original."""
+    _check_patterns(list(enumerate(_linear_or_conv_patterns())), prune_bias)
+
+
+def _check_patterns(patterns: list[tuple[int, Pattern]], prune_bias: bool) -> None:
     torch.manual_seed(0)
     failures: list[str] = []
-    for index, pattern in enumerate(_linear_or_conv_patterns()):
+    for index, pattern in patterns:
         model = ChainModel(pattern).double().eval()
         randomize_biases(model)
         gm = torch.fx.symbolic_trace(model)
@@ -112,17 +136,17 @@ def test_every_default_pattern_prunes_to_what_the_masked_model_computes(prune_bi
 
 def test_pattern_functions_are_the_named_ones_for_torch_ao_shapes() -> None:
     expected: dict[Pattern, PruneFunction] = {
-        (nn.Linear, "output"): fprune.prune_linear,
-        (nn.Linear, nn.Linear): fprune.prune_linear_linear,
-        (nn.Linear, F.relu, nn.Linear): fprune.prune_linear_activation_linear,
-        (nn.Conv2d, "output"): fprune.prune_conv2d,
-        (nn.Conv2d, nn.Conv2d): fprune.prune_conv2d_conv2d,
-        (nn.Conv2d, nn.Tanh, nn.Conv2d): fprune.prune_conv2d_activation_conv2d,
-        (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d): fprune.prune_conv2d_activation_pool_conv2d,
-        (nn.Conv2d, F.avg_pool2d, nn.ReLU, nn.Conv2d): fprune.prune_conv2d_pool_activation_conv2d,
-        (nn.Conv2d, nn.AdaptiveAvgPool2d, torch.flatten, nn.Linear): fprune.prune_conv2d_pool_flatten_linear,
-        (nn.LSTM, operator.getitem, nn.Linear): fprune.prune_lstm_output_linear,
-        (nn.LSTM, operator.getitem, nn.LayerNorm, nn.Linear): fprune.prune_lstm_output_layernorm_linear,
+        (nn.Linear, "output"): fprune.patterns.prune_linear,
+        (nn.Linear, nn.Linear): fprune.patterns.prune_linear_linear,
+        (nn.Linear, F.relu, nn.Linear): fprune.patterns.prune_linear_activation_linear,
+        (nn.Conv2d, "output"): fprune.patterns.prune_conv2d,
+        (nn.Conv2d, nn.Conv2d): fprune.patterns.prune_conv2d_conv2d,
+        (nn.Conv2d, nn.Tanh, nn.Conv2d): fprune.patterns.prune_conv2d_activation_conv2d,
+        (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d): fprune.patterns.prune_conv2d_activation_pool_conv2d,
+        (nn.Conv2d, F.avg_pool2d, nn.ReLU, nn.Conv2d): fprune.patterns.prune_conv2d_pool_activation_conv2d,
+        (nn.Conv2d, nn.AdaptiveAvgPool2d, torch.flatten, nn.Linear): fprune.patterns.prune_conv2d_pool_flatten_linear,
+        (nn.LSTM, operator.getitem, nn.Linear): fprune.patterns.prune_lstm_output_linear,
+        (nn.LSTM, operator.getitem, nn.LayerNorm, nn.Linear): fprune.patterns.prune_lstm_output_layernorm_linear,
     }
     for key, function in expected.items():
         assert PATTERNS[key] is function

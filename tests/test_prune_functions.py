@@ -13,26 +13,19 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import fprune
-from fprune import OUTPUT, Call, Op
+from fprune.patterns import OUTPUT, Call, Op
 
 from .models import LSTMNet
-
-
-def _state(modules: list[nn.Module]) -> list[dict[str, Tensor]]:
-    return [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
-
-
-def _same(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> bool:
-    return all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+from .purity import assert_modules_unchanged, snapshot
 
 
 def test_prune_functions_never_modify_their_inputs() -> None:
     torch.manual_seed(0)
     conv1, bn, conv2 = nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3)
     keep = {"weight": torch.tensor([True, False, True, True, False, True])}
-    before = _state([conv1, bn, conv2])
-    out = fprune.prune_chain([conv1, bn, nn.ReLU(), conv2], keep, prune_bias=False)
-    assert _same(before, _state([conv1, bn, conv2]))
+    before = [snapshot(m) for m in (conv1, bn, conv2)]
+    out = fprune.patterns.prune_chain([conv1, bn, nn.ReLU(), conv2], keep, prune_bias=False)
+    assert_modules_unchanged([conv1, bn, conv2], before)
     assert conv1.out_channels == 6 and bn.num_features == 6 and conv2.in_channels == 6
     new_conv1, new_bn, relu, new_conv2 = out
     assert relu is None
@@ -44,10 +37,10 @@ def test_prune_functions_never_modify_their_inputs() -> None:
 
 def test_named_functions_check_the_ops_they_get() -> None:
     keep = {"weight": torch.ones(4, dtype=torch.bool)}
-    with pytest.raises(fprune.PruneError, match=r"prune_linear_linear expects 2 ops matching its name, got \(Conv2d, Linear\)"):
-        fprune.prune_linear_linear([nn.Conv2d(1, 4, 1), nn.Linear(4, 2)], keep, prune_bias=True)
+    with pytest.raises(fprune.PruneError, match=r"^prune_linear_linear: expects 2 ops matching its name, got \(Conv2d, Linear\)"):
+        fprune.patterns.prune_linear_linear([nn.Conv2d(1, 4, 1), nn.Linear(4, 2)], keep, prune_bias=True)
     with pytest.raises(fprune.PruneError, match=r"takes one keep-mask named 'weight', got \['bias'\]"):
-        fprune.prune_linear_linear([nn.Linear(2, 4), nn.Linear(4, 2)], {"bias": keep["weight"]}, prune_bias=True)
+        fprune.patterns.prune_linear_linear([nn.Linear(2, 4), nn.Linear(4, 2)], {"bias": keep["weight"]}, prune_bias=True)
 
 
 def test_leaky_relu_argument_is_used_when_folding_the_bias() -> None:
@@ -56,7 +49,7 @@ def test_leaky_relu_argument_is_used_when_folding_the_bias() -> None:
     with torch.no_grad():
         fc1.bias.copy_(torch.tensor([-1.0, 2.0, -3.0, 4.0]))
     keep = torch.tensor([True, True, False, False])
-    new = fprune.prune_linear_activation_linear([fc1, Call(F.leaky_relu, (0.5,)), fc2], {"weight": keep}, prune_bias=False)
+    new = fprune.patterns.prune_linear_activation_linear([fc1, Call(F.leaky_relu, (0.5,)), fc2], {"weight": keep}, prune_bias=False)
     new_fc2 = new[2]
     assert isinstance(new_fc2, nn.Linear)
     carried = F.leaky_relu(torch.tensor([-3.0, 4.0]), 0.5)  # slope 0.5, not the default 0.01
@@ -66,7 +59,7 @@ def test_leaky_relu_argument_is_used_when_folding_the_bias() -> None:
 def test_flatten_keeps_each_channels_block_of_columns() -> None:
     conv, linear = nn.Conv2d(1, 3, 1), nn.Linear(3 * 4, 2)
     keep = {"weight": torch.tensor([True, False, True])}
-    new = fprune.prune_conv2d_pool_flatten_linear([conv, nn.AdaptiveAvgPool2d(2), nn.Flatten(), linear], keep, prune_bias=True)
+    new = fprune.patterns.prune_conv2d_pool_flatten_linear([conv, nn.AdaptiveAvgPool2d(2), nn.Flatten(), linear], keep, prune_bias=True)
     new_linear = new[3]
     assert isinstance(new_linear, nn.Linear) and new_linear.in_features == 8
     torch.testing.assert_close(new_linear.weight, torch.cat([linear.weight[:, 0:4], linear.weight[:, 8:12]], dim=1))
@@ -115,33 +108,33 @@ def test_padded_average_pool_is_fine_when_nothing_is_carried() -> None:
 def test_grouped_and_depthwise_convs_are_refused_by_chains() -> None:
     keep = {"weight": torch.tensor([True, False, True, True])}
     with pytest.raises(fprune.PruneError, match=r"consumer has groups=4 \(grouped / depthwise\)"):
-        fprune.prune_conv2d_conv2d([nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3, groups=4)], keep, prune_bias=True)
+        fprune.patterns.prune_conv2d_conv2d([nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3, groups=4)], keep, prune_bias=True)
     with pytest.raises(fprune.PruneError, match=r"producer has groups=2"):
-        fprune.prune_conv2d_conv2d([nn.Conv2d(2, 4, 1, groups=2), nn.Conv2d(4, 4, 3)], keep, prune_bias=True)
+        fprune.patterns.prune_conv2d_conv2d([nn.Conv2d(2, 4, 1, groups=2), nn.Conv2d(4, 4, 3)], keep, prune_bias=True)
 
 
 def test_layernorm_is_not_a_pass_through_op() -> None:
     keep = {"weight": torch.tensor([True, False, True, True])}
     with pytest.raises(fprune.PruneError, match=r"LayerNorm normalizes across channels"):
-        fprune.prune_chain([nn.Linear(2, 4), nn.LayerNorm(4), nn.Linear(4, 2)], keep, prune_bias=True)
+        fprune.patterns.prune_chain([nn.Linear(2, 4), nn.LayerNorm(4), nn.Linear(4, 2)], keep, prune_bias=True)
 
 
 def test_stateful_unknown_op_is_refused() -> None:
     keep = {"weight": torch.tensor([True, False, True, True])}
     with pytest.raises(fprune.PruneError, match=r"Linear has parameters or buffers that fprune cannot slice"):
-        fprune.prune_chain([nn.Linear(2, 4), nn.Linear(4, 4), nn.Linear(4, 2)], keep, prune_bias=True)
+        fprune.patterns.prune_chain([nn.Linear(2, 4), nn.Linear(4, 4), nn.Linear(4, 2)], keep, prune_bias=True)
 
 
 def test_output_chain_keeps_the_consumer_free() -> None:
     conv = nn.Conv2d(1, 4, 3)
-    new = fprune.prune_conv2d([conv, OUTPUT], {"weight": torch.tensor([True, False, True, True])}, prune_bias=True)
+    new = fprune.patterns.prune_conv2d([conv, OUTPUT], {"weight": torch.tensor([True, False, True, True])}, prune_bias=True)
     assert new[1] is None and isinstance(new[0], nn.Conv2d) and new[0].out_channels == 3
 
 
 def test_rebuild_module_replaces_only_what_it_is_given() -> None:
     linear = nn.Linear(3, 4, bias=False)
     linear.weight.requires_grad_(False)
-    new = fprune.rebuild_module(linear, {"weight": torch.zeros(2, 3), "bias": torch.ones(2)}, out_features=2)
+    new = fprune.patterns.rebuild_module(linear, {"weight": torch.zeros(2, 3), "bias": torch.ones(2)}, out_features=2)
     assert new.out_features == 2 and linear.out_features == 4
     assert linear.get_parameter("weight").shape == (4, 3) and "bias" not in dict(linear.named_parameters())
     assert isinstance(new.get_parameter("bias"), nn.Parameter) and not new.weight.requires_grad
@@ -218,16 +211,16 @@ _GATES_DIFFER = torch.cat([torch.tensor([True] * 7 + [False]), torch.tensor([Fal
 )
 def test_lstm_mask_errors(masks: dict[str, Tensor], message: str) -> None:
     model = LSTMNet(layers=2)
-    ops: list[fprune.Op] = [model.lstm, Call(operator.getitem, (0,)), model.linear]
+    ops: list[fprune.patterns.Op] = [model.lstm, Call(operator.getitem, (0,)), model.linear]
     with pytest.raises(fprune.PruneError, match=message):
-        fprune.prune_lstm_output_linear(ops, masks, prune_bias=True)
+        fprune.patterns.prune_lstm_output_linear(ops, masks, prune_bias=True)
 
 
 def test_lstm_refuses_to_carry_biases() -> None:
     model = LSTMNet(layers=1)
     keep = {"weight_ih_l0": torch.tensor([True] * 6 + [False] * 2).repeat(4)}
     with pytest.raises(fprune.PruneError, match=r"bias_ih_l0 is non-zero on removed units.*use prune_bias=True"):
-        fprune.prune_lstm_output_linear([model.lstm, Call(operator.getitem, (0,)), model.linear], keep, prune_bias=False)
+        fprune.patterns.prune_lstm_output_linear([model.lstm, Call(operator.getitem, (0,)), model.linear], keep, prune_bias=False)
 
 
 def test_lstm_state_may_be_returned_and_shrinks() -> None:
@@ -252,8 +245,8 @@ def test_lstm_state_may_be_returned_and_shrinks() -> None:
 def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: pytest.MonkeyPatch) -> None:
     """apply_prune defers a hidden layer's row cut to the chain that cuts its columns: each
     hidden weight is gathered once (no half-cut copy), and the result is still exact."""
-    from fprune import _prune_functions
-    from fprune._gather import take_rows_columns as gather
+    from fprune._util.gather import take_rows_columns as gather
+    from fprune.patterns import _functions as _prune_functions
 
     calls: list[tuple[int, ...]] = []
 
@@ -261,7 +254,7 @@ def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: py
         calls.append(tuple(t.shape))
         return gather(t, rows, columns)
 
-    monkeypatch.setattr(_prune_functions, "_take_rows_columns", counting)
+    monkeypatch.setattr(_prune_functions, "take_rows_columns", counting)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 2)).double()
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
@@ -279,13 +272,17 @@ def test_hidden_layers_are_cut_by_rows_and_columns_in_one_gather(monkeypatch: py
 
 
 def test_a_deferred_row_cut_left_pending_is_done_at_the_end() -> None:
-    from fprune._prune_functions import cut_pending_rows, deferred_rows, prune_deferring
+    from fprune.patterns._functions import (
+        cut_pending_rows,
+        deferred_rows,
+        prune_deferring,
+    )
 
     torch.manual_seed(0)
     layer = nn.Linear(4, 6)
     keep = torch.tensor([True, False, True, True, False, True])
     state = deferred_rows({id(layer.weight)})
-    (new, _) = prune_deferring(fprune.prune_chain, (layer, OUTPUT), {"weight": keep}, prune_bias=True, deferred=state)
+    (new, _) = prune_deferring(fprune.patterns.prune_chain, (layer, OUTPUT), {"weight": keep}, prune_bias=True, deferred=state)
     assert new is not None and state.pending  # nothing consumed it: its rows are still to cut
     done = cut_pending_rows(new, state)
     assert isinstance(done, nn.Linear) and done.out_features == 4 and not state.pending
@@ -305,15 +302,15 @@ def test_public_prune_functions_give_the_same_result_inside_apply_prune() -> Non
     inside: list[tuple[nn.Module | None, ...]] = []
 
     def custom(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
-        inside.append(fprune.prune_linear_activation_linear(inner_ops, {"weight": masks["2.weight"]}, prune_bias=True))
-        return fprune.prune_linear_activation_linear(ops, keep, prune_bias=prune_bias)
+        inside.append(fprune.patterns.prune_linear_activation_linear(inner_ops, {"weight": masks["2.weight"]}, prune_bias=True))
+        return fprune.patterns.prune_linear_activation_linear(ops, keep, prune_bias=prune_bias)
 
     patterns = fprune.default_patterns()
     patterns[(nn.Linear, nn.Tanh, nn.Linear)] = custom
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), patterns)
-    assert [m.prune_fn for m in matches][:3] == [fprune.prune_linear_activation_linear, fprune.prune_linear_activation_linear, custom]
+    assert [m.prune_fn for m in matches][:3] == [fprune.patterns.prune_linear_activation_linear, fprune.patterns.prune_linear_activation_linear, custom]
     pruned = fprune.apply_prune(model, masks, matches)
-    outside = fprune.prune_linear_activation_linear(inner_ops, {"weight": masks["2.weight"]}, prune_bias=True)
+    outside = fprune.patterns.prune_linear_activation_linear(inner_ops, {"weight": masks["2.weight"]}, prune_bias=True)
     (got,) = inside
     assert len(got) == len(outside) == 3
     for a, b in zip(got, outside):
@@ -334,6 +331,6 @@ def test_prune_functions_module_holds_no_context_state() -> None:
     """The deferral state is an explicit argument of apply_prune's private path, not a ContextVar."""
     from contextvars import ContextVar
 
-    from fprune import _prune_functions
+    from fprune.patterns import _functions as _prune_functions
 
     assert not [name for name, value in vars(_prune_functions).items() if isinstance(value, ContextVar)]

@@ -52,6 +52,7 @@ from torch.nn.utils import parametrize
 import fprune
 
 from .models import ConvBNNet, TiedEmbeddingLM, TiedLinear
+from .purity import assert_unchanged, snapshot
 from .refusals import refusal
 from .zoo import ZOO
 
@@ -73,10 +74,6 @@ def _matches(model: nn.Module) -> tuple[fprune.Match, ...]:
     return fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
 
 
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-
-
 # --- masks --------------------------------------------------------------------------------------
 
 
@@ -96,11 +93,10 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 def test_bad_group_masks_raise_naming_the_fqn(mask: object, words: tuple[str, ...]) -> None:
     model = _mlp()
     groups = _groups(model)
-    before = _snapshot(model)
-    refusal(lambda: fprune.apply_prune(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item]
-    refusal(lambda: fprune.masked_parameters(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item]
-    after = _snapshot(model)
-    assert all(torch.equal(after[k], v) for k, v in before.items())
+    before = snapshot(model)
+    refusal(lambda: fprune.apply_prune(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item, arg-type]
+    refusal(lambda: fprune.masked_parameters(model, {"0.weight": mask}, groups), *words)  # type: ignore[dict-item, arg-type]
+    assert_unchanged(model, before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second real device")
@@ -585,6 +581,7 @@ for name, model in sorted(_pruned_models().items()):
 """
 
 
+@pytest.mark.slow
 def test_pruning_is_bit_identical_across_processes() -> None:
     root = str(Path(__file__).resolve().parent.parent)
     outputs = []

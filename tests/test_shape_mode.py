@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.fx.immutable_collections import immutable_list
 
-from fprune._shape_mode import _RULES, ShapeOnly, to_meta
+from fprune._util.shape_mode import _RULES, ShapeOnly, to_meta
 
 from .zoo import ZOO
 

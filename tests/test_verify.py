@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import fprune
-from fprune._verify import ExampleShapes, TensorSpec
+from fprune.groups import ExampleShapes, TensorSpec
 
 from .refusals import refusal
 from .zoo import ZOO
@@ -22,19 +22,19 @@ from .zoo import ZOO
 
 
 
-def _pass_through(ctx: fprune.FlowContext) -> fprune.Axis | None:
+def _pass_through(ctx: fprune.groups.FlowContext) -> fprune.groups.Axis | None:
     """WRONG on purpose: claims the channels leave the op where they came in."""
     flow = ctx.input(0)
-    return flow if isinstance(flow, fprune.Axis) else None
+    return flow if isinstance(flow, fprune.groups.Axis) else None
 
 
-def _drop(ctx: fprune.FlowContext) -> fprune.Axis | None:
+def _drop(ctx: fprune.groups.FlowContext) -> fprune.groups.Axis | None:
     """WRONG on purpose: claims no channel comes out of the op."""
     return None
 
 
-def _rules(**wrong: fprune.FlowRule) -> dict[fprune.RuleKey, fprune.FlowRule]:
-    rules = fprune.default_flow_rules()
+def _rules(**wrong: fprune.groups.FlowRule) -> dict[fprune.groups.RuleKey, fprune.groups.FlowRule]:
+    rules = fprune.groups.default_flow_rules()
     for key, rule in wrong.items():
         rules[key] = rule
     return rules
@@ -124,7 +124,7 @@ class _Features(nn.Module):
         return self.fc2(x), (torch.relu(self.fc1(x)), x.shape[0])
 
 
-def _drop_relu() -> dict[fprune.RuleKey, fprune.FlowRule]:
+def _drop_relu() -> dict[fprune.groups.RuleKey, fprune.groups.FlowRule]:
     rules = _rules()
     rules[torch.relu] = _drop  # fc1's channels then seem not to reach the output, which they shrink
     return rules

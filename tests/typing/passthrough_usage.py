@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import fprune
-from fprune import Pattern, PruneFunction, ZeroOrMore
+from fprune.patterns import Pattern, PruneFunction, ZeroOrMore
 
 
 class Net(nn.Module):
@@ -24,11 +24,11 @@ class Net(nn.Module):
 
 def run() -> Net:
     model = Net()
-    with_abs = ZeroOrMore(*fprune.PASS_THROUGH_LINEAR.elements, "abs", name="linear run with abs")
-    assert_type(with_abs.elements, frozenset[fprune.PatternElement])
+    with_abs = ZeroOrMore(*fprune.patterns.PASS_THROUGH_LINEAR.elements, "abs", name="linear run with abs")
+    assert_type(with_abs.elements, frozenset[fprune.patterns.PatternElement])
     pattern: Pattern = (nn.Linear, with_abs, nn.Linear)
     patterns: dict[Pattern, PruneFunction] = fprune.default_patterns()
-    patterns[pattern] = fprune.prune_chain
+    patterns[pattern] = fprune.patterns.prune_chain
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), patterns)
     assert matches[0].pattern == pattern
     return fprune.apply_prune(model, {"fc1.weight": fprune.saliency_mask(model.fc1.weight, 0.5)}, matches)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 import fprune
-from fprune import Match, Op, Pattern, PruneFunction
+from fprune import Match
+from fprune.patterns import Op, Pattern, PruneFunction
 
 
 class Net(nn.Module):
@@ -25,7 +26,7 @@ class Net(nn.Module):
 
 def prune_with_a_log(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
     """A user's prune function: delegates to the shipped engine."""
-    return fprune.prune_chain(ops, keep, prune_bias=prune_bias)
+    return fprune.patterns.prune_chain(ops, keep, prune_bias=prune_bias)
 
 
 def run() -> Net:
@@ -40,7 +41,7 @@ def run() -> Net:
     assert_type(params, dict[str, Tensor])
     first = matches[0]
     assert_type(first.weight_fqn, str)
-    assert_type(first.ops, tuple[fprune.MatchedOp, ...])
+    assert_type(first.ops, tuple[fprune.patterns.MatchedOp, ...])
     try:
         fprune.select_kept(torch.tensor([1.0, float("nan")]), 0.5)
     except fprune.PruneError as error:

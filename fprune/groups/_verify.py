@@ -3,7 +3,7 @@
 Whenever example inputs are at hand (``prune_channels(..., example_inputs=...)``, or groups from
 ``channel_groups(gm, example_inputs=...)`` given to ``apply_prune``), the pruned copy and the
 original run once on meta tensors of the example inputs' shapes and dtypes (see
-``_shape_mode.py``: no arithmetic, so the cost does not depend on the input size). The copy must
+``fprune/_util/shape_mode.py``: no arithmetic, so the cost does not depend on the input size). The copy must
 run, and return what the original returns: the same structure, dtypes and shapes, except that
 a tensor the pruned groups reach may lose channels. Otherwise the copy is dropped and a
 PruneError names the node that failed (found by running the copy's graph through an fx
@@ -19,144 +19,18 @@ forward of the user's); hooks registered globally for all modules do.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from ._checks import describe_node
-from ._errors import PruneError
-from ._shape_mode import ShapeOnly
-
-if TYPE_CHECKING:
-    from ._groups import ChannelGroup
-
-__all__ = ["ExampleShapes", "TensorSpec", "check_pruned", "example_shapes", "hooks_off", "run_on_copies"]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """The shape and dtype of one example tensor; its values are not kept.
-
-    Attributes:
-        shape: the tensor's shape.
-        dtype: the tensor's dtype.
-    """
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-
-@dataclass(frozen=True)
-class ExampleShapes:
-    """What ``channel_groups`` was given as ``example_inputs``, without the values: enough to
-    run the model once on meta tensors.
-
-    Attributes:
-        leaves: the inputs flattened through tuples, lists and dicts: a :class:`TensorSpec`
-            for each tensor, any other value as it was given.
-        structure: how the leaves nest (a ``torch.utils._pytree`` spec).
-    """
-
-    leaves: tuple[object, ...]
-    structure: pytree.TreeSpec
-
-    def meta_inputs(self) -> tuple[object, ...]:
-        """The positional inputs again, with a meta tensor for each tensor."""
-        leaves = [torch.empty(x.shape, dtype=x.dtype, device="meta") if isinstance(x, TensorSpec) else x for x in self.leaves]
-        args = pytree.tree_unflatten(leaves, self.structure)
-        assert isinstance(args, tuple)
-        return args
-
-    def zero_inputs(self, device: torch.device) -> tuple[object, ...]:
-        """The positional inputs again, with zeros on `device` for each tensor."""
-        leaves = [torch.zeros(x.shape, dtype=x.dtype, device=device) if isinstance(x, TensorSpec) else x for x in self.leaves]
-        args = pytree.tree_unflatten(leaves, self.structure)
-        assert isinstance(args, tuple)
-        return args
-
-
-def example_shapes(example_inputs: Sequence[object]) -> ExampleShapes:
-    """The shapes and dtypes of `example_inputs` (positional arguments of forward)."""
-    leaves, structure = pytree.tree_flatten(tuple(example_inputs))
-    return ExampleShapes(tuple(TensorSpec(tuple(x.shape), x.dtype) if isinstance(x, Tensor) else x for x in leaves), structure)
-
-
-# --- running -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Ran:
-    """One forward: its output, or the exception it raised."""
-
-    output: object = None
-    error: Exception | None = None
-
-
-_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
-"""The per-module hook tables nn.Module.__call__ consults."""
-
-
-@contextmanager
-def hooks_off(*models: nn.Module) -> Iterator[None]:
-    """The modules' own hooks do not fire inside (the check is not the user's forward: a hook
-    that records, logs or counts must not see it); the very same tables are back afterwards."""
-    saved: list[tuple[nn.Module, str, object]] = []
-    seen: set[int] = set()
-    stack: list[nn.Module | None] = list(models)
-    try:
-        while stack:  # model.modules() without its names: this runs on every check
-            module = stack.pop()
-            if module is None or id(module) in seen:
-                continue
-            seen.add(id(module))
-            state = vars(module)
-            for name in _HOOKS:
-                table = state.get(name)
-                if table:
-                    saved.append((module, name, table))
-                    state[name] = OrderedDict()
-            stack.extend(state["_modules"].values())
-        yield
-    finally:
-        for module, name, table in saved:
-            vars(module)[name] = table
-
-
-def run_on_copies(model: nn.Module, inputs: Sequence[object]) -> object:
-    """`model(*inputs)` with copies of its buffers in place of its own, so that what forward
-    writes to them (BatchNorm statistics in train mode) does not stay in the model."""
-    buffers = {name: buffer.clone() for name, buffer in model.named_buffers(remove_duplicate=False)}
-    return torch.func.functional_call(model, buffers, tuple(inputs))
-
-
-def _run(model: nn.Module, inputs: Sequence[object], *, meta: bool) -> _Ran:
-    with warnings.catch_warnings(), torch.no_grad(), hooks_off(model):
-        warnings.simplefilter("ignore")  # the model's warnings belong to the user's own runs
-        try:
-            if meta:
-                with ShapeOnly():
-                    return _Ran(model(*inputs))
-            return _Ran(run_on_copies(model, inputs))
-        except Exception as error:  # noqa: BLE001 - reported, or the check is skipped
-            return _Ran(error=error)
-
-
-def _on_meta(model: nn.Module) -> bool:
-    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
-
-
-def _device(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
+from .._errors import PruneError
+from .._util.checks import describe_node
+from .._util.running import ExampleShapes, device_of, hooks_off, on_meta, run_quietly
+from .._util.shape_mode import ShapeOnly
+from ._mha import HeadPrunedMultiheadAttention
+from ._records import ChannelGroup
 
 
 def check_pruned(
@@ -183,15 +57,15 @@ def check_pruned(
     """
     meta = True
     inputs: Sequence[object] = shapes.meta_inputs()
-    got = _run(pruned, inputs, meta=True)
-    want = _run(model, inputs, meta=True)
-    if (want.error is not None or got.error is not None) and not _on_meta(model):
+    got = run_quietly(pruned, inputs, meta=True)
+    want = run_quietly(model, inputs, meta=True)
+    if (want.error is not None or got.error is not None) and not on_meta(model):
         # the model reads values (both fail on meta), or the copy failed: run both for real,
         # so that only a failure of the copy itself is reported
-        real = real_inputs if real_inputs is not None else shapes.zero_inputs(_device(model))
-        again = _run(pruned, real, meta=False)
+        real = real_inputs if real_inputs is not None else shapes.zero_inputs(device_of(model))
+        again = run_quietly(pruned, real, meta=False)
         if want.error is not None or again.error is None:
-            want = _run(model, real, meta=False)
+            want = run_quietly(model, real, meta=False)
             if want.error is not None:
                 return  # the original cannot run on these inputs either: nothing to compare with
             meta, inputs, got = False, real, again
@@ -258,7 +132,6 @@ class _Tracer(fx.Tracer):
     """fx's tracer, with fprune's HeadPrunedMultiheadAttention a leaf like nn.MultiheadAttention."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from ._mha import HeadPrunedMultiheadAttention
 
         return isinstance(m, HeadPrunedMultiheadAttention) or super().is_leaf_module(m, module_qualified_name)
 

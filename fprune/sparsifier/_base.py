@@ -21,15 +21,13 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from ._apply import describe_unshrunk, masked_parameters, prune_reporting_unshrunk
-from ._checks import parametrized_module
-from ._copy import copy_module
-from ._errors import PruneError
-from ._match import match_patterns
-from ._patterns import default_patterns
-from ._records import Match, Pattern, PruneFunction
-
-__all__ = ["BaseStructuredSparsifier", "FakeStructuredSparsity", "masked_weight_and_mask", "sparsity_level"]
+from .._apply import describe_unshrunk, masked_parameters_for, prune_reporting_unshrunk
+from .._errors import PruneError, prefixed
+from .._util.checks import parametrized_module, trace
+from .._util.copy import copy_module
+from ..patterns._defaults import default_patterns
+from ..patterns._match import match_patterns
+from ..patterns._records import Match, Pattern, PruneFunction
 
 # config=None prunes every child of exactly these types, as torch.ao does
 _DEFAULT_CONFIG_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.LSTM)
@@ -98,7 +96,7 @@ class _FollowMask(nn.Module):
         return mask.reshape(4, -1)[0] if self.units else mask
 
     def forward(self, x: Tensor) -> Tensor:
-        return _mask_rows(self.mask, x, "a tensor masked with its producer's rows")
+        return _mask_rows(self.mask, x, "FakeStructuredSparsity: a tensor masked with its producer's rows")
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ class BaseStructuredSparsifier(abc.ABC):
         self, defaults: Mapping[str, object] | None = None, patterns: Mapping[Pattern, PruneFunction] | None = None
     ) -> None:
         if defaults is not None and not isinstance(defaults, Mapping):
-            raise PruneError(f"`defaults` must be a dict of config keys, got {type(defaults).__name__}")
+            raise PruneError(f"{type(self).__name__}: `defaults` must be a dict of config keys, got {type(defaults).__name__}")
         self.defaults: dict[str, object] = dict(defaults or {})
         self.patterns: Mapping[Pattern, PruneFunction] = default_patterns() if patterns is None else patterns
         self.state: dict[str, dict[str, Tensor]] = {}
@@ -238,11 +236,11 @@ class BaseStructuredSparsifier(abc.ABC):
         """
         if self._prepared is not None:
             raise PruneError(
-                "prepare() was already called on this sparsifier; create a new sparsifier for another model "
+                "prepare(): already called on this sparsifier; create a new sparsifier for another model "
                 "(or call squash_mask() and prepare a fresh one)"
             )
         if not isinstance(model, nn.Module):
-            raise PruneError(f"prepare() expects an nn.Module, got {type(model).__name__}")
+            raise PruneError(f"prepare(): expects an nn.Module, got {type(model).__name__}")
         already = parametrized_module(model)
         if already is not None:
             raise PruneError(
@@ -262,7 +260,7 @@ class BaseStructuredSparsifier(abc.ABC):
         if twice:
             raise PruneError(f"prepare(): `{twice[0]}` appears in more than one config entry; give each tensor once")
         prune_bias = {fqn: bool(group.get("prune_bias", True)) for fqn, group in zip(fqns, groups)}
-        matches = match_patterns(_trace(model, "prepare()"), self.patterns)
+        matches = _matches(trace(model, "prepare()"), self.patterns, "prepare()")
         zeroed = _zeroed_tensors(model, matches, prune_bias)
         params = dict(model.named_parameters(remove_duplicate=False))  # before parametrizations hide them
 
@@ -304,7 +302,7 @@ class BaseStructuredSparsifier(abc.ABC):
         """
         prepared = self._require_prepared("step()")
         if self._squashed:
-            raise PruneError("step() after squash_mask(): the masks are no longer attached to the model")
+            raise PruneError("step(): called after squash_mask(): the masks are no longer attached to the model")
         if not self.enable_mask_update:
             return
         with torch.no_grad():
@@ -355,7 +353,7 @@ class BaseStructuredSparsifier(abc.ABC):
         """
         prepared = self._require_prepared("prune()")
         view = _unmasked_view(prepared)
-        matches = match_patterns(_trace(view, "prune()"), self.patterns)
+        matches = _matches(trace(view, "prune()"), self.patterns, "prune()")
         masks = {entry.tensor_fqn: entry.parametrization.mask for entry in prepared.entries}
         prune_bias = {entry.tensor_fqn: entry.prune_bias for entry in prepared.entries}
         try:
@@ -363,7 +361,7 @@ class BaseStructuredSparsifier(abc.ABC):
                 view, masks, matches, prune_bias=prune_bias, unfoldable="keep", caller="prune()"
             )
         except PruneError as error:
-            raise PruneError(f"prune(): {error}") from None
+            raise prefixed("prune()", error) from None
         if unshrunk:
             warnings.warn(
                 f"prune(): left {len(unshrunk)} tensor(s) unshrunk, their removed rows zeroed instead of cut "
@@ -419,7 +417,7 @@ class BaseStructuredSparsifier(abc.ABC):
 
     def _require_prepared(self, what: str) -> _Prepared:
         if self._prepared is None:
-            raise PruneError(f"{what} before prepare(model, config): call prepare first")
+            raise PruneError(f"{what}: called before prepare(model, config); call prepare first")
         return self._prepared
 
     def _group(self, model: nn.Module, index: int, entry: object) -> dict[str, object]:
@@ -496,14 +494,12 @@ def _default_config(model: nn.Module) -> list[dict[str, object]]:
     return config
 
 
-def _trace(model: nn.Module, what: str) -> fx.GraphModule:
+def _matches(gm: fx.GraphModule, patterns: Mapping[Pattern, PruneFunction], caller: str) -> tuple[Match, ...]:
+    """``match_patterns(gm, patterns)``, a malformed pattern refused by `caller`."""
     try:
-        return fx.symbolic_trace(model)
-    except Exception as error:  # noqa: BLE001 - any tracing failure is reported the same way
-        raise PruneError(
-            f"{what}: torch.fx could not trace the model ({type(error).__name__}: {error}); "
-            "structured pruning follows the traced graph, so the model must be traceable"
-        ) from None
+        return match_patterns(gm, patterns)
+    except PruneError as error:
+        raise prefixed(caller, error) from None
 
 
 def _zeroed_tensors(model: nn.Module, matches: Sequence[Match], prune_bias: Mapping[str, bool]) -> dict[str, list[str]]:
@@ -527,9 +523,9 @@ def _zeroed_tensors(model: nn.Module, matches: Sequence[Match], prune_bias: Mapp
         keep = {fqn: torch.ones(params[fqn].shape[0], dtype=torch.bool, device=params[fqn].device)}
         try:
             with torch.no_grad():
-                masked = masked_parameters(model, keep, matches, prune_bias=bias)
+                masked = masked_parameters_for(model, keep, matches, prune_bias=bias, caller="prepare()")
         except PruneError as error:
-            raise PruneError(f"prepare(): {error}") from None
+            raise prefixed("prepare()", error) from None
         zeroed[fqn] = [name for name, tensor in masked.items() if tensor is not params[name] and name != fqn]
     return zeroed
 
@@ -591,7 +587,10 @@ def masked_weight_and_mask(module: nn.Module, tensor_name: str) -> tuple[Tensor,
     plist = lists[tensor_name] if isinstance(lists, nn.ModuleDict) and tensor_name in lists else None
     first = plist[0] if isinstance(plist, nn.ModuleList) and len(plist) else None
     if not isinstance(first, FakeStructuredSparsity):
-        raise PruneError(f"`{tensor_name}` of {type(module).__name__} has no FakeStructuredSparsity mask; was it prepared?")
+        raise PruneError(
+            f"masked_weight_and_mask: `{tensor_name}` of {type(module).__name__} has no FakeStructuredSparsity mask; "
+            "was it prepared?"
+        )
     tensor = getattr(module, tensor_name)
     assert isinstance(tensor, Tensor)
     return tensor, first.mask
@@ -607,7 +606,7 @@ def sparsity_level(kwargs: Mapping[str, object]) -> float:
     if isinstance(level, bool) or not isinstance(level, (int, float)):
         got = "no `sparsity_level`" if level is None else f"`sparsity_level`={level!r}, not a number"
         raise PruneError(
-            f"the config of `{kwargs.get('tensor_fqn')}` has {got}; give it in the config entry or the "
+            f"sparsity_level: the config of `{kwargs.get('tensor_fqn')}` has {got}; give it in the config entry or the "
             "defaults, e.g. {'sparsity_level': 0.5}"
         )
     return float(level)

@@ -14,8 +14,6 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["Scratch", "buffer", "dim_norms", "lp_rows", "row_column_norms"]
-
 Scratch = dict[tuple[torch.dtype, torch.device], Tensor]
 """Reused work buffers, one per dtype and device, for one call that touches many tensors."""
 

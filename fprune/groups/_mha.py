@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._errors import PruneError
-
-__all__ = ["HeadPrunedMultiheadAttention"]
+from .._errors import PruneError
 
 
 class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
@@ -142,7 +140,7 @@ def _merge_masks(
         attn_mask = torch.ones(tgt, src, dtype=torch.bool, device=device).triu(1)
     if attn_mask is not None:
         if attn_mask.dim() == 3:
-            raise PruneError("a per-head (3-D) attn_mask is not supported after pruning heads")
+            raise PruneError("HeadPrunedMultiheadAttention: a per-head (3-D) attn_mask is not supported after pruning heads")
         merged = additive(attn_mask).reshape(1, 1, tgt, src)
     if key_padding_mask is not None:
         padding = additive(key_padding_mask).reshape(batch, 1, 1, src)

@@ -26,32 +26,20 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from ._copy import copy_module
-from ._errors import PruneError
-from ._gather import take
-from ._gather import take_rows_columns as _take_rows_columns
+from .._errors import PruneError, prefixed
+from .._ops import (
+    ADAPTIVE_POOL_FUNCTIONS,
+    ADAPTIVE_POOL_MODULES,
+    AVG_POOL_FUNCTIONS,
+    AVG_POOL_MODULES,
+    DROPOUT_FUNCTIONS,
+    DROPOUT_MODULES,
+    MAX_POOL_FUNCTIONS,
+    MAX_POOL_MODULES,
+)
+from .._util.copy import copy_module
+from .._util.gather import take, take_rows_columns
 from ._records import Call, Op, Output
-
-__all__ = [
-    "CHAIN_FUNCTIONS",
-    "UnfoldableConstant",
-    "cut_pending_rows",
-    "deferred_rows",
-    "prune_chain",
-    "prune_deferring",
-    "prune_conv2d",
-    "prune_conv2d_activation_conv2d",
-    "prune_conv2d_activation_pool_conv2d",
-    "prune_conv2d_conv2d",
-    "prune_conv2d_pool_activation_conv2d",
-    "prune_conv2d_pool_flatten_linear",
-    "prune_linear",
-    "prune_linear_activation_linear",
-    "prune_linear_linear",
-    "prune_lstm_output_layernorm_linear",
-    "prune_lstm_output_linear",
-    "rebuild_module",
-]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -74,28 +62,8 @@ class UnfoldableConstant(PruneError):
         super().__init__(message)
         self.reason = reason
 
-_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_ADAPTIVE_POOLS = (
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
-_MAX_POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
-_ADAPTIVE_POOL_FUNCTIONS = (
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d,
-)
+_DROPOUTS = (*DROPOUT_MODULES, nn.Identity)
 # avg_pool{n}d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-_AVG_POOL_FUNCTIONS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 _AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 
@@ -164,14 +132,14 @@ def deferred_rows(weights: set[int]) -> _DeferredRows:
 
 def cut_pending_rows(module: nn.Module, state: _DeferredRows) -> nn.Module:
     """`module` with the row cut of its weight done, if it was deferred and never done."""
-    weight = _param(module, "weight")
+    weight = param_of(module, "weight")
     rows = state.pending.pop(id(weight), None) if weight is not None else None
     if weight is None or rows is None:
         return module
     return rebuild_module(module, {"weight": take(weight.detach(), {0: rows})})
 
 
-def _take(t: Tensor, mask: Tensor, dim: int) -> Tensor:
+def take_dim(t: Tensor, mask: Tensor, dim: int) -> Tensor:
     return take(t.detach(), {dim: _indices(mask)})
 
 
@@ -191,19 +159,19 @@ def _values(t: Tensor, like: Tensor, what: str) -> Tensor:
     return t.detach().to(like)
 
 
-def _param(module: nn.Module, name: str) -> Tensor | None:
+def param_of(module: nn.Module, name: str) -> Tensor | None:
     value = getattr(module, name, None)
     return value if isinstance(value, Tensor) else None
 
 
 def _weight(module: nn.Module, what: str) -> Tensor:
-    weight = _param(module, "weight")
+    weight = param_of(module, "weight")
     if weight is None:
         raise PruneError(f"{what} ({type(module).__name__}) has no `weight` tensor to prune")
     return weight
 
 
-def _check_mask(mask: Tensor, rows: int, what: str) -> None:
+def check_mask(mask: Tensor, rows: int, what: str) -> None:
     if mask.dtype != torch.bool or mask.dim() != 1 or mask.shape[0] != rows:
         raise PruneError(
             f"keep-mask for {what} must be a 1-D torch.bool tensor of length {rows}, "
@@ -248,9 +216,9 @@ def _avg_pool_blocker(op: Op) -> str | None:
     padding: object
     count_pad: object
     divisor: object
-    if isinstance(op, _AVG_POOLS):
+    if isinstance(op, AVG_POOL_MODULES):
         padding, count_pad, divisor = op.padding, op.count_include_pad, getattr(op, "divisor_override", None)
-    elif isinstance(op, Call) and op.target in _AVG_POOL_FUNCTIONS:
+    elif isinstance(op, Call) and op.target in AVG_POOL_FUNCTIONS:
         padding = _call_arg(op, 2, "padding", 0)
         count_pad = _call_arg(op, 4, "count_include_pad", True)
         divisor = _call_arg(op, 5, "divisor_override", None)
@@ -284,7 +252,7 @@ def _batchnorm_const(bn: _BatchNorm, x: Tensor, removed: Tensor, prune_bias: boo
     the running statistics in eval mode, with batch statistics in train mode (or without
     running statistics), where a constant channel normalizes to 0."""
     c = x.reshape(-1)
-    weight, bias = _param(bn, "weight"), _param(bn, "bias")
+    weight, bias = param_of(bn, "weight"), param_of(bn, "bias")
     mean, var = bn.running_mean, bn.running_var
     if weight is not None and bias is not None and prune_bias:
         return torch.zeros_like(x)
@@ -316,11 +284,11 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
     if isinstance(op, _BatchNorm):
         if op.num_features != keep.shape[0]:
             raise PruneError(f"{_name(op)} has num_features={op.num_features}, expected {keep.shape[0]} channels")
-        names = [n for n in ("weight", "bias", "running_mean", "running_var") if _param(op, n) is not None]
-        tensors = {n: _take(_param(op, n), keep, 0) for n in names}  # type: ignore[arg-type]
+        names = [n for n in ("weight", "bias", "running_mean", "running_var") if param_of(op, n) is not None]
+        tensors = {n: take_dim(param_of(op, n), keep, 0) for n in names}  # type: ignore[arg-type]
         replacement = rebuild_module(op, tensors, num_features=int(keep.sum()))
         batch_stats = op.training or not op.track_running_stats or op.running_mean is None
-        zeroed = prune_bias and _param(op, "weight") is not None and _param(op, "bias") is not None
+        zeroed = prune_bias and param_of(op, "weight") is not None and param_of(op, "bias") is not None
         if blocker is not None and batch_stats and not zeroed:
             raise UnfoldableConstant(
                 f"removed channels carry a position-dependent value (after {blocker}) into {_name(op)}, which "
@@ -334,7 +302,7 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
             if op.num_parameters != keep.shape[0]:
                 raise PruneError(f"PReLU has num_parameters={op.num_parameters}, expected {keep.shape[0]}")
             replacement = rebuild_module(
-                op, {"weight": _take(op.weight, keep, 0)}, num_parameters=int(keep.sum())
+                op, {"weight": take_dim(op.weight, keep, 0)}, num_parameters=int(keep.sum())
             )
         if bool((const >= 0).all()):  # prelu(x) = x for x >= 0, whatever the slopes
             return replacement, _Flow(const, flatten_from, blocker)
@@ -344,14 +312,14 @@ def _pass(op: Op, keep: Tensor, flow: _Flow, prune_bias: bool) -> tuple[nn.Modul
             f"{_name(op)} normalizes across channels: removing channels changes every "
             "channel's output, so it cannot be a pass-through op of a chain"
         )
-    if isinstance(op, _DROPOUTS) or (isinstance(op, Call) and op.target in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)):
+    if isinstance(op, _DROPOUTS) or (isinstance(op, Call) and op.target in DROPOUT_FUNCTIONS):
         return None, flow
-    if isinstance(op, (_MAX_POOLS, _ADAPTIVE_POOLS)) or (
-        isinstance(op, Call) and op.target in _MAX_POOL_FUNCTIONS + _ADAPTIVE_POOL_FUNCTIONS
+    if isinstance(op, (MAX_POOL_MODULES, ADAPTIVE_POOL_MODULES)) or (
+        isinstance(op, Call) and op.target in MAX_POOL_FUNCTIONS + ADAPTIVE_POOL_FUNCTIONS
     ):
         return None, flow
     pool_blocker = _avg_pool_blocker(op)
-    if isinstance(op, _AVG_POOLS) or (isinstance(op, Call) and op.target in _AVG_POOL_FUNCTIONS):
+    if isinstance(op, AVG_POOL_MODULES) or (isinstance(op, Call) and op.target in AVG_POOL_FUNCTIONS):
         if pool_blocker is not None and _const_nonzero(flow, removed):
             blocker = blocker or pool_blocker
         return None, _Flow(const, flatten_from, blocker)
@@ -423,12 +391,12 @@ def _consume(
             if consumer.in_features != channels:
                 raise PruneError(f"Linear consumer has in_features={consumer.in_features}, expected {channels}")
             columns = keep
-        tensors = {"weight": _take(weight, columns, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(columns))}
+        tensors = {"weight": take_dim(weight, columns, 1) if rows is None else take_rows_columns(weight.detach(), rows, _indices(columns))}
         if fold:
             cut = ~columns
             extra = _values(weight, const, _name(consumer))[:, cut] @ const[cut]
             extra = extra if rows is None else extra[rows.to(extra.device)]
-            bias = _param(consumer, "bias")
+            bias = param_of(consumer, "bias")
             base = _values(bias, const, _name(consumer)) if bias is not None else torch.zeros_like(extra)
             tensors["bias"] = (base + extra).to(weight.dtype)
         return rebuild_module(consumer, tensors, in_features=int(columns.sum()))
@@ -452,12 +420,12 @@ def _consume(
                 "prune_bias=True (or an activation with act(0) = 0)",
                 f"zero-padded {_name(consumer)} consumer",
             )
-        tensors = {"weight": _take(weight, keep, 1) if rows is None else _take_rows_columns(weight.detach(), rows, _indices(keep))}
+        tensors = {"weight": take_dim(weight, keep, 1) if rows is None else take_rows_columns(weight.detach(), rows, _indices(keep))}
         if fold:
             w = _values(weight, const, _name(consumer))[:, removed_channels]
             extra = (w.sum(dim=tuple(range(2, w.dim()))) * const[removed_channels]).sum(dim=1)
             extra = extra if rows is None else extra[rows.to(extra.device)]
-            bias = _param(consumer, "bias")
+            bias = param_of(consumer, "bias")
             base = _values(bias, const, _name(consumer)) if bias is not None else torch.zeros_like(extra)
             tensors["bias"] = (base + extra).to(weight.dtype)
         return rebuild_module(consumer, tensors, in_channels=int(keep.sum()))
@@ -479,7 +447,7 @@ def prune_chain(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bo
     is folded into its bias. Returns one replacement module or None per op; `ops` are left
     unchanged. Raises PruneError where the result could not equal the masked model.
     """
-    return _prune_chain(ops, keep, prune_bias, None)
+    return _chain(prune_chain, ops, keep, prune_bias, None)
 
 
 def _prune_chain(
@@ -500,10 +468,10 @@ def _prune_chain(
     weight = _weight(producer, "producer")
     mask = _weight_mask(keep, producer)
     mask = mask.to(_values_device(weight))
-    _check_mask(mask, weight.shape[0], f"{_name(producer)} weight")
+    check_mask(mask, weight.shape[0], f"{_name(producer)} weight")
     is_conv = isinstance(producer, _ConvNd)
     work_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-    bias = _param(producer, "bias")
+    bias = param_of(producer, "bias")
     const = torch.zeros(weight.shape[0], dtype=work_dtype, device=mask.device)
     if bias is not None and not prune_bias:
         const = torch.where(mask, const, _values(bias, const, f"{_name(producer)} bias (prune_bias=False)"))
@@ -512,9 +480,9 @@ def _prune_chain(
 
     kept = int(mask.sum())
     defer = deferred is not None and id(weight) in deferred.weights
-    tensors = {"weight": weight.detach() if defer else _take(weight, mask, 0)}  # deferred: cut with the columns
+    tensors = {"weight": weight.detach() if defer else take_dim(weight, mask, 0)}  # deferred: cut with the columns
     if bias is not None:
-        tensors["bias"] = _take(bias, mask, 0)
+        tensors["bias"] = take_dim(bias, mask, 0)
     size_attr = "out_channels" if is_conv else "out_features"
     rebuilt = rebuild_module(producer, tensors, **{size_attr: kept})
     if defer and deferred is not None:
@@ -533,10 +501,10 @@ def _prune_chain(
     return tuple(replacements)
 
 
-def _expect(ops: Sequence[Op], kinds: Sequence[type | tuple[type, ...]], function: str) -> None:
+def expect_ops(ops: Sequence[Op], kinds: Sequence[type | tuple[type, ...]], function: str) -> None:
     if len(ops) != len(kinds) or not all(isinstance(op, kind) for op, kind in zip(ops, kinds)):
         got = ", ".join(_name(op) for op in ops)
-        raise PruneError(f"{function} expects {len(kinds)} ops matching its name, got ({got})")
+        raise PruneError(f"{function}: expects {len(kinds)} ops matching its name, got ({got})")
 
 
 _ACT = (nn.Module, Call)
@@ -588,114 +556,6 @@ def prune_conv2d_pool_flatten_linear(ops: Sequence[Op], keep: Mapping[str, Tenso
     return _chain(prune_conv2d_pool_flatten_linear, ops, keep, prune_bias, None)
 
 
-def _lstm_unit_masks(lstm: nn.LSTM, keep: Mapping[str, Tensor]) -> list[Tensor]:
-    hidden = lstm.hidden_size
-    allowed = {f"weight_{kind}_l{layer}" for layer in range(lstm.num_layers) for kind in ("ih", "hh")}
-    unknown = sorted(set(keep) - allowed)
-    if unknown:
-        raise PruneError(f"an nn.LSTM producer takes keep-masks named weight_ih_l*/weight_hh_l*, got {unknown}")
-    units: list[Tensor] = []
-    for layer in range(lstm.num_layers):
-        found: list[tuple[str, Tensor]] = [
-            (name, keep[name]) for name in (f"weight_ih_l{layer}", f"weight_hh_l{layer}") if name in keep
-        ]
-        unit: Tensor | None = None
-        for name, mask in found:
-            _check_mask(mask, 4 * hidden, f"LSTM {name}")
-            gates = mask.reshape(4, hidden)
-            if not bool((gates == gates[0]).all()):
-                raise PruneError(
-                    f"keep-mask for LSTM {name} differs between its 4 gates; a hidden unit must be "
-                    "kept or removed in all gates at once (use fprune.lstm_saliency_mask)"
-                )
-            if unit is not None and not torch.equal(unit, gates[0]):
-                raise PruneError(
-                    f"keep-masks for LSTM weight_ih_l{layer} and weight_hh_l{layer} keep different "
-                    "hidden units; give one of them, or the same mask for both"
-                )
-            unit = gates[0]
-        device = getattr(lstm, "weight_ih_l0").device
-        units.append(unit if unit is not None else torch.ones(hidden, dtype=torch.bool, device=device))
-    counts = {int(u.sum()) for u in units}
-    if len(counts) > 1:
-        raise PruneError(
-            "nn.LSTM has one hidden_size for all layers: the keep-masks of its layers must keep "
-            f"the same number of units, got {[int(u.sum()) for u in units]}"
-        )
-    return units
-
-
-def prune_lstm_output_layernorm_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
-    """``(nn.LSTM, getitem, nn.LayerNorm, nn.Linear)``: remove hidden units; pure.
-
-    Each layer's units are removed in all 4 gates (rows of ``weight_ih``/``weight_hh`` and the
-    biases), the columns of the next layer's ``weight_ih`` (or of the Linear) and the matching
-    ``weight_hh`` columns; the LayerNorm's affine entries and ``normalized_shape`` shrink too.
-    Note: a LayerNorm then normalizes over the kept units only, so this pattern (unlike all
-    others) does not reproduce the masked model's outputs exactly.
-    """
-    _expect(ops, (nn.LSTM, Call, nn.LayerNorm, nn.Linear), "prune_lstm_output_layernorm_linear")
-    return _prune_lstm(ops, keep, prune_bias)
-
-
-def prune_lstm_output_linear(ops: Sequence[Op], keep: Mapping[str, Tensor], *, prune_bias: bool) -> tuple[nn.Module | None, ...]:
-    """``(nn.LSTM, getitem, nn.Linear)``: remove hidden units of every layer; pure.
-
-    Output-preserving: a removed unit's gates see zero weights and bias, so its state stays 0.
-    """
-    _expect(ops, (nn.LSTM, Call, nn.Linear), "prune_lstm_output_linear")
-    return _prune_lstm(ops, keep, prune_bias)
-
-
-def _prune_lstm(ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool) -> tuple[nn.Module | None, ...]:
-    lstm, getitem, linear = ops[0], ops[1], ops[-1]
-    assert isinstance(lstm, nn.LSTM) and isinstance(getitem, Call) and isinstance(linear, nn.Linear)
-    if getitem.target is not operator.getitem or getitem.args != (0,):
-        raise PruneError(f"an LSTM chain must take the LSTM's output (getitem 0), got {getitem.name}{getitem.args}")
-    if lstm.bidirectional or lstm.proj_size:
-        raise PruneError("bidirectional LSTMs and LSTMs with proj_size are not supported yet")
-    units = _lstm_unit_masks(lstm, keep)
-    kept = int(units[0].sum())
-    tensors: dict[str, Tensor] = {}
-    for layer, unit in enumerate(units):
-        rows = unit.repeat(4)
-        w_ih = getattr(lstm, f"weight_ih_l{layer}")
-        w_ih = _take(w_ih, rows, 0)
-        if layer:
-            w_ih = _take(w_ih, units[layer - 1], 1)
-        tensors[f"weight_ih_l{layer}"] = w_ih
-        tensors[f"weight_hh_l{layer}"] = _take(_take(getattr(lstm, f"weight_hh_l{layer}"), rows, 0), unit, 1)
-        if lstm.bias:
-            for kind in ("ih", "hh"):
-                bias = getattr(lstm, f"bias_{kind}_l{layer}")
-                if not prune_bias and bool((bias.detach()[~rows] != 0).any()):
-                    raise UnfoldableConstant(
-                        f"LSTM bias_{kind}_l{layer} is non-zero on removed units: with prune_bias=False "
-                        "their state keeps changing over time, which no bias can reproduce; use "
-                        "prune_bias=True",
-                        "LSTM biases kept on removed units",
-                    )
-                tensors[f"bias_{kind}_l{layer}"] = _take(bias, rows, 0)
-    new_lstm = rebuild_module(lstm, tensors, hidden_size=kept)
-    new_lstm._init_flat_weights()
-    last = units[-1]
-    if linear.in_features != lstm.hidden_size:
-        raise PruneError(f"Linear after the LSTM has in_features={linear.in_features}, expected {lstm.hidden_size}")
-    out: list[nn.Module | None] = [new_lstm, None]
-    if len(ops) == 4:
-        norm = ops[2]
-        assert isinstance(norm, nn.LayerNorm)
-        if tuple(norm.normalized_shape) != (lstm.hidden_size,):
-            raise PruneError(
-                f"LayerNorm normalized_shape={tuple(norm.normalized_shape)} must be "
-                f"({lstm.hidden_size},) to follow the LSTM's hidden units"
-            )
-        norm_tensors = {n: _take(t, last, 0) for n in ("weight", "bias") if (t := _param(norm, n)) is not None}
-        out.append(rebuild_module(norm, norm_tensors, normalized_shape=(kept,)))
-    out.append(rebuild_module(linear, {"weight": _take(linear.weight, last, 1)}, in_features=kept))
-    return tuple(out)
-
-
 _CHAIN_KINDS: Mapping[object, Sequence[type | tuple[type, ...]]] = MappingProxyType({
     prune_linear: (nn.Linear, Output),
     prune_linear_linear: (nn.Linear, nn.Linear),
@@ -717,11 +577,19 @@ cut through them, with :func:`prune_deferring`)."""
 def _chain(
     function: object, ops: Sequence[Op], keep: Mapping[str, Tensor], prune_bias: bool, deferred: _DeferredRows | None
 ) -> tuple[nn.Module | None, ...]:
-    """`function` (one of :data:`CHAIN_FUNCTIONS`) on `ops`: its ops checked, then the chain pruned."""
+    """`function` (one of :data:`CHAIN_FUNCTIONS`) on `ops`: its ops checked, then the chain
+    pruned. Called by `function` itself (`deferred` None), a refusal starts with its name;
+    apply_prune's private path (:func:`prune_deferring`) names the chain itself."""
+    name = getattr(function, "__name__", "prune_chain")
     kinds = _CHAIN_KINDS.get(function)
-    if kinds is not None:
-        _expect(ops, kinds, getattr(function, "__name__", "prune_chain"))
-    return _prune_chain(ops, keep, prune_bias, deferred)
+    try:
+        if kinds is not None:
+            expect_ops(ops, kinds, name)
+        return _prune_chain(ops, keep, prune_bias, deferred)
+    except PruneError as error:
+        if deferred is not None:
+            raise
+        raise prefixed(name, error) from None
 
 
 def prune_deferring(

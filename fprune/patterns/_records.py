@@ -9,22 +9,8 @@ from typing import Protocol, TypeAlias, Union
 
 from torch import Tensor, nn
 
-from ._errors import PruneError
-
-__all__ = [
-    "Attr",
-    "Call",
-    "Match",
-    "ModuleOp",
-    "Op",
-    "Output",
-    "OUTPUT",
-    "Pattern",
-    "PatternElement",
-    "PruneFunction",
-    "MatchedOp",
-    "ZeroOrMore",
-]
+from .._errors import PruneError
+from .._ops import OpKey
 
 
 @dataclass(frozen=True)
@@ -107,7 +93,7 @@ MatchedOp: TypeAlias = Union[ModuleOp, Call, Output]
 Op: TypeAlias = Union[nn.Module, Call, Output]
 """One matched node, as a prune function receives it: the module itself, a call, or the output."""
 
-PatternElement: TypeAlias = Union[type[nn.Module], Callable[..., object], str]
+PatternElement: TypeAlias = OpKey
 """A module class (exact type), a function (``F.relu``), or a string: a method name
 (``"relu"`` for ``x.relu()``) or ``"output"`` for the graph's output."""
 
@@ -121,7 +107,7 @@ class ZeroOrMore:
     conv -> relu -> conv, conv -> maxpool -> relu -> relu -> conv, and so on. It is hashable and
     immutable, so it sits in a pattern tuple like any other element; two runs of the same
     elements are equal, whatever their order or `name`. The shipped runs are
-    ``fprune.PASS_THROUGH_LINEAR`` / ``_1D`` / ``_2D`` / ``_3D`` / ``_FLAT``.
+    ``fprune.patterns.PASS_THROUGH_LINEAR`` / ``_1D`` / ``_2D`` / ``_3D`` / ``_FLAT``.
 
     Attributes:
         elements: what each op of the run may be: module classes (exact type), functions or

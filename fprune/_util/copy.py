@@ -30,8 +30,6 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["copy_module"]
-
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 _IMMUTABLE: frozenset[type] = frozenset(

@@ -6,7 +6,7 @@ a concat, two consumers) ends the chain there. The only extra user allowed is th
 output (the tensor is also returned, and shrinks with the channels); an LSTM's state may be
 returned or left unused.
 
-Patterns are indexed in a trie over their elements. A :class:`~fprune.ZeroOrMore` element is a
+Patterns are indexed in a trie over their elements. A :class:`~fprune.patterns.ZeroOrMore` element is a
 trie node that loops on its elements' keys, so matching is a walk of the set of trie nodes
 (an NFA) the chain has reached; without runs that set is a single node, as in a plain trie.
 """
@@ -20,11 +20,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from ._errors import PruneError
-from ._patterns import PatternDict, default_table
-from ._records import OUTPUT, Attr, Call, Match, MatchedOp, ModuleOp, Pattern, PatternElement, PruneFunction, ZeroOrMore
-
-__all__ = ["match_patterns", "explain_unmatched"]
+from .._errors import PruneError, prefixed
+from .._util.checks import describe_node, has_state
+from ._defaults import PatternDict, default_table
+from ._records import (
+    OUTPUT,
+    Attr,
+    Call,
+    Match,
+    MatchedOp,
+    ModuleOp,
+    Pattern,
+    PatternElement,
+    PruneFunction,
+    ZeroOrMore,
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -90,7 +100,7 @@ def _element_key(element: PatternElement | ZeroOrMore, pattern: Pattern) -> tupl
     if callable(element):
         return ("function", element)
     raise PruneError(
-        f"pattern {_show(pattern)}: element {element!r} is not a module class, function, string or fprune.ZeroOrMore"
+        f"pattern {_show(pattern)}: element {element!r} is not a module class, function, string or fprune.patterns.ZeroOrMore"
     )
 
 
@@ -248,10 +258,6 @@ def _module_uses(graph: fx.Graph) -> dict[str, int]:
     return uses
 
 
-def _has_state(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-
-
 @dataclass(frozen=True)
 class _Walk:
     """A chain walked from a producer: the best match, or why there is none."""
@@ -284,7 +290,7 @@ class _Matcher:
                 return f"`{node.name}` takes more than one tensor input"
             assert isinstance(node.target, str)
             module = self.modules[node.target]
-            if _has_state(module) and self.uses.get(node.target, 0) > 1:
+            if has_state(module) and self.uses.get(node.target, 0) > 1:
                 return f"module `{node.target}` is called {self.uses[node.target]} times in forward"
             return ModuleOp(node.target, type(module))
         if any(n.op != "get_attr" for n in extra):
@@ -348,7 +354,7 @@ class _Matcher:
                 if kind != "branches":
                     stop = f"`{node.name}` {kind} at `{nxt.name}`"
                 else:
-                    stop = f"no pattern continues with `{nxt.name}` ({_describe(nxt, self.modules)})"
+                    stop = f"no pattern continues with `{nxt.name}`: {describe_node(nxt, self.modules)}"
                 break
             op = self._op(nxt, node)
             if isinstance(op, str):
@@ -377,7 +383,7 @@ class _Matcher:
             op = self._op(node, previous)
             assert not isinstance(op, str)
             ops.append(op)
-        fqns = [op.fqn for op in ops if isinstance(op, ModuleOp) and _has_state(self.modules[op.fqn])]
+        fqns = [op.fqn for op in ops if isinstance(op, ModuleOp) and has_state(self.modules[op.fqn])]
         for target in self.attr_targets:
             for fqn in fqns:
                 if target == fqn or target.startswith(fqn + "."):
@@ -406,23 +412,13 @@ class _Matcher:
                     yield node
 
 
-def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return f"{type(modules[str(node.target)]).__name__} module `{node.target}`"
-    if node.op == "call_method":
-        return f"method .{node.target}()"
-    if node.op == "call_function":
-        return f"function {getattr(node.target, '__name__', node.target)}"
-    return node.op
-
-
 def match_patterns(gm: fx.GraphModule, patterns: Mapping[Pattern, PruneFunction]) -> tuple[Match, ...]:
     """Every chain of `gm` that a pattern matches, in graph order of the producers.
 
     At each producer node (a ``call_module`` whose exact class starts some pattern) the chain
     follows the single user of each node; among the patterns it completes, the **longest
     wins** (e.g. ``(Conv2d, BatchNorm2d, ReLU, Conv2d)`` over nothing shorter, since chains
-    only extend one node at a time). A :class:`~fprune.ZeroOrMore` element matches any run of
+    only extend one node at a time). A :class:`~fprune.patterns.ZeroOrMore` element matches any run of
     its elements, so several patterns may match the same nodes: then the one with more fixed
     (non-run) elements wins, then the one with fewer runs, then the one added to `patterns`
     last; a tuple pattern thus wins over a run pattern. A chain stops at a branch (see the
@@ -433,9 +429,12 @@ def match_patterns(gm: fx.GraphModule, patterns: Mapping[Pattern, PruneFunction]
     """
     if not isinstance(gm, fx.GraphModule):
         raise PruneError(
-            f"match_patterns expects a torch.fx.GraphModule (from torch.fx.symbolic_trace(model)), got {type(gm).__name__}"
+            f"match_patterns: expects a torch.fx.GraphModule (from torch.fx.symbolic_trace(model)), got {type(gm).__name__}"
         )
-    matcher = _Matcher(gm, patterns)
+    try:
+        matcher = _Matcher(gm, patterns)
+    except PruneError as error:  # a malformed pattern
+        raise prefixed("match_patterns", error) from None
     found: list[Match] = []
     for node in matcher.producers():
         result = matcher.match(node)

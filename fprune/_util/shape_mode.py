@@ -1,4 +1,4 @@
-"""Running a model on shapes alone, fast: the safety net's forward (see ``_verify.py``).
+"""Running a model on shapes alone, fast: the safety net's forward (see ``fprune/groups/_verify.py``).
 
 Inside :class:`ShapeOnly`, every torch call sees meta tensors: the model's own parameters and
 buffers stay where they are (CPU, CUDA or meta) and are never written to; any real tensor that
@@ -27,8 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
-
-__all__ = ["ShapeOnly", "to_meta"]
 
 _Args = tuple[object, ...]
 _Kwargs = dict[str, object]

@@ -10,12 +10,16 @@ from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
-from ._errors import PruneError
-from ._masks import fpgm_mask, fpgm_scores, lstm_saliency_mask, saliency_mask, select_kept
-from ._records import Pattern, PruneFunction
-from ._sparsifier import BaseStructuredSparsifier, masked_weight_and_mask, sparsity_level
-
-__all__ = ["FPGMPruner", "LSTMSaliencyPruner", "SaliencyPruner"]
+from .._errors import PruneError
+from .._masks import (
+    fpgm_mask,
+    fpgm_scores,
+    lstm_saliency_mask,
+    saliency_mask,
+    select_kept,
+)
+from ..patterns._records import Pattern, PruneFunction
+from ._base import BaseStructuredSparsifier, masked_weight_and_mask, sparsity_level
 
 
 class SaliencyPruner(BaseStructuredSparsifier):

@@ -8,8 +8,6 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["take", "take_rows_columns"]
-
 
 def _memory_order(t: Tensor) -> list[int]:
     """`t`'s dims from outermost to innermost in memory: ``(0, 2, 3, 1)`` for a channels_last

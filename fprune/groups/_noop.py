@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
 
-if TYPE_CHECKING:
-    from ._groups import ChannelGroup, FlowRule, RuleKey
-
-__all__ = ["nothing_removed", "why_nothing_prunable"]
+from ._flow import FlowRule, RuleKey
+from ._records import ChannelGroup
+from ._scores import ignored, round_kept
 
 _NO_GROUPS = (
     "nothing to prune: no producer found (no Linear, Conv, ConvTranspose, Embedding, LSTM or "
     "MultiheadAttention that fprune follows). A graph of ATen ops from torch.export "
     "(ExportedProgram.module()) is not supported yet: trace the nn.Module itself with "
     "torch.fx.symbolic_trace. For layers of your own (such as GPT-2's Conv1D), register a flow "
-    "rule (fprune.default_flow_rules()) and pass it as rules="
+    "rule (fprune.groups.default_flow_rules()) and pass it as rules="
 )
 
 
@@ -71,9 +69,8 @@ def nothing_removed(
         return f"no channel group found: {_no_producer(gm, rules)}"
     if not any(g.prunable for g in groups):
         return _none_prunable(groups)
-    from ._group_prune import _ignored
 
-    chosen = [g for g in groups if g.prunable and not _ignored(g, ignore)]
+    chosen = [g for g in groups if g.prunable and not ignored(g, ignore)]
     if not chosen:
         prunable = [g for g in groups if g.prunable]
         blocked = next((g for g in groups if g.blockers), None)
@@ -122,7 +119,7 @@ def _no_producer(gm: fx.GraphModule, rules: Mapping[RuleKey, FlowRule]) -> str:
             if not any(klass in rules for klass in type(module).__mro__):
                 return (
                     f"no producer found: the first layer with weights, `{node.target}` ({type(module).__name__}), "
-                    "has no flow rule. Register one: rules = fprune.default_flow_rules(); "
+                    "has no flow rule. Register one: rules = fprune.groups.default_flow_rules(); "
                     f"rules[{type(module).__name__}] = your_rule, and pass rules= (README: \"Which ops are understood\")"
                 )
         elif node.op in ("call_function", "call_method"):
@@ -132,7 +129,7 @@ def _no_producer(gm: fx.GraphModule, rules: Mapping[RuleKey, FlowRule]) -> str:
                 return (
                     f"no producer found: the first op that uses weights, `{node.name}` ({kind} on `{weights[0]}`), is "
                     "not a layer fprune knows and has no flow rule (a layer whose forward fx traced through, such as "
-                    "GPT-2's Conv1D). Register a rule for it: rules = fprune.default_flow_rules(); "
+                    "GPT-2's Conv1D). Register a rule for it: rules = fprune.groups.default_flow_rules(); "
                     f"rules[{_key(node)}] = your_rule, and pass rules= (README: \"Which ops are understood\")"
                 )
     if not any(True for _ in gm.parameters()):
@@ -161,13 +158,12 @@ def _key(node: fx.Node) -> str:
 
 def removes(group: ChannelGroup, level: float, round_to: int) -> bool:
     """True if ``group_masks`` at `level` removes a channel of `group` (per-group ranking)."""
-    from ._group_prune import _round_kept
 
     kept = group.size - int(group.size * level)
     if group.units:
         units = len(group.units)
         return max(1, units - int(units * (1 - kept / group.size) + 1e-9)) < units
-    return _round_kept(kept, group.size, round_to) < group.size
+    return round_kept(kept, group.size, round_to) < group.size
 
 
 def _smallest_level(group: ChannelGroup, round_to: int) -> float | None:
@@ -206,3 +202,20 @@ def _level_too_small(chosen: Sequence[ChannelGroup], level: float, round_to: int
     if not candidates:
         return f"{head}: {why}, and no level below 1 removes any; lower round_to"
     return f"{head}: {why}; the smallest level that removes channels is {min(candidates):.6g}"
+
+
+def explain(groups: Sequence[ChannelGroup]) -> str:
+    """A readable report: per group its size, members and why it is or is not prunable.
+
+    When nothing can be pruned (no group at all, no prunable group, or only groups that
+    forward returns), a line after the count says why and what to do.
+    """
+
+    prunable = sum(g.prunable for g in groups)
+    parts = [f"{len(groups)} channel groups, {prunable} prunable"]
+    why = why_nothing_prunable(groups)
+    if why is not None:
+        parts.append(why)
+    parts += [str(g) for g in groups]
+    return "\n\n".join(parts)
+

@@ -8,12 +8,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator, Mapping
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._prune_functions import (
+from .._ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
+from ._functions import (
     prune_chain,
     prune_conv2d,
     prune_conv2d_activation_conv2d,
@@ -24,24 +24,9 @@ from ._prune_functions import (
     prune_linear,
     prune_linear_activation_linear,
     prune_linear_linear,
-    prune_lstm_output_layernorm_linear,
-    prune_lstm_output_linear,
 )
+from ._lstm import prune_lstm_output_layernorm_linear, prune_lstm_output_linear
 from ._records import Pattern, PatternElement, PruneFunction, ZeroOrMore
-
-__all__ = [
-    "ACTIVATION_FUNCTIONS",
-    "ACTIVATION_MODULES",
-    "ACTIVATION_METHODS",
-    "PASS_THROUGH_1D",
-    "PASS_THROUGH_2D",
-    "PASS_THROUGH_3D",
-    "PASS_THROUGH_FLAT",
-    "PASS_THROUGH_LINEAR",
-    "PatternDict",
-    "default_patterns",
-    "default_table",
-]
 
 
 class PatternDict(dict[Pattern, PruneFunction]):
@@ -92,24 +77,6 @@ class PatternDict(dict[Pattern, PruneFunction]):
     def clear(self) -> None:
         super().clear()
         self._changed()
-
-ACTIVATION_FUNCTIONS: tuple[PatternElement, ...] = (
-    F.relu, F.rrelu, F.hardtanh, F.relu6, F.sigmoid, F.hardsigmoid, F.tanh, F.silu, F.mish,
-    F.hardswish, F.elu, F.celu, F.selu, F.hardshrink, F.leaky_relu, F.logsigmoid, F.softplus,
-    F.prelu, F.softsign, F.tanhshrink, F.gelu, torch.relu, torch.sigmoid, torch.tanh,
-)  # fmt: skip
-"""Elementwise activation functions as they appear in ``call_function`` nodes
-(torch.ao's 21, plus ``torch.relu``, ``torch.sigmoid`` and ``torch.tanh``)."""
-
-ACTIVATION_MODULES: tuple[PatternElement, ...] = (
-    nn.ReLU, nn.RReLU, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.ELU, nn.CELU, nn.SELU, nn.Hardshrink, nn.LeakyReLU,
-    nn.LogSigmoid, nn.Softplus, nn.PReLU, nn.Softsign, nn.Tanhshrink, nn.GELU,
-)  # fmt: skip
-"""Elementwise activation modules (torch.ao's 21)."""
-
-ACTIVATION_METHODS: tuple[PatternElement, ...] = ("relu", "sigmoid", "tanh")
-"""Tensor methods (``x.relu()``); ``F.sigmoid`` and ``F.tanh`` also trace to these."""
 
 _ACTIVATIONS = ACTIVATION_FUNCTIONS + ACTIVATION_MODULES + ACTIVATION_METHODS + (nn.Identity,)
 _POOLS: tuple[PatternElement, ...] = (nn.AvgPool2d, F.avg_pool2d, nn.MaxPool2d, F.max_pool2d)

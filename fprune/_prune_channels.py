@@ -1,0 +1,63 @@
+"""``prune_channels``: channel groups, group masks, apply and the safety net in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from ._apply import ModelT, prune_reporting_unshrunk
+from ._errors import PruneError
+from ._masks import Criterion, l2_norm
+from ._util.checks import check_model, trace
+from ._util.running import example_shapes
+from .groups._find import find_groups
+from .groups._flow import FlowRule, RuleKey
+from .groups._noop import nothing_removed
+from .groups._rules._default import default_flow_rules
+from .groups._scores import masks_at_level
+from .groups._verify import check_pruned
+
+
+def prune_channels(
+    model: ModelT,
+    level: float,
+    *,
+    example_inputs: Sequence[object] | None = None,
+    ignore: Collection[str] | None = None,
+    round_to: int = 1,
+    criterion: Criterion = l2_norm,
+    global_ranking: bool = False,
+    rules: Mapping[RuleKey, FlowRule] | None = None,
+) -> ModelT:
+    """Model to pruned copy in one call: trace, :func:`channel_groups`, :func:`group_masks`,
+    :func:`fprune.apply_prune`. `model` is left unchanged; arguments as in those functions.
+
+    With `example_inputs`, the pruned copy runs once on meta tensors of their shapes before it
+    is returned (it must run and return what `model` returns, less the pruned output channels);
+    see "Pruning in one call" in the README.
+
+    Raises:
+        PruneError: `model` cannot be traced by ``torch.fx.symbolic_trace``; `level` > 0
+            removes no channel (the message says why: no layer fprune knows, every group
+            blocked or skipped, or a level too small for the groups' sizes); or the pruned copy
+            fails on, or returns other shapes for, the example inputs (the message names the
+            node and the groups, and says what to pass to `ignore`).
+    """
+
+    check_model(model, "prune_channels")
+    gm = trace(model, "prune_channels")
+    if rules is None:
+
+        rules = default_flow_rules()
+    groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels")
+    masks = masks_at_level(
+        model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
+        caller="prune_channels",
+    )
+    cut = [i for i, g in enumerate(groups) if any(p in masks and not bool(masks[p].all()) for p in g.producers)]
+    if level > 0 and not cut:
+        why = nothing_removed(gm, groups, level, ignore=ignore, round_to=round_to, global_ranking=global_ranking, rules=rules)
+        raise PruneError(f"prune_channels: nothing to prune, the copy would equal the model: {why}")
+    pruned, _ = prune_reporting_unshrunk(model, masks, groups, caller="prune_channels")  # groups leave nothing unshrunk
+    if example_inputs is not None and cut:
+        check_pruned("prune_channels", model, pruned, groups, cut, example_shapes(example_inputs), example_inputs)
+    return pruned

@@ -1,0 +1,70 @@
+"""``channel_groups``: trace -> walk with the flow rules -> collect the groups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from torch import fx
+
+from .._errors import PruneError, prefixed
+from .._util.running import example_shapes
+from ._collect import collect
+from ._flow import FlowRule, RuleKey
+from ._records import ChannelGroup
+from ._rules._default import default_flow_rules
+from ._shapes import Shapes
+from ._walk import Analysis
+
+
+def channel_groups(
+    gm: fx.GraphModule,
+    *,
+    example_inputs: Sequence[object] | None = None,
+    rules: Mapping[RuleKey, FlowRule] | None = None,
+) -> tuple[ChannelGroup, ...]:
+    """Every channel group of `gm`, in the graph order of their first producer.
+
+    Args:
+        gm: a traced model (``torch.fx.symbolic_trace(model)``); left unchanged.
+        example_inputs: inputs to run `gm` once with, so that ops whose channel layout
+            depends on shapes (flatten, reshape) can be followed; without them those ops block
+            their channels unless the shapes follow from the layers (a conv output is 4-D).
+        rules: flow rules by module class, function or method name; default
+            :func:`default_flow_rules`. Extend that dict to teach fprune your own modules.
+
+    Returns:
+        Frozen :class:`ChannelGroup` records: prunable ones and, with their blockers, those
+        that reach an op fprune does not understand (they are never pruned). With
+        `example_inputs`, each record carries their shapes (``example_shapes``), and
+        :func:`fprune.apply_prune` checks the pruned copy on them. An empty tuple means no
+        layer fprune knows produces channels here; :func:`explain` says what to do.
+    """
+    groups = find_groups(gm, example_inputs=example_inputs, rules=rules)
+    if example_inputs is None or not groups:
+        return groups
+    shapes = example_shapes(example_inputs)
+    return tuple(replace(group, example_shapes=shapes) for group in groups)
+
+
+def find_groups(
+    gm: fx.GraphModule,
+    *,
+    example_inputs: Sequence[object] | None = None,
+    rules: Mapping[RuleKey, FlowRule] | None = None,
+    caller: str = "channel_groups",
+) -> tuple[ChannelGroup, ...]:
+    """:func:`channel_groups` without the example shapes in the records (for prune_channels,
+    which checks the pruned copy itself, on the example inputs it holds); `caller` names the
+    public function in error messages."""
+    if not isinstance(gm, fx.GraphModule):
+        raise PruneError(f"{caller}: expects a torch.fx.GraphModule, got {type(gm).__name__}")
+    if rules is None:
+
+        rules = default_flow_rules()
+    try:
+        analysis = Analysis(gm, rules, Shapes(gm, example_inputs))
+        analysis.run()
+        return collect(analysis)
+    except PruneError as error:  # e.g. example inputs the model cannot run
+        raise prefixed(caller, error) from None

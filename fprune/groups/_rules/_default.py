@@ -1,0 +1,126 @@
+"""The default flow-rule table: which rule follows each module class, function and method name."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..._ops import (
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ACTIVATION_MODULES,
+    DROPOUT_FUNCTIONS,
+    DROPOUT_MODULES,
+    POOLS,
+)
+from .._flow import FlowRule, RuleKey
+from ._attention import (
+    matmul_rule,
+    multihead_attention_rule,
+    repeat_interleave_rule,
+    sdpa_rule,
+    softmax_rule,
+)
+from ._elementwise import (
+    elementwise_call_rule,
+    elementwise_module_rule,
+    keep_rule,
+    merge_elementwise_rule,
+)
+from ._layers import (
+    batchnorm_rule,
+    conv_rule,
+    embedding_rule,
+    linear_rule,
+    lstm_rule,
+    normalization_rule,
+    prelu_rule,
+)
+from ._layout import (
+    cat_rule,
+    flatten_rule,
+    getitem_rule,
+    metadata_rule,
+    permute_rule,
+    reduce_mean_rule,
+    split_rule,
+    transpose_rule,
+    view_rule,
+)
+
+
+def default_flow_rules() -> dict[RuleKey, FlowRule]:
+    """A fresh dict of the flow rules fprune ships, by module class, function or method name.
+
+    Extend it with rules for your own modules and pass it to :func:`channel_groups`.
+    """
+    rules: dict[RuleKey, FlowRule] = {
+        nn.Linear: linear_rule,
+        nn.Conv1d: conv_rule,
+        nn.Conv2d: conv_rule,
+        nn.Conv3d: conv_rule,
+        nn.ConvTranspose1d: conv_rule,
+        nn.ConvTranspose2d: conv_rule,
+        nn.ConvTranspose3d: conv_rule,
+        nn.Embedding: embedding_rule,
+        _BatchNorm: batchnorm_rule,
+        nn.PReLU: prelu_rule,
+        nn.LayerNorm: normalization_rule,
+        nn.GroupNorm: normalization_rule,
+        nn.LocalResponseNorm: normalization_rule,
+        nn.LSTM: lstm_rule,
+        nn.MultiheadAttention: multihead_attention_rule,
+        nn.Flatten: flatten_rule,
+        torch.flatten: flatten_rule,
+        "flatten": flatten_rule,
+        operator.getitem: getitem_rule,
+        torch.cat: cat_rule,
+        torch.concat: cat_rule,
+        torch.split: split_rule,
+        torch.chunk: split_rule,
+        "split": split_rule,
+        "chunk": split_rule,
+        torch.mean: reduce_mean_rule,
+        "mean": reduce_mean_rule,
+        "contiguous": keep_rule,
+        "view": view_rule,
+        "reshape": view_rule,
+        torch.reshape: view_rule,
+        "transpose": transpose_rule,
+        torch.transpose: transpose_rule,
+        "permute": permute_rule,
+        torch.permute: permute_rule,
+        "repeat_interleave": repeat_interleave_rule,
+        torch.repeat_interleave: repeat_interleave_rule,
+        F.scaled_dot_product_attention: sdpa_rule,
+        operator.matmul: matmul_rule,
+        torch.matmul: matmul_rule,
+        "matmul": matmul_rule,
+        F.softmax: softmax_rule,
+        torch.softmax: softmax_rule,
+        "softmax": softmax_rule,
+        "size": lambda ctx: None,
+        getattr: metadata_rule,
+        "dim": lambda ctx: None,
+    }
+    for module in ACTIVATION_MODULES:
+        if module is not nn.PReLU:
+            assert isinstance(module, type)
+            rules[module] = elementwise_module_rule
+    rules[nn.Identity] = keep_rule
+    for module in DROPOUT_MODULES:
+        rules[module] = keep_rule
+    for module in (nn.ReLU6, nn.Softsign):
+        rules[module] = elementwise_module_rule
+    for function in ACTIVATION_FUNCTIONS + ACTIVATION_METHODS + ("relu_", "gelu", "silu"):
+        rules[function] = elementwise_call_rule
+    for op in POOLS + DROPOUT_FUNCTIONS:
+        rules[op] = keep_rule
+    for merge in (operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub",
+                  operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, torch.div, "div"):  # fmt: skip
+        rules[merge] = merge_elementwise_rule
+    return rules

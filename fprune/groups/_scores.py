@@ -1,0 +1,241 @@
+"""Scoring and selection: each channel's score summed over its group's slices (``group_scores``),
+and the keep-masks at a level, per group or ranked globally (``group_masks``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import PruneError, prefixed
+from .._masks import Criterion, l1_norm, l2_norm
+from .._util.checks import check_model, named_tensors
+from .._util.norms import Scratch, dim_norms, row_column_norms
+from ._records import ChannelGroup
+from ._slices import (
+    channel_index,
+    covering_producers,
+    covers,
+    producer_member,
+    put_slice,
+    take_slice,
+    tensor_named,
+)
+
+_Norms = dict[tuple[str, int], Tensor]
+"""Slice norms already computed in one scoring call, by (tensor FQN, dim)."""
+
+
+def _norm_both_dims(tensors: Mapping[str, Tensor], groups: Sequence[ChannelGroup], p: int, cache: _Norms, scratch: Scratch) -> None:
+    """Fill `cache` for each weight scored along both dim 0 and dim 1 by `groups` (a layer
+    that is one group's producer and the next one's consumer), reading it once for both."""
+    dims: dict[str, set[int]] = {}
+    for group in groups:
+        for member in group.members:
+            if member.role != "carrier":
+                dims.setdefault(member.fqn, set()).add(member.dim)
+    for fqn, wanted in dims.items():
+        tensor = tensor_named(tensors, fqn).detach()
+        if wanted == {0, 1} and tensor.dim() >= 2 and tensor.device.type != "meta" and (fqn, 0) not in cache:
+            cache[(fqn, 0)], cache[(fqn, 1)] = row_column_norms(tensor, p, scratch)
+
+
+def _member_scores(
+    tensor: Tensor, fqn: str, dim: int, positions: Sequence[int], criterion: Criterion, cache: _Norms, scratch: Scratch
+) -> Tensor:
+    """The criterion of each row ``tensor.select(dim, position)``, for `positions`."""
+    if criterion is l2_norm or criterion is l1_norm:
+        norms = cache.get((fqn, dim))
+        if norms is None:
+            norms = cache[(fqn, dim)] = dim_norms(tensor, dim, 2 if criterion is l2_norm else 1, scratch)
+        return take_slice(norms, positions)
+    rows = tensor.movedim(dim, 0)
+    rows = rows if covers(positions, rows.shape[0]) else take_slice(rows, positions)
+    return criterion(rows.reshape(len(positions), -1).to(torch.float32)).to(torch.float32)
+
+
+def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l2_norm) -> Tensor:
+    """Per-channel importance of `group`: shape ``[group.size]``; `model` is unchanged.
+
+    Each weight member (producer rows, consumer columns) is scored row by row with
+    `criterion` over its channel positions; a channel's score sums its positions' scores over
+    all weight members. Biases, BatchNorm entries and other carriers do not count.
+    """
+    try:
+        return _scores(named_tensors(model), group, criterion, {}, {})
+    except PruneError as error:
+        raise prefixed("group_scores", error) from None
+
+
+def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms, scratch: Scratch) -> Tensor:
+    scores: Tensor | None = None
+    for member in group.members:
+        if member.role == "carrier":
+            continue
+        tensor = tensor_named(tensors, member.fqn).detach()
+        if tensor.dim() < 2:
+            continue
+        if tensor.device.type == "meta":
+            raise PruneError(
+                f"`{member.fqn}` is on the meta device and has no values to score; load the weights, or "
+                "write keep-masks yourself (CPU torch.bool tensors keyed by each group's producers[0])"
+            )
+        values = _member_scores(tensor, member.fqn, member.dim, member.positions, criterion, cache, scratch)
+        if scores is None:
+            scores = torch.zeros(group.size, dtype=torch.float32, device=tensor.device)
+        if covers(member.channels, group.size):
+            scores += values
+        elif isinstance(member.channels, range) and member.channels.step > 0:
+            scores[member.channels.start : member.channels.stop : member.channels.step] += values
+        else:
+            scores = scores.index_add(0, torch.tensor(member.channels, dtype=torch.long, device=tensor.device), values)
+    if scores is None:
+        raise PruneError(f"group produced by {', '.join(group.producers) or '(none)'} has no weight to score")
+    return scores
+
+
+def _check_ignore(model: nn.Module, tensors: Mapping[str, Tensor], ignore: Collection[str] | None, caller: str) -> None:
+    if ignore is None:
+        return
+    if isinstance(ignore, str):
+        raise PruneError(f"{caller}: `ignore` must be a collection of FQNs, got the string {ignore!r}; write {{{ignore!r}}}")
+    modules = {fqn for fqn, _ in model.named_modules(remove_duplicate=False)}
+    for entry in ignore:
+        if entry not in tensors and entry not in modules:
+            close = [name for name in sorted(tensors) if name.rpartition(".")[0] == entry.rpartition(".")[0]][:3]
+            hint = f" (tensors there: {', '.join(close)})" if close else ""
+            raise PruneError(f"{caller}: `ignore` names `{entry}`, which is neither a tensor nor a module of the model{hint}")
+
+
+def ignored(group: ChannelGroup, ignore: Collection[str] | None) -> bool:
+    if ignore is None:
+        return group.reaches_output
+    for member in group.members:
+        module = member.fqn.rpartition(".")[0]
+        if member.fqn in ignore or module in ignore:
+            return True
+    return False
+
+
+def round_kept(kept: int, size: int, round_to: int) -> int:
+    if round_to <= 1 or size <= round_to:
+        return max(1, min(size, kept))
+    rounded = int(math.floor(kept / round_to + 0.5)) * round_to
+    return max(round_to, min(size, rounded))
+
+
+def _producer_mask(group: ChannelGroup, keep: Tensor, producer: str) -> Tensor:
+    """The keep-mask over `producer`'s rows that keeps the channels `keep` keeps."""
+    member = producer_member(group, producer)
+    positions = member.positions
+    rows = max(positions[0], positions[-1]) + 1 if isinstance(positions, range) else max(positions) + 1
+    mask = torch.ones(rows, dtype=torch.bool, device=keep.device)
+    put_slice(mask, positions, take_slice(keep, member.channels))
+    return mask
+
+
+def group_masks(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    level: float,
+    *,
+    ignore: Collection[str] | None = None,
+    round_to: int = 1,
+    criterion: Criterion = l2_norm,
+    global_ranking: bool = False,
+) -> dict[str, Tensor]:
+    """Keep-masks removing a fraction `level` of the channels of each prunable group.
+
+    Args:
+        model: the model the groups were found in; left unchanged.
+        groups: from :func:`channel_groups`; groups that are not prunable are skipped.
+        level: fraction of channels removed, in [0, 1).
+        ignore: tensor or module FQNs never pruned: a group with any member among them is
+            skipped. None (the default) skips the groups that forward returns (the
+            classifier's outputs).
+        round_to: kept counts are rounded to the nearest multiple of it, ties up (at least
+            one multiple). Groups pruned in whole units (attention heads) count units instead:
+            ``int(units * level)`` are removed, at least one is kept.
+        criterion: scores the rows of each weight member (see :func:`group_scores`).
+        global_ranking: rank channels across all groups (scores normalized by each group's
+            mean) instead of removing `level` of every group.
+
+    Returns:
+        Bool keep-masks for :func:`apply_prune`, each over a producer weight's channel dim
+        (dim 0; dim 1 for an Embedding), keyed by its FQN: per pruned group, its first producer
+        whose rows hold the whole group, or, where none does (the branches of a concat), one
+        mask per branch. Every producer keeps at least one channel.
+    """
+    return masks_at_level(
+        model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
+        caller="group_masks",
+    )
+
+
+def masks_at_level(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    level: float,
+    *,
+    ignore: Collection[str] | None,
+    round_to: int,
+    criterion: Criterion,
+    global_ranking: bool,
+    caller: str,
+) -> dict[str, Tensor]:
+    """:func:`group_masks`, its refusals named after `caller` (the public function)."""
+    check_model(model, caller)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or math.isnan(level) or not 0 <= level < 1:
+        raise PruneError(f"{caller}: `level` must be in [0, 1), got {level!r}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise PruneError(f"{caller}: `round_to` must be a positive int, got {round_to!r}")
+    tensors = named_tensors(model)  # once: per group it would make scoring quadratic in depth
+    _check_ignore(model, tensors, ignore, caller)
+    chosen = [g for g in groups if g.prunable and not ignored(g, ignore)]
+    cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once
+    scratch: Scratch = {}
+    try:
+        if criterion is l2_norm or criterion is l1_norm:
+            _norm_both_dims(tensors, chosen, 2 if criterion is l2_norm else 1, cache, scratch)
+        scores = [_scores(tensors, g, criterion, cache, scratch) for g in chosen]
+    except PruneError as error:  # a meta weight, or groups found on another model
+        raise prefixed(caller, error) from None
+    del scratch
+    for group, score in zip(chosen, scores):
+        if bool(torch.isnan(score).any()):
+            bad = [m.fqn for m in group.members if m.role != "carrier" and not bool(torch.isfinite(tensor_named(tensors, m.fqn)).all())]
+            raise PruneError(
+                f"{caller}: the scores of the channels produced by {', '.join(group.producers)} contain NaN: "
+                f"{', '.join(f'`{b}`' for b in bad) or 'a weight'} holds NaN or inf; fix the weights, or leave the group out with `ignore`"
+            )
+    kept_counts: list[int]
+    if global_ranking and chosen:
+        normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
+        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(chosen)])
+        remove = int(normalized.numel() * level)
+        order = torch.sort(normalized, stable=True).indices[:remove]
+        removed_per = torch.bincount(owner[order.cpu()], minlength=len(chosen))
+        kept_counts = [g.size - int(r) for g, r in zip(chosen, removed_per)]
+    else:
+        kept_counts = [g.size - int(g.size * level) for g in chosen]
+    masks: dict[str, Tensor] = {}
+    for group, score, kept in zip(chosen, scores, kept_counts):
+        keep = torch.zeros(group.size, dtype=torch.bool, device=score.device)
+        if group.units:  # whole heads: rank units by their channels' summed score
+            units = [torch.tensor(u, device=score.device) for u in group.units]
+            unit_scores = torch.stack([score[u].sum() for u in units])
+            kept_units = max(1, len(units) - int(len(units) * (1 - kept / group.size) + 1e-9))
+            for u in torch.sort(unit_scores, descending=True, stable=True).indices[:kept_units].tolist():
+                keep[units[u]] = True
+        else:
+            kept = round_kept(kept, group.size, round_to)
+            keep[torch.sort(score, descending=True, stable=True).indices[:kept]] = True
+        for producer in group.producers:  # no layer may lose all its outputs (a concat branch)
+            channels = channel_index(producer_member(group, producer).channels, keep.device)
+            if not bool(keep[channels].any()):
+                keep[channels[torch.argmax(score[channels])]] = True
+        for producer in covering_producers(group):
+            masks[producer] = _producer_mask(group, keep, producer)
+    return masks

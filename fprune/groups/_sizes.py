@@ -1,0 +1,60 @@
+"""Size arguments: where a view / reshape / split node writes its sizes, read and rewritten
+alike by the analysis and by apply."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import fx
+
+# --- size arguments: where a view / reshape / split writes its sizes ----------------------------
+
+_SIZE_KEYWORDS = ("shape", "size", "split_size_or_sections", "split_size")
+_SPLITS: tuple[object, ...] = (torch.split, "split")
+
+
+def _size_slot(node: fx.Node) -> tuple[str | int, object] | None:
+    """Where `node` holds its sizes: ("kw", keyword) or (index, value) of one argument that is a
+    list or a number, or None when the sizes are the positional arguments after the tensor."""
+    for key in _SIZE_KEYWORDS:
+        if key in node.kwargs:
+            return key, node.kwargs[key]
+    if node.op == "call_function" or node.target in _SPLITS or len(node.args) == 2:
+        return (1, node.args[1]) if len(node.args) > 1 else None
+    return None
+
+
+def size_args(node: fx.Node) -> list[object]:
+    """The size arguments of a view / reshape / split node (after the tensor), flattened: the
+    elements of a size list or tuple, or the sizes written one by one (``x.view(b, t, 4, 16)``).
+    A split's sizes are its second argument only (its dim is not a size)."""
+    slot = _size_slot(node)
+    if slot is None:
+        return list(node.args[1:])
+    value = slot[1]
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.Argument, ...], dict[str, fx.node.Argument]]:
+    """`node`'s (args, kwargs) with the size arguments at the given indices (as counted by
+    :func:`size_args`) replaced; every index is replaced, in a size list as in loose sizes."""
+    args, kwargs = list(node.args), dict(node.kwargs)
+    slot = _size_slot(node)
+    if slot is None:
+        for index, value in sizes.items():
+            args[1 + index] = value
+        return tuple(args), kwargs
+    where, current = slot
+    if isinstance(current, (tuple, list)):
+        values = list(current)
+        for index, value in sizes.items():
+            values[index] = value
+        new: fx.node.Argument = type(current)(values)
+    else:
+        (new,) = sizes.values()
+    if isinstance(where, str):
+        kwargs[where] = new
+    else:
+        args[where] = new
+    return tuple(args), kwargs
