@@ -7,8 +7,7 @@ A keep-mask is a 1-D ``torch.bool`` tensor over dim 0 of a weight: ``True`` = th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -174,9 +173,13 @@ def lstm_saliency_mask(weight: Tensor, level: float, *, p: float = 1.0) -> Tenso
     scores = _lstm_unit_scores(weight, p, "lstm_saliency_mask")
     return _select_kept(scores, level, "floor", "lstm_saliency_mask").repeat(4)
 
-Criterion = Callable[[Tensor], Tensor]
-"""Scores rows: takes ``[entries, features]`` (one row per channel position of a weight),
-returns ``[entries]``. Higher means more important."""
+class Criterion(Protocol):
+    """How ``group_scores`` / ``group_masks`` score a slice of a weight: takes a 2-D tensor
+    ``[entries, features]`` (one row per channel position), returns ``[entries]`` scores; higher
+    means more important. :func:`l2_norm` (the default) and :func:`l1_norm` are criteria, and so
+    is any function of one tensor such as ``lambda rows: rows.abs().amax(1)``."""
+
+    def __call__(self, rows: Tensor, /) -> Tensor: ...
 
 
 def l2_norm(rows: Tensor) -> Tensor:

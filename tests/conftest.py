@@ -1,5 +1,5 @@
 """Test-suite options: ``--fuzz-long`` (or ``FPRUNE_FUZZ_LONG=1``) runs the pipeline fuzzer
-(tests/test_fuzz.py) with random seeds and thousands of models; the fuzzer's counts are
+(tests/pipeline/test_fuzz.py) with random seeds and thousands of models; the fuzzer's counts are
 printed at the end of a run that used it."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def one_thread() -> Iterator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
-    module = sys.modules.get("tests.fuzz_pipelines")
+    module = sys.modules.get("tests.pipeline.fuzz_pipelines")
     stats = getattr(module, "STATS", None)
     if stats is None or not stats.tried:
         return

@@ -126,3 +126,15 @@ class TiedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.fc4(torch.relu(self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))))
         return out
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow in forward: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.fc(x) if bool(x.sum() > 0) else x
+        return out

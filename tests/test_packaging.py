@@ -24,3 +24,18 @@ def test_the_demo_runs_without_a_warning() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and "matches the masked original" in result.stdout
+
+
+def test_every_subpackage_is_in_the_distribution() -> None:
+    """`fprune` is a tree of packages: the setuptools configuration must find every one of them
+    (with ``packages = ["fprune"]``, an install would ship the top level only)."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include = setuptools["packages"]["find"]["include"]
+    packages = [".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fprune").rglob("__init__.py")]
+    assert {"fprune", "fprune.patterns", "fprune.groups", "fprune.sparsifier", "fprune._util"} <= set(packages)
+    for package in packages:
+        assert any(fnmatch.fnmatch(package, pattern) for pattern in include), package
+    assert setuptools["package-data"]["fprune"] == ["py.typed"]

@@ -11,7 +11,7 @@ forward of MobileNetV2 takes longer than pruning it). For those ops a rule here 
 output itself, but only for inputs it can see are valid (shapes that agree, one dtype, no
 ``out=``); anything else goes to torch's meta kernel, which raises torch's own error. A rule
 never raises, and never accepts shapes or dtypes that torch's meta kernel refuses
-(tests/test_shape_mode.py checks each rule against torch on random shapes).
+(tests/util/test_shape_mode.py checks each rule against torch on random shapes).
 
 A forward that reads values (``.item()``, a bool of a tensor) fails here, on the original as on
 a pruned copy; the safety net then runs both on real tensors instead.

@@ -1,6 +1,6 @@
 """How a strictly typed user subclasses and drives fprune.sparsifier.
 
-`mypy --strict` checks this file with no ignores; tests/test_sparsifier.py runs it.
+`mypy --strict` checks this file with no ignores; tests/sparsifier/test_sparsifier.py runs it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 import fprune
 
-from .zoo import ZOO
+from ..zoo import ZOO
 
 Records = Sequence[fprune.Match] | Sequence[fprune.ChannelGroup]
 

@@ -29,10 +29,10 @@ from fprune.sparsifier import (
     SaliencyPruner,
 )
 
-from .models import Branching, ConvBNNet, LSTMNet, ReferenceMLP
-from .typing import sparsifier_usage
+from ..models import Branching, ConvBNNet, LSTMNet, ReferenceMLP, Untraceable
+from ..typing import sparsifier_usage
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent.parent / "README.md"
 MLP_CONFIG: list[dict[str, object]] = [
     {"tensor_fqn": fqn, "sparsity_level": 0.5} for fqn in ("seq.0.weight", "seq.2.weight", "seq.4.weight", "linear.weight")
 ]
@@ -505,16 +505,6 @@ def test_prepared_model_deep_copies_and_saves_its_masks() -> None:
 
 def _prepare(config: list[dict[str, object]], model: nn.Module | None = None) -> None:
     SaliencyPruner({"sparsity_level": 0.5}).prepare(model if model is not None else ReferenceMLP(), config)
-
-
-class Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.fc(x) if bool(x.sum() > 0) else x
-        return out
 
 
 def _step_with(level: object) -> None:

@@ -1,7 +1,7 @@
 """The pipeline fuzzer outside pytest: N random models per pipeline, figures as markdown.
 
-    python -m tests.fuzz_report --models 3000 --seed 0
-    python -m tests.fuzz_report --replay 1234 --pipeline patterns
+    python -m tests.pipeline.fuzz_report --models 3000 --seed 0
+    python -m tests.pipeline.fuzz_report --replay 1234 --pipeline patterns
 
 Model ``i`` of a run is built from ``random.Random(seed * 1_000_003 + i)`` (the same model
 for every pipeline), its case seed. A case that is neither exact nor refused is listed with
@@ -83,7 +83,7 @@ def report(models: int, seed: int, pipelines: Sequence[str], show: int) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, 1 intra-op thread"
     lines = [
-        f"`python -m tests.fuzz_report --models {models} --seed {seed}`: {when}, {machine}.",
+        f"`python -m tests.pipeline.fuzz_report --models {models} --seed {seed}`: {when}, {machine}.",
         "",
         *_table(stats, seconds),
         "",
@@ -95,7 +95,7 @@ def report(models: int, seed: int, pipelines: Sequence[str], show: int) -> str:
             detail = outcome.detail.strip().splitlines()[-1] if outcome.detail.strip() else ""
             lines.append(
                 f"- {outcome.pipeline}: {outcome.status} ({outcome.reason}) {detail[:160]} -- replay: "
-                f"`python -m tests.fuzz_report --replay {replay_seed} --pipeline {outcome.pipeline}`"
+                f"`python -m tests.pipeline.fuzz_report --replay {replay_seed} --pipeline {outcome.pipeline}`"
             )
     return "\n".join(lines)
 
@@ -106,7 +106,7 @@ def replay(case_seed: int, pipeline: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz_report", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m tests.pipeline.fuzz_report", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--models", type=int, default=300, help="models per pipeline (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
     parser.add_argument("--pipeline", choices=PIPELINES, action="append", help="only this pipeline (repeatable; default all)")

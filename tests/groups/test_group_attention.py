@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 import fprune
 
-from .zoo import ZOO, LlamaStyleDecoder
+from ..zoo import ZOO, LlamaStyleDecoder
 
 
 class ManualAttention(nn.Module):

@@ -6,7 +6,7 @@
   random runs of them prune exactly or are refused for exactness, and the issue's chain
   ``conv -> relu -> max_pool2d -> AdaptiveAvgPool2d -> flatten -> linear`` matches.
 - prune_chain's exactness limits that long runs reach (each a PruneError with its reason).
-- The chain-model fuzzer (tests/chain_fuzz.py): under 5% refusals, each for exactness; every
+- The chain-model fuzzer (tests/pipeline/chain_fuzz.py): under 5% refusals, each for exactness; every
   other model prunes exactly and is left unchanged.
 """
 
@@ -31,10 +31,10 @@ import fprune
 from fprune.patterns import PatternElement, ZeroOrMore
 from fprune.patterns._match import explain_unmatched
 
-from .chain_fuzz import build_and_run, chain_case, is_exactness_refusal, run_chain_case
-from .chains import random_batchnorm
-from .fuzz_models import DrawChooser
-from .models import ReferenceMLP
+from ..pipeline.chain_fuzz import build_and_run, chain_case, is_exactness_refusal, run_chain_case
+from ..chains import random_batchnorm
+from ..pipeline.fuzz_models import DrawChooser
+from ..models import ReferenceMLP
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -598,10 +598,10 @@ MAX_REFUSALS = 0.05
 
 @pytest.mark.slow
 def test_chain_models_refuse_under_5_percent_for_exactness_only_and_prune_exactly_otherwise() -> None:
-    """Issue 11's target: random Linear / Conv2d chain models (tests/chain_fuzz.py, seeds 0 to
+    """Issue 11's target: random Linear / Conv2d chain models (tests/pipeline/chain_fuzz.py, seeds 0 to
     399) are refused less than 5% of the time, each refusal for an exactness reason; every
     other model prunes exactly (float64, against masked_parameters) and is left unchanged.
-    ``python -m tests.chain_report`` prints the figures for more models."""
+    ``python -m tests.pipeline.chain_report`` prints the figures for more models."""
     outcomes = [build_and_run(seed) for seed in range(CHAIN_MODELS)]
     bad = [(case, outcome) for case, outcome in outcomes if outcome.status not in ("exact", "refused")]
     assert not bad, "\n".join(f"{case!r}: {outcome}" for case, outcome in bad[:5])
@@ -623,7 +623,7 @@ def test_chain_models_drawn_by_hypothesis_prune_exactly_or_refuse_for_exactness(
 
 
 def test_typed_usage_of_a_run_pattern_runs() -> None:
-    from .typing import passthrough_usage
+    from ..typing import passthrough_usage
 
     pruned = passthrough_usage.run()
     assert isinstance(pruned, passthrough_usage.Net) and pruned.fc1.out_features == 4

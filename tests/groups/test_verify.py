@@ -16,8 +16,8 @@ from torch import Tensor, nn
 import fprune
 from fprune.groups import ExampleShapes, TensorSpec
 
-from .refusals import refusal
-from .zoo import ZOO
+from ..refusals import refusal
+from ..zoo import ZOO
 
 
 

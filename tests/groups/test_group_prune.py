@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fprune
 
-from .purity import assert_unchanged, snapshot
-from .zoo import ZOO
+from ..purity import assert_unchanged, snapshot
+from ..zoo import ZOO
 
 CNNS = ["resnet18", "resnet50", "mobilenetv2", "densenet"]
 
@@ -89,6 +89,25 @@ def test_group_scores_sum_weight_members() -> None:
     expected = w0.detach().norm(dim=1) + w2.detach().norm(dim=0)
     torch.testing.assert_close(fprune.group_scores(model, group), expected)
     torch.testing.assert_close(fprune.group_scores(model, group, fprune.l1_norm), w0.detach().abs().sum(1) + w2.detach().abs().sum(0))
+
+
+def test_any_function_of_one_tensor_is_a_criterion() -> None:
+    """``Criterion`` is a Protocol: a plain function (any parameter name) or a lambda type checks
+    and scores, in group_scores, group_masks and prune_channels."""
+
+    def peak(weights: Tensor) -> Tensor:
+        return weights.abs().amax(1)
+
+    criteria: list[fprune.Criterion] = [peak, lambda rows: rows.pow(2).sum(1), fprune.l1_norm]
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    group = next(g for g in groups if g.producers == ("0.weight",))
+    w0, w2 = model.get_parameter("0.weight").detach(), model.get_parameter("2.weight").detach()
+    torch.testing.assert_close(fprune.group_scores(model, group, criteria[0]), w0.abs().amax(1) + w2.abs().amax(0))
+    torch.testing.assert_close(fprune.group_scores(model, group, criteria[1]), w0.pow(2).sum(1) + w2.pow(2).sum(0))
+    keep = fprune.group_masks(model, groups, 0.5, criterion=peak)["0.weight"]
+    assert keep.tolist() == (w0.abs().amax(1) + w2.abs().amax(0)).argsort(descending=True).argsort().lt(2).tolist()
+    assert fprune.prune_channels(model, 0.5, criterion=peak)[0].out_features == 2
 
 
 def test_prune_channels_in_one_call() -> None:

@@ -21,7 +21,7 @@ from torch.fx.immutable_collections import immutable_list
 
 from fprune._util.shape_mode import _RULES, ShapeOnly, to_meta
 
-from .zoo import ZOO
+from ..zoo import ZOO
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64)
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True)

@@ -1,6 +1,6 @@
 """The pipeline fuzzer: random traceable models through both fprune pipelines.
 
-For every generated model (tests/fuzz_models.py) and masks (tests/fuzz_pipelines.py), either
+For every generated model (tests/pipeline/fuzz_models.py) and masks (tests/pipeline/fuzz_pipelines.py), either
 ``apply_prune`` returns a copy that computes exactly what the masked original computes, or
 it raises ``PruneError``; either way the input model is bit-for-bit unchanged. Any other
 exception, a mismatch or a changed input fails the test, and hypothesis shrinks the model.
@@ -11,7 +11,7 @@ models per pipeline with random seeds. Each case is built from one drawn seed (a
 prints the command that replays it); ``FPRUNE_FUZZ_SHRINK=1`` makes every choice a
 hypothesis draw instead, so that a failure shrinks to a small model (hypothesis explores
 small models more than the seeded builder does, so that mode finds less).
-``python -m tests.fuzz_report`` prints the figures (docs/reliability.md).
+``python -m tests.pipeline.fuzz_report`` prints the figures (docs/reliability.md).
 
 Below the fuzzer: regression tests, each a minimal repro of a bug it found (all fixed).
 """
@@ -35,7 +35,7 @@ import fprune
 
 from .fuzz_models import Chooser, DrawChooser, RandomChooser, build_case
 from .fuzz_pipelines import PIPELINES, STATS, run_pipeline
-from .purity import changes, snapshot
+from ..purity import changes, snapshot
 
 NORMAL_EXAMPLES = {"groups/group_masks": 130, "groups/random": 140, "patterns": 130}
 LONG_EXAMPLES = 2000
@@ -60,7 +60,7 @@ def _fuzz(pipeline: str, long: bool, structural: bool) -> None:
         else:  # one drawn seed: cases as varied as the report's, replayable from the seed
             seed = data.draw(st.integers(0, 2**63 - 1), label="case seed")
             choose = RandomChooser(random.Random(seed))
-            note(f"replay: python -m tests.fuzz_report --replay {seed} --pipeline {pipeline}")
+            note(f"replay: python -m tests.pipeline.fuzz_report --replay {seed} --pipeline {pipeline}")
         case = build_case(choose)
         note(repr(case))
         outcome = run_pipeline(pipeline, case, choose)

@@ -1,6 +1,6 @@
 """Run one generated model through an fprune pipeline and classify what happened.
 
-Both pipelines take a :class:`~tests.fuzz_models.FuzzCase` and a chooser for the masks:
+Both pipelines take a :class:`~tests.pipeline.fuzz_models.FuzzCase` and a chooser for the masks:
 
 - ``groups``: ``channel_groups`` on the traced model, masks from ``group_masks`` (levels near
   0 and near 1, ``round_to``, global ranking, the output group included or not) or random
@@ -32,7 +32,7 @@ from torch.func import functional_call
 import fprune
 
 from .fuzz_models import Chooser, FuzzCase
-from .purity import changes, snapshot
+from ..purity import changes, snapshot
 
 __all__ = [
     "LEVELS",

@@ -15,7 +15,7 @@ from torch.func import functional_call
 import fprune
 from fprune.patterns import Pattern, PruneFunction
 
-from .chains import CHANNELS, ChainModel, randomize_biases
+from ..chains import CHANNELS, ChainModel, randomize_biases
 
 PATTERNS = fprune.default_patterns()
 
@@ -56,7 +56,7 @@ def test_default_patterns_cover_batchnorm_dropout_and_method_forms() -> None:
 
 def _linear_or_conv_patterns() -> list[Pattern]:
     """The tuple patterns of Linear and Conv2d producers (the open-ended ones are tested in
-    tests/test_passthrough.py)."""
+    tests/patterns/test_passthrough.py)."""
     return [p for p in PATTERNS if p[0] in (nn.Linear, nn.Conv2d) and not any(isinstance(e, fprune.patterns.ZeroOrMore) for e in p)]
 
 

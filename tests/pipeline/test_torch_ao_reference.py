@@ -34,7 +34,7 @@ from torch.testing._internal import common_pruning as cp
 
 import fprune
 
-from .models import REFERENCE_PRUNED_SHAPES, ReferenceMLP
+from ..models import REFERENCE_PRUNED_SHAPES, ReferenceMLP
 
 # torch.ao's pruner is untyped; keep it behind one `Any`.
 AO: Any = importlib.import_module("torch.ao.pruning._experimental.pruner")

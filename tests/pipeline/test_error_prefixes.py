@@ -21,7 +21,7 @@ import fprune.sparsifier
 from fprune.patterns import UnfoldableConstant
 from fprune.sparsifier import FakeStructuredSparsity, FPGMPruner, SaliencyPruner
 
-from .models import Branching, HardCodedView, LSTMNet
+from ..models import Branching, HardCodedView, LSTMNet, Untraceable
 
 
 def _mlp() -> nn.Sequential:
@@ -54,16 +54,6 @@ class _PaddedConvs(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv2(self.conv1(x))  # type: ignore[no-any-return]
-
-
-class _Untraceable(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.fc(x) if bool(x.sum() > 0) else x
-        return out
 
 
 class _Heads(nn.Module):
@@ -268,7 +258,7 @@ REFUSALS: dict[str, tuple[Callable[[], object], str]] = {
     "prune_channels nothing to prune": (lambda: fprune.prune_channels(_mlp(), 0.01), "prune_channels"),
     "prune_channels level 1": (lambda: fprune.prune_channels(_mlp(), 1.0), "prune_channels"),
     "prune_channels bad example inputs": (lambda: fprune.prune_channels(_Heads(), 0.5, example_inputs=(torch.randn(2, 9),)), "prune_channels"),
-    "prune_channels untraceable": (lambda: fprune.prune_channels(_Untraceable(), 0.5), "prune_channels"),
+    "prune_channels untraceable": (lambda: fprune.prune_channels(Untraceable(), 0.5), "prune_channels"),
     # prune_optimizer_state, also where apply_prune refuses for it
     "prune_optimizer_state bad mask": (_optimizer_state_bad_mask, "prune_optimizer_state"),
     "prune_optimizer_state unnamed state dict": (_optimizer_state_unnamed, "prune_optimizer_state"),

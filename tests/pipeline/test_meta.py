@@ -10,7 +10,7 @@ from torch import nn
 
 import fprune
 
-from .zoo import ZOO, LlamaStyleDecoder
+from ..zoo import ZOO, LlamaStyleDecoder
 
 
 def _on_meta(model: nn.Module) -> nn.Module:

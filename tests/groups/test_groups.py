@@ -13,7 +13,7 @@ from torch import Tensor, nn
 import fprune
 from fprune import ChannelGroup
 
-from .zoo import ZOO
+from ..zoo import ZOO
 
 
 def _groups(model: nn.Module, x: Tensor | None = None) -> tuple[ChannelGroup, ...]:

@@ -2,14 +2,14 @@
 
 Every layer of a model feeds the next through a run of zero to four ops, in any order:
 BatchNorm (affine or not, running statistics or not; one per run), activations in module / function /
-method form (tests/fuzz_models.py's lists, PReLU per channel included), pools (max / avg,
+method form (tests/pipeline/fuzz_models.py's lists, PReLU per channel included), pools (max / avg,
 padded or not, ``count_include_pad`` or not, adaptive; module or function form), dropout and
 ``nn.Identity``. A CNN ends in a flatten head (an optional adaptive pool, then ``nn.Flatten``,
 ``torch.flatten(x, 1)`` or ``x.flatten(1)``, maybe an activation or dropout) and a Linear stack,
 or in a 1x1 conv, or returns its last run's output. Convs have kernel 1 or 3, padding 0 or 1
 (zeros, or at times reflect / replicate / circular), stride 1 or 2 and a bias or not.
 
-Models are float64 with tests/fuzz_models.py's weights, in eval mode or (a quarter) in train
+Models are float64 with tests/pipeline/fuzz_models.py's weights, in eval mode or (a quarter) in train
 mode, where BatchNorm uses batch statistics and dropout has p=0. Every producer weight gets a
 keep-mask (saliency, FPGM, random, keep-one, drop-one or keep-all), and ``prune_bias`` is True
 (the default, 80%), False (10%) or a mapping per weight (10%).
@@ -17,8 +17,8 @@ keep-mask (saliency, FPGM, random, keep-one, drop-one or keep-all), and ``prune_
 :func:`run_chain_case` runs ``match_patterns(default_patterns())`` + ``apply_prune`` on the
 model (or, 15% of the time, on its traced GraphModule) and compares the pruned copy with
 ``functional_call(model, masked_parameters(...))`` in float64, and the input model with a
-snapshot taken before. ``python -m tests.chain_report`` prints the figures;
-tests/test_passthrough.py enforces them.
+snapshot taken before. ``python -m tests.pipeline.chain_report`` prints the figures;
+tests/patterns/test_passthrough.py enforces them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import fprune
 
 from .fuzz_models import BATCH, Chooser, Pool, RandomChooser, _activation, _initialize
 from .fuzz_pipelines import ATOL, RTOL, reason_of
-from .purity import changes, snapshot
+from ..purity import changes, snapshot
 
 __all__ = [
     "EXACTNESS_REASONS",
@@ -294,7 +294,7 @@ def _mask(choose: Chooser, weight: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ChainOutcome:
-    """What one case did: `status`, the normalized refusal `reason` (tests/fuzz_pipelines.py's
+    """What one case did: `status`, the normalized refusal `reason` (tests/pipeline/fuzz_pipelines.py's
     ``reason_of``), the full `detail` (the PruneError message), `exactness`: the refusal gives
     an exactness reason."""
 

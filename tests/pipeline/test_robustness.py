@@ -28,7 +28,7 @@ Audit (issue 6; "new" = in this file):
   test_parametrized_models_are_refused_by_both_pipelines, test_a_pruned_copy_prunes_again,
   test_parametrized_models_are_named_by_group_masks_and_prune_channels,
   test_torch_utils_pruned_models_are_refused_clearly
-- half, bfloat16, float64: new test_dtypes_* below; state: tests/test_state.py
+- half, bfloat16, float64: new test_dtypes_* below; state: tests/pipeline/test_state.py
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from torch.nn.utils import parametrize
 
 import fprune
 
-from .models import ConvBNNet, TiedEmbeddingLM, TiedLinear
-from .purity import assert_unchanged, snapshot
-from .refusals import refusal
-from .zoo import ZOO
+from ..models import ConvBNNet, TiedEmbeddingLM, TiedLinear
+from ..purity import assert_unchanged, snapshot
+from ..refusals import refusal
+from ..zoo import ZOO
 
 Records = Sequence[fprune.Match] | Sequence[fprune.ChannelGroup]
 
@@ -575,7 +575,7 @@ def test_pruning_is_bit_identical_on_every_run() -> None:
 _SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.test_robustness import _digest, _pruned_models
+from tests.pipeline.test_robustness import _digest, _pruned_models
 for name, model in sorted(_pruned_models().items()):
     print(name, _digest(model))
 """
@@ -583,7 +583,7 @@ for name, model in sorted(_pruned_models().items()):
 
 @pytest.mark.slow
 def test_pruning_is_bit_identical_across_processes() -> None:
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parent.parent.parent)
     outputs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}  # set / dict orders differ between the runs

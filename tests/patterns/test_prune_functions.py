@@ -15,8 +15,8 @@ from torch.func import functional_call
 import fprune
 from fprune.patterns import OUTPUT, Call, Op
 
-from .models import LSTMNet
-from .purity import assert_modules_unchanged, snapshot
+from ..models import LSTMNet
+from ..purity import assert_modules_unchanged, snapshot
 
 
 def test_prune_functions_never_modify_their_inputs() -> None:

@@ -33,7 +33,7 @@ from torch.testing._internal.common_pruning import (
 
 from fprune.sparsifier import BaseStructuredSparsifier, FPGMPruner, LSTMSaliencyPruner, SaliencyPruner
 
-from .models import ConvBNNet
+from ..models import ConvBNNet
 
 Config = list[dict[str, object]]
 

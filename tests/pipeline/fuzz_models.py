@@ -1,4 +1,4 @@
-"""Random traceable models for the pipeline fuzzer (tests/test_fuzz.py, tests/fuzz_report.py).
+"""Random traceable models for the pipeline fuzzer (tests/pipeline/test_fuzz.py, tests/pipeline/fuzz_report.py).
 
 Every model is built from choices made through a :class:`Chooser`: a seeded ``random.Random``
 (:class:`RandomChooser`, used by the report runner: a seed replays a case) or hypothesis draws

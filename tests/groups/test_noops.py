@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import fprune
 
-from .refusals import refusal
+from ..refusals import refusal
 
 
 

@@ -1,11 +1,11 @@
-"""Refusal figures of the pattern path on random chain models (tests/chain_fuzz.py).
+"""Refusal figures of the pattern path on random chain models (tests/pipeline/chain_fuzz.py).
 
-    python -m tests.chain_report --models 2000 --seed 0
-    python -m tests.chain_report --models 2000 --tuples-only     # the defaults without runs
-    python -m tests.chain_report --replay 17
+    python -m tests.pipeline.chain_report --models 2000 --seed 0
+    python -m tests.pipeline.chain_report --models 2000 --tuples-only     # the defaults without runs
+    python -m tests.pipeline.chain_report --replay 17
 
 Model ``i`` of a run is built from ``random.Random(seed * 1_000_003 + i)``; seed 0's first 400
-are the ones tests/test_passthrough.py checks. It prints how many models were pruned exactly,
+are the ones tests/patterns/test_passthrough.py checks. It prints how many models were pruned exactly,
 refused (overall and by ``prune_bias`` style) or neither, and each refusal reason (the
 PruneError message, names as `_`, numbers as `N`) with whether it is an exactness reason.
 """
@@ -67,7 +67,7 @@ def report(models: int, seed: int, tuples_only: bool, show: int) -> str:
             print(f"... {index + 1} models", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     refused = status["refused"]
-    command = f"python -m tests.chain_report --models {models} --seed {seed}" + (" --tuples-only" if tuples_only else "")
+    command = f"python -m tests.pipeline.chain_report --models {models} --seed {seed}" + (" --tuples-only" if tuples_only else "")
     lines = [
         f"`{command}` ({seconds:.0f} s, torch {torch.__version__})",
         "",
@@ -88,7 +88,7 @@ def report(models: int, seed: int, tuples_only: bool, show: int) -> str:
         lines += ["", "Neither exact nor refused:"]
         for replay_seed, outcome in failures[:show]:
             detail = outcome.detail.strip().splitlines()[-1] if outcome.detail.strip() else ""
-            lines.append(f"- {outcome.status} ({outcome.reason}) {detail[:160]} -- `python -m tests.chain_report --replay {replay_seed}`")
+            lines.append(f"- {outcome.status} ({outcome.reason}) {detail[:160]} -- `python -m tests.pipeline.chain_report --replay {replay_seed}`")
     return "\n".join(lines)
 
 
@@ -98,7 +98,7 @@ def replay(replay_seed: int, tuples_only: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chain_report", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m tests.pipeline.chain_report", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--models", type=int, default=2000, help="models (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
     parser.add_argument("--tuples-only", action="store_true", help="match with the default tuple patterns only (no ZeroOrMore runs)")

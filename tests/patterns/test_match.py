@@ -14,7 +14,7 @@ import fprune
 from fprune import Match
 from fprune.patterns import Call, ModuleOp, OUTPUT, Pattern, PruneFunction
 
-from .models import Branching, ConvBNNet, LSTMNet, ReferenceMLP, TwiceCalled
+from ..models import Branching, ConvBNNet, LSTMNet, ReferenceMLP, TwiceCalled
 
 
 def _match(model: nn.Module) -> tuple[Match, ...]:

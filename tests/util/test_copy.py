@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from torch import Tensor, fx, nn
 
 from fprune._util.copy import copy_module
-from tests.fuzz_models import FuzzCase, fuzz_cases
+from tests.pipeline.fuzz_models import FuzzCase, fuzz_cases
 from tests.models import TiedEmbeddingLM
 from tests.zoo import ZOO
 

@@ -27,8 +27,8 @@ from torch.nn.utils import parametrize
 import fprune
 from fprune.sparsifier import BaseStructuredSparsifier, FPGMPruner, LSTMSaliencyPruner, SaliencyPruner
 
-from .models import ReferenceMLP
-from .test_torch_ao_reference import (
+from ..models import ReferenceMLP
+from ..pipeline.test_torch_ao_reference import (
     AGREE,
     AO,
     CASES,
