@@ -41,7 +41,7 @@ PATTERNS = {
 GROUPS = {
     "Axis", "Blocker", "ChannelGroup", "ChannelSlice", "ExampleShapes", "Flow", "FlowContext", "FlowRule",
     "HeadAxis", "HeadPrunedMultiheadAttention", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
-    "default_flow_rules", "explain", "flatten_axis", "group_masks", "group_scores",
+    "default_flow_rules", "explain", "flatten_axis", "group_masks", "group_scores", "handles_nonzero",
 }  # fmt: skip
 SPARSIFIER = {
     "BaseStructuredSparsifier", "FPGMPruner", "FakeStructuredSparsity", "LSTMSaliencyPruner", "SaliencyPruner",

@@ -20,6 +20,7 @@ from ._flow import FlowRule as FlowRule
 from ._flow import HeadAxis as HeadAxis
 from ._flow import RuleKey as RuleKey
 from ._flow import flatten_axis as flatten_axis
+from ._flow import handles_nonzero as handles_nonzero
 from ._mha import HeadPrunedMultiheadAttention as HeadPrunedMultiheadAttention
 from ._noop import explain as explain
 from ._records import Blocker as Blocker

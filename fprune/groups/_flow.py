@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeAlias, Union
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar, Union
 
 import torch
 from torch import Tensor, fx, nn
@@ -31,6 +31,11 @@ class Axis:
         inner: consecutive positions per channel (a flatten of trailing dims: ``H * W``).
         outer: repetitions of the whole channel block along `dim` (a flatten of leading dims).
         ndim: the tensor's number of dims, if known.
+        nonzero: "" while the removed channels are exactly zero here (what pruning needs);
+            else what made them carry a non-zero value (an ``f(0) != 0`` op such as an SE
+            gate's sigmoid: "`sigmoid`: sigmoid maps 0 to 0.5"). Only rules marked :func:`handles_nonzero` see such an
+            axis; every other op it reaches blocks its channels. A product with zeros makes
+            them zero again (``x * sigmoid(gate)``: an SE gate is exact).
     """
 
     dim: int
@@ -38,6 +43,7 @@ class Axis:
     inner: int = 1
     outer: int = 1
     ndim: int | None = None
+    nonzero: str = ""
 
     def positions(self) -> Iterator[tuple[int, int]]:
         """(position along dim, index into ids) for every position."""
@@ -273,6 +279,23 @@ def unit_root(units: dict[int, int], i: int) -> int:
         units[i] = units[units[i]]
         i = units[i]
     return i
+
+
+RuleT = TypeVar("RuleT", bound=Callable[..., object])
+
+
+def handles_nonzero(rule: RuleT) -> RuleT:
+    """Mark `rule` as one that understands an input :class:`Axis` whose ``nonzero`` is set
+    (removed channels hold a non-zero value) and sets ``nonzero`` on its output correctly
+    (an op that keeps values elementwise passes the axis on; a product with zeros clears it).
+    Rules without the mark never see such an input: the walk blocks it first."""
+    setattr(rule, "handles_nonzero", True)  # noqa: B010 - a marker on the function object
+    return rule
+
+
+def handles_nonzero_marked(rule: object) -> bool:
+    """Whether :func:`handles_nonzero` marked `rule`."""
+    return bool(getattr(rule, "handles_nonzero", False))
 
 
 class FlowRule(Protocol):

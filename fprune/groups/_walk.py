@@ -31,6 +31,7 @@ from ._flow import (
     ShapeRead,
     SizeRead,
     axes,
+    handles_nonzero_marked,
 )
 from ._records import Blocker
 from ._shapes import ForwardFailed, Shapes
@@ -160,6 +161,15 @@ class Analysis:
                 ctx.block(inputs, f"{describe_node(node, self.modules)} is not understood (no flow rule); register one to prune through it")
             self.flows[node.name] = None
             return
+        if not handles_nonzero_marked(rule):  # channels that are not zero where removed stop here
+            for axis in axes(inputs):
+                if isinstance(axis, Axis) and axis.nonzero:
+                    ctx.block(
+                        axis,
+                        f"after {axis.nonzero}, the removed channels carry a non-zero value, and "
+                        f"{describe_node(node, self.modules)} would pass it on to the next layers; only a product "
+                        "with channels that are zero there (an SE gate: x * sigmoid(...)) makes them zero again",
+                    )
         try:
             self.flows[node.name] = rule(ctx)
         except ForwardFailed:

@@ -663,6 +663,16 @@ class Elementwise(nn.Module):
             return torch.clamp(x, min=0.0)
         if op.startswith("x * p"):
             return x * self.param
+        if op == "x.clone()":
+            return x.clone()
+        if op == "x.to(x.dtype)":
+            return x.to(x.dtype)
+        if op == "interpolate":
+            return F.interpolate(x, scale_factor=1.0)
+        if op == "channel_shuffle":
+            return F.channel_shuffle(x, 2)
+        if op == "x * x.amax":
+            return x * x.amax(dim=-1, keepdim=True)
         if op == "x + b(c)":
             return x + self.buf
         if op == "x * b(c)":
@@ -681,8 +691,69 @@ _ELEMENTWISE = (
 
 def _elementwise(choose: Chooser, state: _State) -> nn.Module:
     layer = _layer(choose, state.kind, state.channels, state.channels, state.size, same_size=True)
-    op = choose.choice(_ELEMENTWISE)
+    ops: tuple[str, ...] = _ELEMENTWISE + ("x.clone()", "x.to(x.dtype)", "x * x.amax")  # amax: over the last dim (channels for vec / seq)
+    if state.kind in ("img1", "img2"):
+        ops += ("interpolate",) + (("channel_shuffle",) if state.channels % 2 == 0 else ())
+    op = choose.choice(ops)
     return Sequential([layer, Elementwise(op, state.channels, len(state.shape), _channel_dim(state.kind))])
+
+
+class Gate(nn.Module):
+    """Squeeze-and-excitation: ``x * gate(expand(act(reduce(context(x)))))`` with an ``f(0) != 0``
+    gate (sigmoid, hard-sigmoid) in module, function or method form; the combine is a product
+    (exact: removed channels are zero in `x`) or, to check that fprune refuses it, a sum."""
+
+    def __init__(self, kind: Kind, channels: int, reduced: int, act: nn.Module, gate: str, combine: str) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind in ("img1", "img2"):
+            conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv1d if kind == "img1" else nn.Conv2d
+            self.reduce: nn.Module = conv(channels, reduced, 1)
+            self.expand: nn.Module = conv(reduced, channels, 1)
+        else:
+            self.reduce, self.expand = nn.Linear(channels, reduced), nn.Linear(reduced, channels)
+        self.act = act
+        self.gate = gate
+        self.gate_module: nn.Module | None = nn.Sigmoid() if gate == "nn.Sigmoid" else nn.Hardsigmoid() if gate == "nn.Hardsigmoid" else None
+        self.combine = combine
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "img2":
+            s = x.mean((2, 3), keepdim=True)
+        elif self.kind == "img1":
+            s = x.mean(2, keepdim=True)
+        elif self.kind == "seq":
+            s = x.mean(1, keepdim=True)
+        else:
+            s = x
+        s = self.expand(self.act(self.reduce(s)))
+        if self.gate_module is not None:
+            g: Tensor = self.gate_module(s)
+        elif self.gate == "torch.sigmoid":
+            g = torch.sigmoid(s)
+        elif self.gate == "F.hardsigmoid":
+            g = F.hardsigmoid(s)
+        else:
+            g = s.sigmoid()
+        if self.combine == "x * g":
+            return x * g
+        if self.combine == "g * x":
+            return g * x
+        if self.combine == "x * g + x":
+            return x * g + x
+        return x + g
+
+    def extra_repr(self) -> str:
+        return f"gate={self.gate}, combine={self.combine!r}"
+
+
+def _gate(choose: Chooser, state: _State) -> nn.Module:
+    c = state.channels
+    layer = _layer(choose, state.kind, state.channels, c, state.size, same_size=True)
+    reduced = choose.integer(1, max(1, c // 2))
+    gate = choose.choice(["nn.Sigmoid", "nn.Hardsigmoid", "torch.sigmoid", "F.hardsigmoid", "x.sigmoid()"])
+    combine = choose.choice(["x * g", "g * x", "x * g", "x * g + x", "x + g"])
+    return Sequential([layer, Gate(state.kind, c, reduced, _activation(choose, reduced, state.kind), gate, combine)])
 
 
 class ToFeatures(nn.Module):
@@ -781,10 +852,10 @@ class _State:
 BlockBuilder = Callable[[Chooser, _State], nn.Module]
 
 _BLOCKS: dict[Kind, list[tuple[str, BlockBuilder]]] = {
-    "vec": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("layernorm", _layernorm), ("twice", _twice)],
-    "seq": [("plain", _plain), ("attention", _attention), ("mha", _mha), ("attention", _attention), ("mha", _mha), ("residual", _residual), ("concat", _concat), ("split", _split), ("layernorm", _layernorm), ("elementwise", _elementwise), ("to-features", _to_features)],
-    "img1": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("to-features", _to_features)],
-    "img2": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("to-features", _to_features)],
+    "vec": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("layernorm", _layernorm), ("twice", _twice), ("gate", _gate)],
+    "seq": [("plain", _plain), ("attention", _attention), ("mha", _mha), ("attention", _attention), ("mha", _mha), ("residual", _residual), ("concat", _concat), ("split", _split), ("layernorm", _layernorm), ("elementwise", _elementwise), ("to-features", _to_features), ("gate", _gate)],
+    "img1": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("to-features", _to_features), ("gate", _gate)],
+    "img2": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("to-features", _to_features), ("gate", _gate)],
 }  # fmt: skip
 
 

@@ -42,13 +42,16 @@ from ._layers import (
 )
 from ._layout import (
     cat_rule,
+    channel_shuffle_rule,
     flatten_rule,
     getitem_rule,
+    interpolate_rule,
     metadata_rule,
     permute_rule,
     reduce_mean_rule,
     split_rule,
     transpose_rule,
+    unsqueeze_rule,
     view_rule,
 )
 
@@ -87,6 +90,11 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         torch.mean: reduce_mean_rule,
         "mean": reduce_mean_rule,
         "contiguous": keep_rule,
+        **dict.fromkeys((torch.sum, "sum", torch.amax, "amax", torch.amin, "amin"), reduce_mean_rule),
+        **dict.fromkeys(("clone", torch.clone, "detach", "to", "type", "float", "double", "half", "bfloat16"), keep_rule),
+        **dict.fromkeys((F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), interpolate_rule),
+        **dict.fromkeys(("unsqueeze", torch.unsqueeze), unsqueeze_rule),
+        **dict.fromkeys((nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle), channel_shuffle_rule),
         "view": view_rule,
         "reshape": view_rule,
         torch.reshape: view_rule,

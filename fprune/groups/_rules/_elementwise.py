@@ -5,22 +5,33 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from ..._errors import PruneError
-from .._flow import Axis, Flow, FlowContext, HeadAxis
+from .._flow import Axis, Flow, FlowContext, HeadAxis, handles_nonzero
+
+
+class _NonZero(PruneError):
+    """An elementwise op maps 0 to a non-zero value; `fact` says so in a few words."""
+
+    def __init__(self, message: str, fact: str) -> None:
+        super().__init__(message)
+        self.fact = fact
 
 
 def _zero_preserving(apply: Callable[[Tensor], Tensor], what: str) -> None:
     with torch.no_grad():
         value = apply(torch.zeros(1, 1, 1, 1))
     if bool((value != 0).any()):
-        raise PruneError(
-            f"{what} maps 0 to {float(value.reshape(-1)[0]):.4g}: removed channels would still feed "
-            "the next layers a non-zero value; chain patterns (match_patterns) fold such constants"
+        fact = f"{what} maps 0 to {float(value.reshape(-1)[0]):.4g}"
+        raise _NonZero(
+            f"{fact}: removed channels would still feed the next layers a non-zero value; chain patterns "
+            "(match_patterns) fold such constants",
+            fact,
         )
 
 
@@ -37,25 +48,40 @@ def _stateless_kind(module: nn.Module) -> tuple[object, ...] | None:
     return (type(module), attributes)
 
 
+def _nonzero_after(ctx: FlowContext, axis: Flow, error: _NonZero) -> Flow:
+    """The output of an elementwise op with f(0) != 0: its removed channels carry a non-zero
+    value (see ``Axis.nonzero``); only a plain channel axis can say so, anything else blocks."""
+    if not isinstance(axis, Axis):
+        raise error
+    return replace(axis, nonzero=f"`{ctx.node.name}`: {error.fact}")
+
+
+@handles_nonzero
 def elementwise_module_rule(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert module is not None
     axis = ctx.input(0)
     if axis is not None:
         kind = _stateless_kind(module)
+        if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
+            raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
+        if isinstance(axis, Axis) and axis.nonzero:
+            return axis  # f(value) is some other value: still non-zero in general
 
         def check() -> None:
-            if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
-                raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
             _zero_preserving(module, f"`{ctx.module_fqn}` ({type(module).__name__})")
 
-        if kind is None:
-            check()
-        else:
-            ctx.once(("zero-preserving", kind), check)
+        try:
+            if kind is None:
+                check()
+            else:
+                ctx.once(("zero-preserving", kind), check)
+        except _NonZero as error:
+            return _nonzero_after(ctx, axis, error)
     return axis
 
 
+@handles_nonzero
 def elementwise_call_rule(ctx: FlowContext) -> Flow:
     axis = ctx.input(0)
     if axis is not None:
@@ -64,37 +90,50 @@ def elementwise_call_rule(ctx: FlowContext) -> Flow:
         kwargs = dict(ctx.node.kwargs)
         if any(isinstance(a, torch.fx.Node) for a in list(rest) + list(kwargs.values())):
             raise PruneError(f"{ctx.node.name} takes other tensors as arguments")
-        if isinstance(target, str):
-            _zero_preserving(lambda x: cast(Tensor, getattr(x, target)(*rest, **kwargs)), f"x.{target}()")
-        else:
-            assert callable(target)
-            _zero_preserving(lambda x: cast(Tensor, target(x, *rest, **kwargs)), getattr(target, "__name__", str(target)))
+        if isinstance(axis, Axis) and axis.nonzero:
+            return axis  # f(value) is some other value: still non-zero in general
+        try:
+            if isinstance(target, str):
+                _zero_preserving(lambda x: cast(Tensor, getattr(x, target)(*rest, **kwargs)), f"x.{target}()")
+            else:
+                assert callable(target)
+                _zero_preserving(lambda x: cast(Tensor, target(x, *rest, **kwargs)), getattr(target, "__name__", str(target)))
+        except _NonZero as error:
+            return _nonzero_after(ctx, axis, error)
     return axis
 
 
+@handles_nonzero
 def keep_rule(ctx: FlowContext) -> Flow:
     """Ops that keep every channel where it is (pools, dropout, identity, contiguous)."""
     return ctx.input(0)
 
 
+@handles_nonzero
 def merge_elementwise_rule(ctx: FlowContext) -> Flow:
     """add / sub / mul of two tensors, or of a tensor and a constant or a model tensor."""
     a, b = ctx.node.args[0], ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("other")
     fa, fb = ctx.flow(a), ctx.flow(b)
     if isinstance(fa, HeadAxis) or isinstance(fb, HeadAxis):
+        if any(isinstance(f, Axis) and f.nonzero for f in (fa, fb)):
+            raise PruneError(f"`{ctx.node.name}` combines heads with channels whose removed entries are not zero")
         return _merge_heads(ctx, a, b, fa, fb)
     if fa is not None and not isinstance(fa, Axis) or fb is not None and not isinstance(fb, Axis):
         raise PruneError("elementwise op on tuples")
     if isinstance(fa, Axis) and isinstance(fb, Axis):
+        if (fa.nonzero or fb.nonzero) and ctx.node.target in _DIVISIONS:
+            raise PruneError(f"`{ctx.node.name}` divides channels whose removed entries are not zero")
         merged = ctx.merge(fa, fb)
         if merged is None:
             raise PruneError(f"`{ctx.node.name}` combines tensors whose channels do not line up")
-        return merged
+        if ctx.node.target in _ADDITIVE:  # a sum is non-zero where either term is
+            return replace(merged, nonzero=fa.nonzero or fb.nonzero)
+        return replace(merged, nonzero=fa.nonzero if fb.nonzero else "")  # a product is zero where either factor is
     axis = fa if isinstance(fa, Axis) else fb
     other = b if isinstance(fa, Axis) else a
     if axis is None:
         return None
-    if ctx.node.target in (operator.truediv, torch.div, "div") and other is a:
+    if ctx.node.target in _DIVISIONS and other is a:
         raise PruneError(f"`{ctx.node.name}` divides by the channels")
     additive = ctx.node.target in _ADDITIVE
     attr = ctx.attr(other)
@@ -130,6 +169,7 @@ def merge_elementwise_rule(ctx: FlowContext) -> Flow:
 
 
 _ADDITIVE = (operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub")
+_DIVISIONS = (operator.truediv, torch.div, "div")
 
 
 def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> Flow:

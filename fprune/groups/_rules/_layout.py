@@ -4,13 +4,14 @@ cat, split / chunk, getitem, flatten, mean and shape metadata."""
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..._errors import PruneError
-from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis
+from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis, handles_nonzero
 from .._sizes import size_args
 
 
@@ -333,6 +334,7 @@ def _static_shape(ctx: FlowContext, value: object, ndim: int) -> tuple[int, ...]
 
 
 def reduce_mean_rule(ctx: FlowContext) -> Flow:
+    """mean / sum / amax / amin over dims other than the channels' (zeros stay zeros)."""
     axis = input_axis(ctx)
     if axis is None:
         return None
@@ -364,3 +366,65 @@ def metadata_rule(ctx: FlowContext) -> Flow:
     if ctx.node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda"):
         return None
     raise PruneError(f"attribute {ctx.node.args[1]!r} of a tensor of channels")
+
+
+def _with_ndim(ctx: FlowContext, axis: Axis) -> Axis:
+    """`axis` with its rank filled in from the input's recorded shape where it is not known."""
+    if axis.ndim is None:
+        shape = ctx.shape(ctx.node.args[0])
+        if shape is not None:
+            return replace(axis, ndim=len(shape))
+    return axis
+
+
+def unsqueeze_rule(ctx: FlowContext) -> Flow:
+    """``x.unsqueeze(d)``: a new dim of size 1; the channels keep their place among the others."""
+    axis = input_axis(ctx)
+    if axis is None:
+        return None
+    axis = _with_ndim(ctx, axis)
+    dim = ctx.arg(1, "dim")
+    if axis.ndim is None or not isinstance(dim, int):
+        raise PruneError("unsqueeze of channels whose rank or new dim is unknown; pass example_inputs")
+    ndim = axis.ndim + 1
+    position, channel = dim % ndim, axis.dim % axis.ndim
+    new = channel + 1 if position <= channel else channel
+    return replace(axis, dim=new - ndim, ndim=ndim)
+
+
+@handles_nonzero
+def interpolate_rule(ctx: FlowContext) -> Flow:
+    """``F.interpolate`` / ``nn.Upsample``: resamples the spatial dims (2 and on) of each
+    channel; the channels must be on dim 1."""
+    axis = input_axis(ctx)
+    if axis is None:
+        return None
+    axis = _with_ndim(ctx, axis)
+    if axis.ndim is None or axis.ndim < 3 or axis.dim % axis.ndim != 1 or axis.inner != 1 or axis.outer != 1:
+        raise PruneError(f"`{ctx.node.name}` resamples along the channels (they are not on dim 1)")
+    return axis
+
+
+def channel_shuffle_rule(ctx: FlowContext) -> Flow:
+    """``nn.ChannelShuffle(g)`` / ``F.channel_shuffle(x, g)``: channel ``a * (C / g) + b`` moves to
+    ``b * g + a``. The g channels of one ``b`` are one unit (kept or removed together), so the
+    pruned copy, shuffling ``C_kept`` channels with the same g, puts every kept channel where the
+    masked model has it."""
+    axis = input_axis(ctx)
+    if axis is None:
+        return None
+    axis = _with_ndim(ctx, axis)
+    module = ctx.module
+    groups = getattr(module, "groups", None) if module is not None else ctx.arg(1, "groups")
+    if not isinstance(groups, int) or groups < 1:
+        raise PruneError(f"`{ctx.node.name}`: channel shuffle with groups that are not a number")
+    if axis.ndim is None or axis.dim % axis.ndim != 1 or axis.inner != 1 or axis.outer != 1:
+        raise PruneError(f"`{ctx.node.name}` shuffles channels that are not on dim 1")
+    ids = axis.ids
+    if len(ids) % groups:
+        raise PruneError(f"`{ctx.node.name}` shuffles {len(ids)} channels in {groups} groups")
+    per = len(ids) // groups
+    for b in range(per):
+        ctx.tie([ids[a * per + b] for a in range(groups)])
+    shuffled = tuple(ids[a * per + b] for b in range(per) for a in range(groups))
+    return replace(axis, ids=shuffled)
