@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -30,8 +31,23 @@ class SqueezeExcite(nn.Module):
         return x * gate
 
 
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's BatchNorm with a fused activation: ``act(F.batch_norm(x, ...))``. Not a torch.nn
+    module, so torch.fx traces into it: the graph holds ``F.batch_norm`` with the module's own
+    tensors, not a BatchNorm2d call."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.act = nn.SiLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, self.eps)
+        out: Tensor = self.act(x)
+        return out
+
+
 class MBConv(nn.Module):
-    """EfficientNet inverted residual: expand conv1x1-BN-SiLU, depthwise conv-BN-SiLU, SE (SiLU,
+    """EfficientNet inverted residual: expand conv1x1-BNAct(SiLU), depthwise conv-BNAct, SE (SiLU,
     sigmoid gate, reduced to a quarter of the block's input), project conv1x1-BN, and the residual
     add when the shape allows."""
 
@@ -39,19 +55,17 @@ class MBConv(nn.Module):
         super().__init__()
         mid = cin * expand
         self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.act1 = nn.SiLU()
+        self.bn1 = BatchNormAct2d(mid)
         self.conv_dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.act2 = nn.SiLU()
+        self.bn2 = BatchNormAct2d(mid)
         self.se = SqueezeExcite(mid, max(1, cin // 4), nn.SiLU(), nn.Sigmoid())
         self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.act1(self.bn1(self.conv_pw(x)))
-        out = self.act2(self.bn2(self.conv_dw(out)))
+        out = self.bn1(self.conv_pw(x))
+        out = self.bn2(self.conv_dw(out))
         out = self.bn3(self.conv_pwl(self.se(out)))
         result: Tensor = out + x if self.residual else out
         return result

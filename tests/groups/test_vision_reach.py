@@ -170,3 +170,33 @@ def test_a_user_rule_sees_a_non_zero_axis_only_when_it_says_it_handles_it() -> N
     expected = functional_call(model, fprune.masked_parameters(model, {"fc1.weight": keep}, fprune.channel_groups(gm, rules=rules)), (x,))
     torch.testing.assert_close(pruned(x), expected)
 
+
+
+class _FunctionalNorm(nn.Module):
+    """conv -> F.batch_norm with the model's tensors (or without affine ones) -> conv."""
+
+    def __init__(self, affine: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.norm = nn.BatchNorm2d(8, affine=affine)
+        self.affine = affine
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.norm
+        h = F.batch_norm(self.conv1(x), n.running_mean, n.running_var, n.weight, n.bias, False, 0.1, n.eps)
+        out: Tensor = self.conv2(h)
+        return out
+
+
+def test_functional_batch_norm_carries_the_model_tensors_and_refuses_without_affine_ones() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4)
+    model = _FunctionalNorm(affine=True).eval()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+    group = _groups_of(_groups(model, x), "conv1.weight")
+    assert group.prunable and {"norm.running_mean", "norm.running_var", "norm.weight", "norm.bias"} <= {m.fqn for m in group.members}
+    pruned = _exact(model, x, 0.5)
+    assert pruned.get_submodule("norm").num_features == 4
+    bare = _groups_of(_groups(_FunctionalNorm(affine=False).eval(), x), "conv1.weight")
+    assert not bare.prunable and "no affine weight and bias" in bare.blockers[0].reason

@@ -303,10 +303,39 @@ def _layer(choose: Chooser, kind: Kind, c_in: int, c_out: int, size: int, *, sam
     return conv(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias, padding_mode=mode)
 
 
+class _FunctionalBatchNorm:
+    """A BatchNorm subclass whose forward calls ``F.batch_norm`` itself (timm's BatchNormAct
+    style): torch.fx traces into it, so the graph holds the function with the module's tensors."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = cast(nn.modules.batchnorm._BatchNorm, self)
+        use_batch = bn.training or bn.running_mean is None
+        return F.batch_norm(
+            x,
+            bn.running_mean if not bn.training or bn.track_running_stats else None,
+            bn.running_var if not bn.training or bn.track_running_stats else None,
+            bn.weight,
+            bn.bias,
+            use_batch,
+            bn.momentum if bn.momentum is not None else 0.1,
+            bn.eps,
+        )
+
+
+class FunctionalBatchNorm1d(_FunctionalBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class FunctionalBatchNorm2d(_FunctionalBatchNorm, nn.BatchNorm2d):
+    pass
+
+
 def _norm_and_act(choose: Chooser, kind: Kind, channels: int, size: int, train: bool, *, pool: bool = True) -> list[nn.Module]:
     parts: list[nn.Module] = []
     if kind != "seq" and choose.chance(0.4):
-        bn_type = {"vec": nn.BatchNorm1d, "img1": nn.BatchNorm1d, "img2": nn.BatchNorm2d}[kind]
+        bn_type: type[nn.modules.batchnorm._BatchNorm] = {"vec": nn.BatchNorm1d, "img1": nn.BatchNorm1d, "img2": nn.BatchNorm2d}[kind]
+        if choose.chance(0.3):
+            bn_type = FunctionalBatchNorm1d if bn_type is nn.BatchNorm1d else FunctionalBatchNorm2d
         parts.append(bn_type(channels, affine=not choose.chance(0.1), track_running_stats=not choose.chance(0.1)))
     act = _activation(choose, channels, kind) if choose.chance(0.8) else None
     pooling = _pool(choose, 1 if kind == "img1" else 2, size) if pool and kind in ("img1", "img2") and choose.chance(0.3) else None

@@ -32,6 +32,7 @@ from ._elementwise import (
     merge_elementwise_rule,
 )
 from ._layers import (
+    batch_norm_call_rule,
     batchnorm_rule,
     conv_rule,
     embedding_rule,
@@ -90,6 +91,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         torch.mean: reduce_mean_rule,
         "mean": reduce_mean_rule,
         "contiguous": keep_rule,
+        F.batch_norm: batch_norm_call_rule,
         **dict.fromkeys((torch.sum, "sum", torch.amax, "amax", torch.amin, "amin"), reduce_mean_rule),
         **dict.fromkeys(("clone", torch.clone, "detach", "to", "type", "float", "double", "half", "bfloat16"), keep_rule),
         **dict.fromkeys((F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), interpolate_rule),

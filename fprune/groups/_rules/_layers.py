@@ -116,6 +116,34 @@ def batchnorm_rule(ctx: FlowContext) -> Flow:
     return axis
 
 
+def batch_norm_call_rule(ctx: FlowContext) -> Flow:
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` with the model's own
+    per-channel tensors: what BatchNorm subclasses with a fused activation (timm's
+    ``BatchNormAct2d``) trace to. Like the module: those tensors go with the channels."""
+    axis = input_axis(ctx)
+    if axis is None:
+        return None
+    if axis.inner != 1 or axis.outer != 1 or not _on_dim_1(ctx, axis):
+        raise PruneError(f"`{ctx.node.name}` (batch_norm) normalizes dim 1, but the channels are not there")
+    tensors = {
+        name: ctx.arg(index, name)
+        for index, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    }
+    if tensors["weight"] is None or tensors["bias"] is None:
+        raise PruneError(
+            f"`{ctx.node.name}` (batch_norm) has no affine weight and bias: removed channels would leave it "
+            "as a non-zero constant (-mean / std) that the pruned model cannot reproduce"
+        )
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        found = ctx.attr(value)
+        if found is None or found[1].dim() != 1 or found[1].shape[0] != len(axis.ids):
+            raise PruneError(f"`{ctx.node.name}` (batch_norm): its {name} is not a per-channel tensor of the model")
+        ctx.carry("", 0, Axis(0, axis.ids), fqn=found[0])
+    return axis
+
+
 def _on_dim_1(ctx: FlowContext, axis: Axis) -> bool:
     """False if the channels are known not to be on dim 1 of the input, which BatchNorm and
     PReLU act on (a Linear's output on tokens, ``[batch, tokens, features]``, whose token count
