@@ -118,9 +118,11 @@ def collect(analysis: Analysis) -> tuple[ChannelGroup, ...]:
     n = analysis.uf.count
     if n == 0:
         return ()
-    # every id was made by a producer, in order: producer k owns ids starts[k] .. + counts[k]
-    counts = torch.tensor([len(ids) for _, ids in analysis.producers], dtype=torch.long)
-    starts = torch.tensor([ids[0] if ids else 0 for _, ids in analysis.producers], dtype=torch.long)
+    # every id was made by a producer (or as fixed channels), in order: range k owns ids
+    # starts[k] .. + counts[k]; the ids of one range are one group
+    ranges = sorted([ids for _, ids in analysis.producers if ids] + [ids for ids in analysis.anonymous if ids], key=lambda ids: ids[0])
+    counts = torch.tensor([len(ids) for ids in ranges], dtype=torch.long)
+    starts = torch.tensor([ids[0] for ids in ranges], dtype=torch.long)
     # channels: classes of united ids, each named by its smallest id (so in first-seen order)
     cls = analysis.uf.roots()
     # groups: components of channel classes linked by a shared producer or a unit (a head)

@@ -256,6 +256,18 @@ class FlowContext:
             check()
             done.add(key)
 
+    def fixed(self, count: int, dim: int, reason: str, *, ndim: int | None = None) -> Axis:
+        """An axis of `count` channels that no producer fprune follows makes (a tensor it does not
+        track, placed beside tracked ones by a concat): fresh channels, blocked with `reason`,
+        so they stay as they are while the others can still be pruned."""
+        start = self._analysis.uf.count
+        ids = self._analysis.uf.new(count)
+        self._analysis.id_tensors[id(ids)] = (ids, torch.arange(start, start + count))
+        self._analysis.anonymous.append(ids)
+        axis = Axis(dim, ids, ndim=ndim)
+        self.block(axis, reason)
+        return axis
+
     def block(self, flow: Flow, reason: str) -> None:
         """Mark every channel of `flow` not prunable, because of this node."""
         for axis in axes(flow):

@@ -83,6 +83,7 @@ class Analysis:
     flows: dict[str, Flow] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
     producers: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    anonymous: list[tuple[int, ...]] = field(default_factory=list)  # ids made by no producer (FlowContext.fixed)
     blocked: dict[int, Blocker] = field(default_factory=dict)
     returned: set[int] = field(default_factory=set)
     units: dict[int, int] = field(default_factory=dict)

@@ -146,3 +146,33 @@ def test_a_shufflenet_unit_prunes_exactly_by_units_of_one_channel_per_group(form
     # halves equal) and the branch's channel b (the shuffle puts it next to the first)
     assert stream.units == ((0, 4, 8), (1, 5, 9), (2, 6, 10), (3, 7, 11))
     assert pruned.get_submodule("head").in_channels == 4
+
+
+class _PartialConcat(nn.Module):
+    """A concat along the channels of a tracked tensor and one fprune does not track (the model
+    input, or a tensor made from nothing it follows)."""
+
+    def __init__(self, other: str) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8 + 3, 4, 1)
+        self.other = other
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv1(x))
+        extra = x if self.other == "input" else torch.ones_like(x) * 0.5
+        out: Tensor = self.conv2(torch.cat((extra, h), dim=1))
+        return out
+
+
+@pytest.mark.parametrize("other", ["input", "constant"])
+def test_a_concat_with_an_untracked_tensor_fixes_only_its_positions(other: str) -> None:
+    torch.manual_seed(0)
+    model = _PartialConcat(other).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    pruned, groups = _prune_exactly(model, x)
+    assert next(g for g in groups if "conv1.weight" in g.producers).prunable
+    fixed = next(g for g in groups if not g.producers)
+    assert not fixed.prunable and "does not track" in fixed.blockers[0].reason and fixed.size == 3
+    assert pruned.get_submodule("conv2").in_channels == 3 + 4
+    without_shapes = fprune.channel_groups(torch.fx.symbolic_trace(model))  # the untracked width is unknown
+    assert not next(g for g in without_shapes if "conv1.weight" in g.producers).prunable

@@ -172,14 +172,16 @@ def cat_rule(ctx: FlowContext) -> Flow:
     axes = [f for f in flows if isinstance(f, Axis)]
     if not axes:
         return None
-    if len(axes) != len(flows):
-        raise PruneError("torch.cat of tracked channels with untracked tensors")
     first = axes[0]
     ndim = next((a.ndim for a in axes if a.ndim is not None), None)
     if ndim is None:
         shape = ctx.shape()
         ndim = len(shape) if shape is not None else None
     cat_dim = dim if dim < 0 else (dim - ndim if ndim is not None else None)
+    if len(axes) != len(flows):
+        if cat_dim is None or any(f is not None and not isinstance(f, Axis) for f in flows) or any(a.dim != cat_dim for a in axes):
+            raise PruneError("torch.cat of tracked channels with untracked tensors")
+        axes = [f if isinstance(f, Axis) else _untracked_part(ctx, t, cat_dim, ndim) for t, f in zip(tensors, flows)]
     if cat_dim is None:
         raise PruneError("torch.cat along a positive dim of a tensor of unknown rank; pass example_inputs")
     if all(a.dim == cat_dim for a in axes):
@@ -192,6 +194,17 @@ def cat_rule(ctx: FlowContext) -> Flow:
     if merged is None:
         raise PruneError("torch.cat along another dim of tensors whose channels do not line up")
     return merged
+
+
+def _untracked_part(ctx: FlowContext, value: object, cat_dim: int, ndim: int | None) -> Axis:
+    """The channels an untracked tensor adds to a concat along the channels: fixed in place
+    (blocked), so that the tracked parts stay prunable. Its width comes from its shape."""
+    shape = ctx.shape(value)
+    if shape is None or -cat_dim > len(shape):
+        raise PruneError("torch.cat of tracked channels with untracked tensors of unknown shape; pass example_inputs")
+    name = value.name if isinstance(value, torch.fx.Node) else repr(value)
+    reason = f"`{name}` is concatenated to these channels, and fprune does not track where its channels come from"
+    return ctx.fixed(shape[cat_dim], cat_dim, reason, ndim=ndim)
 
 
 def split_rule(ctx: FlowContext) -> Flow:
