@@ -33,9 +33,9 @@ class Axis:
         ndim: the tensor's number of dims, if known.
         nonzero: "" while the removed channels are exactly zero here (what pruning needs);
             else what made them carry a non-zero value (an ``f(0) != 0`` op such as an SE
-            gate's sigmoid: "`sigmoid`: sigmoid maps 0 to 0.5"). Only rules marked :func:`handles_nonzero` see such an
-            axis; every other op it reaches blocks its channels. A product with zeros makes
-            them zero again (``x * sigmoid(gate)``: an SE gate is exact).
+            gate's sigmoid: "`sigmoid`: sigmoid maps 0 to 0.5"). At an op whose rule is not
+            marked :func:`handles_nonzero`, the walk blocks such channels. A product with
+            zeros makes them zero again (``x * sigmoid(gate)``: an SE gate is exact).
     """
 
     dim: int
@@ -196,9 +196,7 @@ class FlowContext:
         `outer` > 1: the tensor holds the channels `outer` times along `dim`, block after block
         (an LSTM's 4 gates: unit j is rows j, H + j, 2H + j, 3H + j).
         """
-        start = self._analysis.uf.count
-        ids = self._analysis.uf.new(count)
-        self._analysis.id_tensors[id(ids)] = (ids, torch.arange(start, start + count))
+        ids = self._new_ids(count)
         axis = Axis(out_dim, ids, ndim=ndim)
         fqn = self._tensor_fqn(name)
         self._analysis.members.append(Member(fqn, dim, "producer", Axis(dim, ids, outer=outer)))
@@ -260,9 +258,7 @@ class FlowContext:
         """An axis of `count` channels that no producer fprune follows makes (a tensor it does not
         track, placed beside tracked ones by a concat): fresh channels, blocked with `reason`,
         so they stay as they are while the others can still be pruned."""
-        start = self._analysis.uf.count
-        ids = self._analysis.uf.new(count)
-        self._analysis.id_tensors[id(ids)] = (ids, torch.arange(start, start + count))
+        ids = self._new_ids(count)
         self._analysis.anonymous.append(ids)
         axis = Axis(dim, ids, ndim=ndim)
         self.block(axis, reason)
@@ -273,6 +269,13 @@ class FlowContext:
         for axis in axes(flow):
             for channel in axis.ids:
                 self._analysis.blocked.setdefault(channel, Blocker(self.node.name, reason))
+
+    def _new_ids(self, count: int) -> tuple[int, ...]:
+        """`count` fresh channel ids (their tensor made once, from the range)."""
+        start = self._analysis.uf.count
+        ids = self._analysis.uf.new(count)
+        self._analysis.id_tensors[id(ids)] = (ids, torch.arange(start, start + count))
+        return ids
 
     def _tensor_fqn(self, name: str) -> str:
         return f"{self.module_fqn}.{name}" if self.module_fqn else name
@@ -300,7 +303,7 @@ def handles_nonzero(rule: RuleT) -> RuleT:
     """Mark `rule` as one that understands an input :class:`Axis` whose ``nonzero`` is set
     (removed channels hold a non-zero value) and sets ``nonzero`` on its output correctly
     (an op that keeps values elementwise passes the axis on; a product with zeros clears it).
-    Rules without the mark never see such an input: the walk blocks it first."""
+    For a rule without the mark, the walk blocks such channels before it runs the rule."""
     setattr(rule, "handles_nonzero", True)  # noqa: B010 - a marker on the function object
     return rule
 

@@ -353,10 +353,7 @@ def reduce_mean_rule(ctx: FlowContext) -> Flow:
         return None
     dims = ctx.arg(1, "dim")
     keepdim = ctx.arg(2, "keepdim", False)
-    if axis.ndim is None:  # the rank from the example inputs' shapes
-        shape = ctx.shape(ctx.node.args[0])
-        if shape is not None:
-            axis = Axis(axis.dim, axis.ids, axis.inner, axis.outer, len(shape))
+    axis = _with_ndim(ctx, axis)  # the rank from the example inputs' shapes
     if dims is None or axis.ndim is None:
         raise PruneError("a reduction over unknown dims")
     dim_list = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else None
