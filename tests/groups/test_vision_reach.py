@@ -200,3 +200,41 @@ def test_functional_batch_norm_carries_the_model_tensors_and_refuses_without_aff
     assert pruned.get_submodule("norm").num_features == 4
     bare = _groups_of(_groups(_FunctionalNorm(affine=False).eval(), x), "conv1.weight")
     assert not bare.prunable and "no affine weight and bias" in bare.blockers[0].reason
+
+
+class _ClassicSE(nn.Module):
+    """SENet's gate: Linear layers on ``pool(x).view(b, c)``, back with ``.view(b, c, 1, 1)`` and
+    ``x * y.expand_as(x)``; `sizes` says how the views write the channel count."""
+
+    def __init__(self, sizes: str) -> None:
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.fc = nn.Sequential(nn.Linear(8, 2), nn.ReLU(), nn.Linear(2, 8), nn.Sigmoid())
+        self.sizes = sizes
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        b, c, _, _ = x.size()
+        if self.sizes == "read":
+            y = self.fc(F.adaptive_avg_pool2d(x, 1).view(b, c)).view(b, c, 1, 1)
+        elif self.sizes == "-1":
+            y = self.fc(F.adaptive_avg_pool2d(x, 1).view(b, -1)).view(b, -1, 1, 1)
+        else:  # the count written as a number: pruning would change it
+            y = self.fc(F.adaptive_avg_pool2d(x, 1).view(b, 8)).view(b, 8, 1, 1)
+        out: Tensor = self.out(x * y.expand_as(x))
+        return out
+
+
+@pytest.mark.parametrize("sizes", ["read", "-1"])
+def test_a_classic_se_gate_with_views_and_expand_as_is_exact(sizes: str) -> None:
+    torch.manual_seed(0)
+    model, x = _ClassicSE(sizes), torch.randn(2, 3, 5, 5)
+    group = _groups_of(_groups(model, x), "conv.weight")
+    assert group.prunable and "fc.2.weight" in group.producers
+    pruned = _exact(model, x, 0.5)
+    assert pruned.get_submodule("fc.0").in_features == 4
+
+
+def test_a_classic_se_gate_with_the_count_written_as_a_number_blocks() -> None:
+    group = _groups_of(_groups(_ClassicSE("literal"), torch.randn(2, 3, 5, 5)), "conv.weight")
+    assert not group.prunable and any("writes the channel count as the number 8" in b.reason for b in group.blockers)

@@ -732,10 +732,11 @@ class Gate(nn.Module):
     gate (sigmoid, hard-sigmoid) in module, function or method form; the combine is a product
     (exact: removed channels are zero in `x`) or, to check that fprune refuses it, a sum."""
 
-    def __init__(self, kind: Kind, channels: int, reduced: int, act: nn.Module, gate: str, combine: str) -> None:
+    def __init__(self, kind: Kind, channels: int, reduced: int, act: nn.Module, gate: str, combine: str, views: bool = False) -> None:
         super().__init__()
         self.kind = kind
-        if kind in ("img1", "img2"):
+        self.views = views  # SENet's form: Linear layers on pool(x).view(b, c), back by .view(b, c, 1, 1).expand_as(x)
+        if kind in ("img1", "img2") and not views:
             conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv1d if kind == "img1" else nn.Conv2d
             self.reduce: nn.Module = conv(channels, reduced, 1)
             self.expand: nn.Module = conv(reduced, channels, 1)
@@ -747,6 +748,12 @@ class Gate(nn.Module):
         self.combine = combine
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.views:
+            b, c = x.shape[0], x.shape[1]
+            pooled = x.mean((2, 3) if self.kind == "img2" else 2)
+            gate = torch.sigmoid(self.expand(self.act(self.reduce(pooled.view(b, c)))))
+            shaped = gate.view(b, c, 1, 1) if self.kind == "img2" else gate.view(b, -1, 1)
+            return x * shaped.expand_as(x)
         if self.kind == "img2":
             s = x.mean((2, 3), keepdim=True)
         elif self.kind == "img1":
@@ -782,7 +789,9 @@ def _gate(choose: Chooser, state: _State) -> nn.Module:
     reduced = choose.integer(1, max(1, c // 2))
     gate = choose.choice(["nn.Sigmoid", "nn.Hardsigmoid", "torch.sigmoid", "F.hardsigmoid", "x.sigmoid()"])
     combine = choose.choice(["x * g", "g * x", "x * g", "x * g + x", "x + g"])
-    return Sequential([layer, Gate(state.kind, c, reduced, _activation(choose, reduced, state.kind), gate, combine)])
+    views = state.kind in ("img1", "img2") and choose.chance(0.3)
+    act = _activation(choose, reduced, "vec" if views else state.kind)
+    return Sequential([layer, Gate(state.kind, c, reduced, act, gate, combine, views)])
 
 
 class ToFeatures(nn.Module):

@@ -44,6 +44,7 @@ from ._layers import (
 from ._layout import (
     cat_rule,
     channel_shuffle_rule,
+    expand_rule,
     flatten_rule,
     getitem_rule,
     interpolate_rule,
@@ -92,6 +93,8 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         "mean": reduce_mean_rule,
         "contiguous": keep_rule,
         F.batch_norm: batch_norm_call_rule,
+        "expand": expand_rule,
+        "expand_as": expand_rule,
         **dict.fromkeys((torch.sum, "sum", torch.amax, "amax", torch.amin, "amin"), reduce_mean_rule),
         **dict.fromkeys(("clone", torch.clone, "detach", "to", "type", "float", "double", "half", "bfloat16"), keep_rule),
         **dict.fromkeys((F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), interpolate_rule),

@@ -27,8 +27,11 @@ def input_axis(ctx: FlowContext, index: int = 0) -> Axis | None:
 # --- attention: heads ----------------------------------------------------------------------------
 
 
+@handles_nonzero
 def view_rule(ctx: FlowContext) -> Flow:
-    """view / reshape: split the last (channel) dim into heads, merge heads back, or keep it."""
+    """view / reshape: add or drop dims of size 1 (``view(b, c)`` after a global pool, and back
+    with ``view(b, c, 1, 1)``), split the last (channel) dim into heads, merge heads back, or
+    keep it."""
     flow = ctx.input(0)
     if flow is None:
         return None
@@ -37,6 +40,12 @@ def view_rule(ctx: FlowContext) -> Flow:
         raise PruneError("a view / reshape of channels needs shapes; pass example_inputs")
     sizes = size_args(ctx.node)
     if isinstance(flow, Axis):
+        relabeled = _size_one_relabel(flow, in_shape, out_shape)
+        if relabeled is not None and len(sizes) == len(out_shape):
+            _channel_count(ctx, sizes, flow.ids, index=relabeled.dim)
+            return relabeled
+        if flow.nonzero:
+            raise PruneError(f"`{ctx.node.name}` reshapes channels whose removed entries are not zero (after {flow.nonzero})")
         if flow.dim != -1 or flow.inner != 1 or flow.outer != 1:
             raise PruneError(
                 "a view / reshape of channels that are not on the last dim (such as x.view(-1, 800) after a "
@@ -64,8 +73,22 @@ def view_rule(ctx: FlowContext) -> Flow:
     raise PruneError("a view / reshape of a tuple")
 
 
-def _channel_count(ctx: FlowContext, sizes: list[object], ids: tuple[int, ...]) -> None:
-    """A view / reshape keeps the channels `ids` on its last dim: its last size must follow pruning.
+def _size_one_relabel(axis: Axis, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Axis | None:
+    """The axis after a view that only adds or drops dims of size 1 (the other sizes stay, in
+    order), or None for any other view. The channels' dim must not have size 1 itself."""
+    if axis.inner != 1 or axis.outer != 1 or -axis.dim > len(in_shape):
+        return None
+    kept_in = [i for i, size in enumerate(in_shape) if size != 1]
+    kept_out = [i for i, size in enumerate(out_shape) if size != 1]
+    channel = axis.dim % len(in_shape)
+    if [in_shape[i] for i in kept_in] != [out_shape[i] for i in kept_out] or channel not in kept_in:
+        return None
+    return replace(axis, dim=kept_out[kept_in.index(channel)] - len(out_shape), ndim=len(out_shape))
+
+
+def _channel_count(ctx: FlowContext, sizes: list[object], ids: tuple[int, ...], index: int = -1) -> None:
+    """A view / reshape keeps the channels `ids` on its dim `index` (the last by default): the
+    size there must follow pruning.
 
     -1 does, and so does a size read from the shape of a tensor with the same number of channels
     (``x.shape[-1]``, or the ``C`` of ``B, N, C = y.shape``): those channels are then pruned
@@ -73,7 +96,7 @@ def _channel_count(ctx: FlowContext, sizes: list[object], ids: tuple[int, ...]) 
     written in the code does not (the pruned model would fail, or silently regroup values), nor
     does a size computed from anything else: either blocks.
     """
-    size = sizes[-1] if sizes else None
+    size = sizes[index] if sizes else None
     if size == -1:
         return
     if isinstance(size, int) and not isinstance(size, bool):
@@ -376,6 +399,26 @@ def metadata_rule(ctx: FlowContext) -> Flow:
     if ctx.node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda"):
         return None
     raise PruneError(f"attribute {ctx.node.args[1]!r} of a tensor of channels")
+
+
+@handles_nonzero
+def expand_rule(ctx: FlowContext) -> Flow:
+    """``x.expand(...)`` / ``x.expand_as(y)``: repeats dims of size 1; the channels' dim keeps its
+    size, so each channel's values stay its own (and its size argument must follow pruning)."""
+    axis = input_axis(ctx)
+    if axis is None:
+        return None
+    in_shape, out_shape = ctx.shape(ctx.node.args[0]), ctx.shape()
+    if in_shape is None or out_shape is None or len(in_shape) != len(out_shape) or -axis.dim > len(in_shape):
+        raise PruneError(f"`{ctx.node.name}` expands channels of unknown shape or adds dims; pass example_inputs")
+    if in_shape[axis.dim] != out_shape[axis.dim]:
+        raise PruneError(f"`{ctx.node.name}` expands along the channels")
+    if ctx.node.target == "expand":
+        sizes = size_args(ctx.node)
+        if len(sizes) != len(out_shape):
+            raise PruneError(f"`{ctx.node.name}` expands with sizes fprune cannot read")
+        _channel_count(ctx, sizes, axis.ids, index=axis.dim)
+    return replace(axis, ndim=len(out_shape))
 
 
 def _with_ndim(ctx: FlowContext, axis: Axis) -> Axis:
