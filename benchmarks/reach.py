@@ -21,21 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils.flop_counter import FlopCounterMode
 
 import fprune
 from tests.vision_zoo import VISION_ZOO
 
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _flops(model: nn.Module, x: Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return int(counter.get_total_flops())
+from .cases import parameters
+from .latency import count_flops
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -80,11 +71,11 @@ def main() -> None:
             with torch.no_grad():
                 exact = torch.allclose(pruned(x), functional_call(model, fprune.masked_parameters(model, masks, groups), (x,)), rtol=1e-9, atol=1e-10)
             in_groups = {m.fqn for g in groups if g.prunable for m in g.members}
-            prunable_share = sum(p.numel() for n, p in model.named_parameters() if n in in_groups) / _params(model)
-            theirs = _torch_pruning(build()[0], build()[1], level)
-            tp_kept = theirs if isinstance(theirs, str) else f"{_params(theirs) / _params(model):.3f}"
+            prunable_share = sum(p.numel() for n, p in model.named_parameters() if n in in_groups) / parameters(model)
+            theirs = _torch_pruning(*build(), level)  # a fresh model: Torch-Pruning prunes in place
+            tp_kept = theirs if isinstance(theirs, str) else f"{parameters(theirs) / parameters(model):.3f}"
             print(
-                f"| {name} | {level} | {_params(pruned) / _params(model):.3f} | {_flops(pruned, x) / _flops(model, x):.3f} | "
+                f"| {name} | {level} | {parameters(pruned) / parameters(model):.3f} | {count_flops(pruned, x) / count_flops(model, x):.3f} | "
                 f"{'yes' if exact else 'NO'} | {prunable_share:.2f} | {tp_kept} | {_blockers(groups)} |"
             )
 

@@ -8,25 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 import fprune
-from fprune.groups import ChannelGroup
 
-
-def _groups(model: nn.Module, x: Tensor) -> tuple[ChannelGroup, ...]:
-    return fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
-
-
-def _prune_exactly(model: nn.Module, x: Tensor, level: float = 0.5) -> tuple[nn.Module, tuple[ChannelGroup, ...]]:
-    groups = _groups(model, x)
-    masks = fprune.group_masks(model, groups, level)
-    assert masks, fprune.explain(groups)
-    pruned = fprune.apply_prune(model, masks, groups)
-    with torch.no_grad():
-        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
-        torch.testing.assert_close(pruned(x), expected, rtol=1e-9, atol=1e-10)
-    return pruned, groups
+from ..exact import groups_with_shapes, prune_exactly
 
 
 class _Keeps(nn.Module):
@@ -69,11 +54,11 @@ OPS = ["clone", "torch.clone", "detach", "to", "double", "interpolate", "Upsampl
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_ops_that_keep_channels_in_place_prune_exactly(op: str) -> None:
+def test_ops_that_keep_channels_in_placeprune_exactly(op: str) -> None:
     torch.manual_seed(0)
-    model = _Keeps(op).double()
-    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
-    pruned, groups = _prune_exactly(model, x)
+    model = _Keeps(op)
+    x = torch.randn(2, 3, 6, 6)
+    pruned, groups = prune_exactly(model, x)
     group = next(g for g in groups if "conv1.weight" in g.producers)
     assert group.prunable and pruned.get_submodule("conv2").in_channels == 4
 
@@ -98,7 +83,7 @@ class _Mixes(nn.Module):
 
 @pytest.mark.parametrize("op", ["interpolate", "sum", "channel_shuffle"])
 def test_the_same_ops_along_the_channels_block(op: str) -> None:
-    groups = _groups(_Mixes(op), torch.randn(2, 6, 4))
+    groups = groups_with_shapes(_Mixes(op), torch.randn(2, 6, 4))
     group = next(g for g in groups if "fc1.weight" in g.producers)
     assert not group.prunable
 
@@ -131,15 +116,15 @@ class _ShuffleUnit(nn.Module):
 @pytest.mark.parametrize("form", ["module", "function"])
 def test_a_shufflenet_unit_prunes_exactly_by_units_of_one_channel_per_group(form: str) -> None:
     torch.manual_seed(0)
-    model = _ShuffleUnit(8, form).double().eval()
+    model = _ShuffleUnit(8, form).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
-    pruned, groups = _prune_exactly(model, x)
+    x = torch.randn(2, 3, 5, 5)
+    pruned, groups = prune_exactly(model, x)
     stream = next(g for g in groups if "stem.weight" in g.producers)
     assert stream.prunable and "branch.5.weight" in stream.producers  # the two halves, tied by the shuffle
     # a unit: stem channel b of the first half, its twin b of the second half (the chunk keeps the
@@ -167,9 +152,9 @@ class _PartialConcat(nn.Module):
 @pytest.mark.parametrize("other", ["input", "constant"])
 def test_a_concat_with_an_untracked_tensor_fixes_only_its_positions(other: str) -> None:
     torch.manual_seed(0)
-    model = _PartialConcat(other).double()
-    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    pruned, groups = _prune_exactly(model, x)
+    model = _PartialConcat(other)
+    x = torch.randn(2, 3, 4, 4)
+    pruned, groups = prune_exactly(model, x)
     assert next(g for g in groups if "conv1.weight" in g.producers).prunable
     fixed = next(g for g in groups if not g.producers)
     assert not fixed.prunable and "does not track" in fixed.blockers[0].reason and fixed.size == 3

@@ -3,8 +3,6 @@ product, and every other use of channels that are not zero where removed is refu
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,24 +12,13 @@ from torch.func import functional_call
 import fprune
 from fprune.groups import ChannelGroup
 
+from ..exact import groups_with_shapes, prune_exactly
 from ..purity import assert_unchanged, snapshot
 from ..vision_zoo import VISION_ZOO
 
 
-def _groups(model: nn.Module, x: Tensor) -> tuple[ChannelGroup, ...]:
-    return fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
-
-
 def _exact(model: nn.Module, x: Tensor, level: float) -> nn.Module:
-    """The copy pruned at `level` by group_masks, checked against the masked model in float64."""
-    model, x = copy.deepcopy(model).double(), x.double()
-    groups = _groups(model, x)
-    masks = fprune.group_masks(model, groups, level)
-    pruned = fprune.apply_prune(model, masks, groups)
-    with torch.no_grad():
-        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
-        torch.testing.assert_close(pruned(x), expected, rtol=1e-9, atol=1e-10)
-    return pruned
+    return prune_exactly(model, x, level)[0]
 
 
 def _kept(pruned: nn.Module, model: nn.Module) -> float:
@@ -49,7 +36,7 @@ KEPT = {("efficientnet", 0.3): 0.552, ("efficientnet", 0.5): 0.302, ("mobilenetv
 def test_se_families_prune_every_group_exactly(name: str, level: float) -> None:
     model, x = VISION_ZOO[name]()
     before = snapshot(model)
-    groups = _groups(model, x)
+    groups = groups_with_shapes(model, x)
     assert all(g.prunable for g in groups if not g.reaches_output), fprune.explain(groups)
     pruned = _exact(model, x, level)
     assert abs(_kept(pruned, model) - KEPT[name, level]) < 0.005
@@ -61,7 +48,7 @@ def test_an_se_gate_joins_the_channels_it_scales() -> None:
     with the depthwise conv, both BatchNorms and the SE reduce conv's input columns; the SE's
     own reduced width is a group of its own."""
     model, x = VISION_ZOO["efficientnet"]()
-    groups = _groups(model, x)
+    groups = groups_with_shapes(model, x)
     block = _groups_of(groups, "blocks.1.conv_pw.weight")
     members = {(m.fqn, m.role) for m in block.members}
     assert {
@@ -108,7 +95,7 @@ class _Gated(nn.Module):
 @pytest.mark.parametrize("combine", ["sum", "quotient", "gate alone", "two gates"])
 def test_channels_not_zero_where_removed_block_at_the_next_layer_with_the_reason(combine: str) -> None:
     model = _Gated(combine)
-    groups = _groups(model, torch.randn(2, 6))
+    groups = groups_with_shapes(model, torch.randn(2, 6))
     group = _groups_of(groups, "gate.weight")
     assert not group.prunable
     reasons = " ".join(b.reason for b in group.blockers)
@@ -118,7 +105,7 @@ def test_channels_not_zero_where_removed_block_at_the_next_layer_with_the_reason
 def test_a_product_gate_is_exact_on_linear_layers_too() -> None:
     torch.manual_seed(0)
     model = _Gated("product")
-    groups = _groups(model, torch.randn(2, 6))
+    groups = groups_with_shapes(model, torch.randn(2, 6))
     group = _groups_of(groups, "gate.weight")
     assert group.prunable and "fc1.weight" in group.producers
     _exact(model, torch.randn(4, 6), 0.5)
@@ -194,11 +181,11 @@ def test_functional_batch_norm_carries_the_model_tensors_and_refuses_without_aff
     model = _FunctionalNorm(affine=True).eval()
     with torch.no_grad():
         model.norm.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
-    group = _groups_of(_groups(model, x), "conv1.weight")
+    group = _groups_of(groups_with_shapes(model, x), "conv1.weight")
     assert group.prunable and {"norm.running_mean", "norm.running_var", "norm.weight", "norm.bias"} <= {m.fqn for m in group.members}
     pruned = _exact(model, x, 0.5)
     assert pruned.get_submodule("norm").num_features == 4
-    bare = _groups_of(_groups(_FunctionalNorm(affine=False).eval(), x), "conv1.weight")
+    bare = _groups_of(groups_with_shapes(_FunctionalNorm(affine=False).eval(), x), "conv1.weight")
     assert not bare.prunable and "no affine weight and bias" in bare.blockers[0].reason
 
 
@@ -229,12 +216,12 @@ class _ClassicSE(nn.Module):
 def test_a_classic_se_gate_with_views_and_expand_as_is_exact(sizes: str) -> None:
     torch.manual_seed(0)
     model, x = _ClassicSE(sizes), torch.randn(2, 3, 5, 5)
-    group = _groups_of(_groups(model, x), "conv.weight")
+    group = _groups_of(groups_with_shapes(model, x), "conv.weight")
     assert group.prunable and "fc.2.weight" in group.producers
     pruned = _exact(model, x, 0.5)
     assert pruned.get_submodule("fc.0").in_features == 4
 
 
 def test_a_classic_se_gate_with_the_count_written_as_a_number_blocks() -> None:
-    group = _groups_of(_groups(_ClassicSE("literal"), torch.randn(2, 3, 5, 5)), "conv.weight")
+    group = _groups_of(groups_with_shapes(_ClassicSE("literal"), torch.randn(2, 3, 5, 5)), "conv.weight")
     assert not group.prunable and any("writes the channel count as the number 8" in b.reason for b in group.blockers)

@@ -56,51 +56,55 @@ def _nonzero_after(ctx: FlowContext, axis: Flow, error: _NonZero) -> Flow:
     return replace(axis, nonzero=f"`{ctx.node.name}`: {error.fact}")
 
 
+def _activation_output(ctx: FlowContext, axis: Flow, check: Callable[[], None]) -> Flow:
+    """The flow after an elementwise activation: `axis` itself if `check` finds f(0) = 0 (or
+    if its removed channels already carry a value: f of it is some other value); marked
+    non-zero if f(0) != 0."""
+    if isinstance(axis, Axis) and axis.nonzero:
+        return axis
+    try:
+        check()
+    except _NonZero as error:
+        return _nonzero_after(ctx, axis, error)
+    return axis
+
+
 @handles_nonzero
 def elementwise_module_rule(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert module is not None
     axis = ctx.input(0)
-    if axis is not None:
-        kind = _stateless_kind(module)
-        if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
-            raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
-        if isinstance(axis, Axis) and axis.nonzero:
-            return axis  # f(value) is some other value: still non-zero in general
+    if axis is None:
+        return None
+    if any(True for _ in module.parameters()) and not isinstance(module, nn.PReLU):
+        raise PruneError(f"`{ctx.module_fqn}` has parameters that are not per-channel")
+    kind = _stateless_kind(module)
 
-        def check() -> None:
-            _zero_preserving(module, f"`{ctx.module_fqn}` ({type(module).__name__})")
+    def check() -> None:
+        _zero_preserving(module, f"`{ctx.module_fqn}` ({type(module).__name__})")
 
-        try:
-            if kind is None:
-                check()
-            else:
-                ctx.once(("zero-preserving", kind), check)
-        except _NonZero as error:
-            return _nonzero_after(ctx, axis, error)
-    return axis
+    return _activation_output(ctx, axis, check if kind is None else lambda: ctx.once(("zero-preserving", kind), check))
 
 
 @handles_nonzero
 def elementwise_call_rule(ctx: FlowContext) -> Flow:
     axis = ctx.input(0)
-    if axis is not None:
-        target = ctx.node.target
-        rest = ctx.node.args[1:]
-        kwargs = dict(ctx.node.kwargs)
-        if any(isinstance(a, torch.fx.Node) for a in list(rest) + list(kwargs.values())):
-            raise PruneError(f"{ctx.node.name} takes other tensors as arguments")
-        if isinstance(axis, Axis) and axis.nonzero:
-            return axis  # f(value) is some other value: still non-zero in general
-        try:
-            if isinstance(target, str):
-                _zero_preserving(lambda x: cast(Tensor, getattr(x, target)(*rest, **kwargs)), f"x.{target}()")
-            else:
-                assert callable(target)
-                _zero_preserving(lambda x: cast(Tensor, target(x, *rest, **kwargs)), getattr(target, "__name__", str(target)))
-        except _NonZero as error:
-            return _nonzero_after(ctx, axis, error)
-    return axis
+    if axis is None:
+        return None
+    target = ctx.node.target
+    rest = ctx.node.args[1:]
+    kwargs = dict(ctx.node.kwargs)
+    if any(isinstance(a, torch.fx.Node) for a in list(rest) + list(kwargs.values())):
+        raise PruneError(f"{ctx.node.name} takes other tensors as arguments")
+
+    def check() -> None:
+        if isinstance(target, str):
+            _zero_preserving(lambda x: cast(Tensor, getattr(x, target)(*rest, **kwargs)), f"x.{target}()")
+        else:
+            assert callable(target)
+            _zero_preserving(lambda x: cast(Tensor, target(x, *rest, **kwargs)), getattr(target, "__name__", str(target)))
+
+    return _activation_output(ctx, axis, check)
 
 
 @handles_nonzero

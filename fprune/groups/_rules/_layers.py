@@ -11,7 +11,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ..._errors import PruneError
 from .._flow import Axis, Flow, FlowContext
-from ._layout import input_axis
+from ._layout import input_axis, with_ndim
 
 
 def linear_rule(ctx: FlowContext) -> Flow:
@@ -149,11 +149,8 @@ def _on_dim_1(ctx: FlowContext, axis: Axis) -> bool:
     PReLU act on (a Linear's output on tokens, ``[batch, tokens, features]``, whose token count
     happens to equal the feature count). Unknown ranks pass: a Linear's output is then taken
     to be ``[batch, features]``."""
-    ndim = axis.ndim
-    if ndim is None:
-        shape = ctx.shape(ctx.node.args[0])
-        ndim = len(shape) if shape is not None else None
-    return ndim is None or axis.dim % ndim == 1
+    axis = with_ndim(ctx, axis)
+    return axis.ndim is None or axis.dim % axis.ndim == 1
 
 
 def prelu_rule(ctx: FlowContext) -> Flow:

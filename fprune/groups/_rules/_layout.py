@@ -376,7 +376,7 @@ def reduce_mean_rule(ctx: FlowContext) -> Flow:
         return None
     dims = ctx.arg(1, "dim")
     keepdim = ctx.arg(2, "keepdim", False)
-    axis = _with_ndim(ctx, axis)  # the rank from the example inputs' shapes
+    axis = with_ndim(ctx, axis)  # the rank from the example inputs' shapes
     if dims is None or axis.ndim is None:
         raise PruneError("a reduction over unknown dims")
     dim_list = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else None
@@ -421,7 +421,12 @@ def expand_rule(ctx: FlowContext) -> Flow:
     return replace(axis, ndim=len(out_shape))
 
 
-def _with_ndim(ctx: FlowContext, axis: Axis) -> Axis:
+def _plain_on_dim_1(axis: Axis) -> bool:
+    """The channels are dim 1 of a tensor of known rank, one position each (not flattened)."""
+    return axis.ndim is not None and axis.dim % axis.ndim == 1 and axis.inner == 1 and axis.outer == 1
+
+
+def with_ndim(ctx: FlowContext, axis: Axis) -> Axis:
     """`axis` with its rank filled in from the input's recorded shape where it is not known."""
     if axis.ndim is None:
         shape = ctx.shape(ctx.node.args[0])
@@ -435,7 +440,7 @@ def unsqueeze_rule(ctx: FlowContext) -> Flow:
     axis = input_axis(ctx)
     if axis is None:
         return None
-    axis = _with_ndim(ctx, axis)
+    axis = with_ndim(ctx, axis)
     dim = ctx.arg(1, "dim")
     if axis.ndim is None or not isinstance(dim, int):
         raise PruneError("unsqueeze of channels whose rank or new dim is unknown; pass example_inputs")
@@ -452,8 +457,8 @@ def interpolate_rule(ctx: FlowContext) -> Flow:
     axis = input_axis(ctx)
     if axis is None:
         return None
-    axis = _with_ndim(ctx, axis)
-    if axis.ndim is None or axis.ndim < 3 or axis.dim % axis.ndim != 1 or axis.inner != 1 or axis.outer != 1:
+    axis = with_ndim(ctx, axis)
+    if not _plain_on_dim_1(axis) or axis.ndim is None or axis.ndim < 3:
         raise PruneError(f"`{ctx.node.name}` resamples along the channels (they are not on dim 1)")
     return axis
 
@@ -466,12 +471,12 @@ def channel_shuffle_rule(ctx: FlowContext) -> Flow:
     axis = input_axis(ctx)
     if axis is None:
         return None
-    axis = _with_ndim(ctx, axis)
+    axis = with_ndim(ctx, axis)
     module = ctx.module
     groups = getattr(module, "groups", None) if module is not None else ctx.arg(1, "groups")
     if not isinstance(groups, int) or groups < 1:
         raise PruneError(f"`{ctx.node.name}`: channel shuffle with groups that are not a number")
-    if axis.ndim is None or axis.dim % axis.ndim != 1 or axis.inner != 1 or axis.outer != 1:
+    if not _plain_on_dim_1(axis):
         raise PruneError(f"`{ctx.node.name}` shuffles channels that are not on dim 1")
     ids = axis.ids
     if len(ids) % groups:
