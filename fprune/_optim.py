@@ -34,7 +34,10 @@ def prune_optimizer_state(
     ``Adam(model.parameters())``) and training continues where it stopped, without
     restarting the optimizer: a step on the pruned copy changes each kept entry exactly as a
     step on the masked model (``masked_parameters``) changes it (but for weight decay on a bias
-    that ``apply_prune`` folded a constant into: the decay sees the folded value).
+    that ``apply_prune`` folded a constant into: the decay sees the folded value; and for the
+    weight of an RMSNorm that ``apply_prune`` rescales, ``ChannelGroup.rescales``: its entries are
+    the masked ones times ``sqrt(size / kept)``, so its gradient is divided by that factor and a
+    step moves it differently, though the outputs stay equal; its state is sliced as it is).
 
     Per parameter, every state tensor with the parameter's shape (Adam's ``exp_avg``,
     ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``; ...) is cut to the entries

@@ -12,6 +12,7 @@ from ._util.running import example_shapes
 from .groups._find import find_groups
 from .groups._flow import FlowRule, RuleKey
 from .groups._noop import nothing_removed
+from .groups._records import NormMode
 from .groups._rules._default import default_flow_rules
 from .groups._scores import masks_at_level
 from .groups._verify import check_pruned
@@ -27,9 +28,12 @@ def prune_channels(
     criterion: Criterion = l2_norm,
     global_ranking: bool = False,
     rules: Mapping[RuleKey, FlowRule] | None = None,
+    norms: NormMode = "block",
 ) -> ModelT:
     """Model to pruned copy in one call: trace, :func:`channel_groups`, :func:`group_masks`,
-    :func:`fprune.apply_prune`. `model` is left unchanged; arguments as in those functions.
+    :func:`fprune.apply_prune`. `model` is left unchanged; arguments as in those functions
+    (``norms="renormalize"`` prunes through LayerNorm / GroupNorm as :func:`channel_groups`
+    says: the copy is then NOT output-exact there).
 
     With `example_inputs`, the pruned copy runs once on meta tensors of their shapes before it
     is returned (it must run and return what `model` returns, less the pruned output channels);
@@ -48,7 +52,7 @@ def prune_channels(
     if rules is None:
 
         rules = default_flow_rules()
-    groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels")
+    groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels", norms=norms, root=model)
     masks = masks_at_level(
         model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
         caller="prune_channels",

@@ -22,7 +22,7 @@ def prune_exactly(model: nn.Module, x: Tensor, level: float = 0.5) -> tuple[nn.M
     """The float64 copy of `model` pruned at `level` (some group must lose channels) and its
     groups, after checking that it computes what the masked model computes; `model` is left
     as it was."""
-    model, x = copy.deepcopy(model).double(), x.double()
+    model, x = copy.deepcopy(model).double(), x.double() if x.is_floating_point() else x  # token ids stay integers
     groups = groups_with_shapes(model, x)
     masks = fprune.group_masks(model, groups, level)
     assert masks, fprune.explain(groups)

@@ -241,7 +241,9 @@ def test_a_step_on_the_pruned_copy_equals_a_masked_step_groups(name: str, kind: 
     pruned_optimizer = OPTIMIZERS[kind](pruned.parameters())
     pruned_optimizer.load_state_dict(state)
     assert any(p.shape != q.shape for p, q in zip(model.parameters(), pruned.parameters()))
-    assert _step_mismatches(model, optimizer, pruned, pruned_optimizer, masks, groups, kept, x) == []
+    rescaled = frozenset(r.weight for g in groups for r in g.rescales)  # RMSNorm weights * sqrt(size / kept): not step-exact
+    assert bool(rescaled) == (name == "llama")
+    assert _step_mismatches(model, optimizer, pruned, pruned_optimizer, masks, groups, kept, x, skip=rescaled) == []
 
 
 def test_the_group_oracle_catches_a_wrong_slice() -> None:
@@ -499,7 +501,8 @@ def test_groups_read_the_kept_entries_off_the_groups_without_index_coded_copies(
     pruned = fprune.apply_prune(model, masks, groups)
     pruned_optimizer = OPTIMIZERS["adam-amsgrad"](pruned.parameters())
     pruned_optimizer.load_state_dict(fprune.prune_optimizer_state(optimizer, model, masks, groups))
-    assert _step_mismatches(model, optimizer, pruned, pruned_optimizer, masks, groups, kept, x) == []
+    rescaled = frozenset(r.weight for g in groups for r in g.rescales)  # RMSNorm weights * sqrt(size / kept): not step-exact
+    assert _step_mismatches(model, optimizer, pruned, pruned_optimizer, masks, groups, kept, x, skip=rescaled) == []
     matches = fprune.match_patterns(torch.fx.symbolic_trace(model), fprune.default_patterns())
     with pytest.raises(AssertionError, match="index-coded copy"):  # the pattern path still needs them
         fprune.prune_optimizer_state(optimizer, model, {}, matches)

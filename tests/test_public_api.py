@@ -39,8 +39,8 @@ PATTERNS = {
     "prune_lstm_output_linear", "rebuild_module",
 }  # fmt: skip
 GROUPS = {
-    "Axis", "Blocker", "ChannelGroup", "ChannelSlice", "ExampleShapes", "Flow", "FlowContext", "FlowRule",
-    "HeadAxis", "HeadPrunedMultiheadAttention", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
+    "Axis", "BiasFold", "Blocker", "ChannelGroup", "ChannelSlice", "ExampleShapes", "Flow", "FlowContext", "FlowRule",
+    "HeadAxis", "HeadPrunedMultiheadAttention", "Inexact", "NormMode", "NormRescale", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
     "default_flow_rules", "explain", "flatten_axis", "group_masks", "group_scores", "handles_nonzero",
 }  # fmt: skip
 SPARSIFIER = {

@@ -129,7 +129,7 @@ class MobileNetV3Style(nn.Module):
         return logits
 
 
-def _randomize_batchnorms(model: nn.Module) -> None:
+def randomize_batchnorms(model: nn.Module) -> None:
     """Non-trivial BatchNorm statistics and affine parameters, so that exactness checks bite."""
     with torch.no_grad():
         for module in model.modules():
@@ -142,18 +142,21 @@ def _randomize_batchnorms(model: nn.Module) -> None:
                 module.bias.uniform_(-0.5, 0.5)
 
 
-def _build(factory: Callable[[], nn.Module]) -> Callable[[], tuple[nn.Module, Tensor]]:
+def zoo_builder(factory: Callable[[], nn.Module]) -> Callable[[], tuple[nn.Module, Tensor]]:
     def build() -> tuple[nn.Module, Tensor]:
         torch.manual_seed(0)
         model = factory()
-        _randomize_batchnorms(model)
+        randomize_batchnorms(model)
         return model.eval(), torch.randn(2, 3, 32, 32)
 
     return build
 
 
 VISION_ZOO: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
-    "efficientnet": _build(EfficientNetStyle),
-    "mobilenetv3": _build(MobileNetV3Style),
+    "efficientnet": zoo_builder(EfficientNetStyle),
+    "mobilenetv3": zoo_builder(MobileNetV3Style),
 }
 """Name -> builder of ``(model in eval mode, example input)``."""
+
+ZOO = VISION_ZOO
+"""What ``python -m benchmarks.reach`` measures by default."""

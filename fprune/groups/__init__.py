@@ -23,9 +23,13 @@ from ._flow import flatten_axis as flatten_axis
 from ._flow import handles_nonzero as handles_nonzero
 from ._mha import HeadPrunedMultiheadAttention as HeadPrunedMultiheadAttention
 from ._noop import explain as explain
+from ._records import BiasFold as BiasFold
 from ._records import Blocker as Blocker
 from ._records import ChannelGroup as ChannelGroup
 from ._records import ChannelSlice as ChannelSlice
+from ._records import Inexact as Inexact
+from ._records import NormMode as NormMode
+from ._records import NormRescale as NormRescale
 from ._records import SizeLiteral as SizeLiteral
 from ._rules import default_flow_rules as default_flow_rules
 from ._scores import group_masks as group_masks

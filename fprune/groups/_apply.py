@@ -15,9 +15,11 @@ from .._errors import PruneError
 from .._util.checks import named_tensors, names_by_tensor
 from .._util.copy import copy_module
 from .._util.gather import take
+from ._fold import folded_biases
 from ._heads import update_head_counts
 from ._mha import HeadPrunedMultiheadAttention
 from ._records import ChannelGroup
+from ._rescale import rescaled_weights, update_norms
 from ._slices import (
     channel_index,
     covers,
@@ -90,9 +92,11 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
             u = torch.tensor(unit, device=keep.device)
             unit_values = keep[u][known[u]]
             if unit_values.numel() and not bool((unit_values == unit_values[0]).all()):
+                shown = ", ".join(map(str, unit[:8])) + (", ..." if len(unit) > 8 else "")
                 raise PruneError(
-                    f"mask for {named} removes part of an attention head ({len(unit)} channels with its "
-                    "key / value dims); heads are pruned whole: keep or remove all rows of a head"
+                    f"mask for {named} removes part of a unit (an attention head, or one in-group position of a "
+                    f"grouped conv): its {len(unit)} channels (group channels {shown}) are kept or removed only "
+                    "together: keep or remove all rows of the unit"
                 )
             if unit_values.numel():
                 keep[u] = unit_values[0]
@@ -105,6 +109,12 @@ def group_keeps(groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> 
             )
         if not bool(keep.any()):
             raise PruneError(f"mask for {named} removes every channel of its group; keep at least one")
+        for literal in group.literals:  # a head count or a slice end (`x[:, :k]`) must stay positive
+            if not bool(keep[torch.tensor(literal.heads, device=keep.device)].any()):
+                raise PruneError(
+                    f"mask for {named} removes every channel that the number {literal.value} at `{literal.node}` counts "
+                    "(heads in a view, or the end of a slice such as x[:, :k]), which would leave none there; keep at least one of them"
+                )
         for producer in group.producers:
             member = producer_member(group, producer)
             if not bool(take_slice(keep, member.channels).any()):
@@ -182,6 +192,10 @@ def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, objec
         return {"num_parameters": weight.shape[0]}
     if isinstance(module, nn.Embedding) and weight is not None:
         return {"embedding_dim": weight.shape[1]}
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and weight is not None:  # norms over the channels (_norms.py)
+        return {"normalized_shape": (weight.shape[0],)}
+    if isinstance(module, nn.GroupNorm) and weight is not None:
+        return {"num_channels": weight.shape[0]}
     if isinstance(module, nn.LSTM):
         sizes = set()
         for layer in range(module.num_layers):
@@ -215,9 +229,12 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     new_tensors: dict[str, Tensor] = {}
     kept = kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
+    folded = folded_biases(groups, keeps, tensors, caller)  # constants removed channels hold, into the next biases
     with torch.no_grad():
         for fqn in list(kept):
-            new_tensors[fqn] = take(tensors[fqn].detach(), kept.pop(fqn))  # indices go when done
+            new_tensors[fqn] = take(folded.pop(fqn, tensors[fqn]).detach(), kept.pop(fqn))  # indices go when done
+    new_tensors.update(folded)  # folded biases of layers whose own channels all stay
+    new_tensors, norms = rescaled_weights(groups, new_tensors)  # exact RMSNorms: weight * sqrt(size / kept)
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]
@@ -244,6 +261,7 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     updates = {key: value for key, value in updates.items() if value[1] != value[0].value}
     if updates:
         update_head_counts(model, pruned, {k: v[1] for k, v in updates.items()}, [v[0] for v in updates.values()], caller)
+    update_norms(pruned, norms, new_tensors, caller)  # their eps * size / kept; F.layer_norm sizes in a GraphModule
     shapes = next((g.example_shapes for g in groups if g.example_shapes is not None), None)
     if shapes is not None:  # the safety net: the copy runs once on meta tensors of the example shapes
 

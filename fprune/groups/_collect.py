@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -114,6 +115,33 @@ def _member_slices(member: Member, info: _IdsInfo) -> list[tuple[int, ChannelSli
     return slices
 
 
+RecordT = TypeVar("RecordT")
+
+
+def _by_group(records: Sequence[tuple[RecordT, tuple[int, ...]]], id_group: Tensor, count: int) -> list[list[RecordT]]:
+    """Each record in every group that one of its ids belongs to (once per group, in order)."""
+    found: list[list[RecordT]] = [[] for _ in range(count)]
+    for record, ids in records:
+        for g in sorted(set(id_group[torch.tensor(ids, dtype=torch.long)].tolist())):
+            if record not in found[g]:
+                found[g].append(record)
+    return found
+
+
+def _literal_spans_groups(node: str, groups: Tensor, blockers: list[list[Blocker]]) -> bool:
+    """Block every group a size literal counts channels of, if it counts channels of several
+    (``cat([a, b])[:, :k]`` with k past a's channels): one number cannot follow two groups'
+    masks. True if it did."""
+    found = sorted(set(groups.tolist()))
+    if len(found) < 2:
+        return False
+    blocker = Blocker(node, f"`{node}` writes one number that counts channels of {len(found)} channel groups; pruning cannot keep it right")
+    for g in found:
+        if blocker not in blockers[g]:
+            blockers[g].append(blocker)
+    return True
+
+
 def collect(analysis: Analysis) -> tuple[ChannelGroup, ...]:
     n = analysis.uf.count
     if n == 0:
@@ -173,14 +201,22 @@ def collect(analysis: Analysis) -> tuple[ChannelGroup, ...]:
     if analysis.units:
         unit_ids = list(analysis.units.keys())
         index = torch.tensor(unit_ids, dtype=torch.long)
-        rows = zip(unit_ids, id_group[index].tolist(), id_channel[index].tolist(), unit_root[index].tolist())
+        # units over channels: ids united into one channel join their units (ties of two
+        # grouped convs of different group counts on the channels of one residual stream)
+        unit_label = _components(n, cls[index], cls[unit_root[index]])
+        rows = zip(unit_ids, id_group[index].tolist(), id_channel[index].tolist(), unit_label[cls[index]].tolist())
         for _, g, j, root in rows:
             units[g].setdefault(root, set()).add(j)
     literals: list[list[SizeLiteral]] = [[] for _ in range(group_count)]
     for node, index_, value, heads_, factor, module in analysis.literals:
         head_index = torch.tensor(heads_, dtype=torch.long)
         g = int(id_group[head_index[0]])
+        if _literal_spans_groups(node, id_group[head_index], blockers):
+            continue
         literals[g].append(SizeLiteral(node, index_, value, tuple(id_channel[head_index].tolist()), factor, module))
+    rescales = _by_group(analysis.rescales, id_group, group_count)
+    inexact = _by_group(analysis.inexact, id_group, group_count)
+    folds = _by_group(analysis.folds, id_group, group_count)
     return tuple(
         ChannelGroup(
             size=int(sizes[g]),
@@ -190,6 +226,9 @@ def collect(analysis: Analysis) -> tuple[ChannelGroup, ...]:
             reaches_output=g in returned,
             units=tuple(sorted(tuple(sorted(u)) for u in units[g].values())),
             literals=tuple(literals[g]),
+            rescales=tuple(rescales[g]),
+            inexact=tuple(inexact[g]),
+            folds=tuple(folds[g]),
         )
         for g in range(group_count)
     )

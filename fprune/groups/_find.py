@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from torch import fx
+from torch import fx, nn
 
 from .._errors import PruneError, prefixed
 from .._util.running import example_shapes
 from ._collect import collect
 from ._flow import FlowRule, RuleKey
-from ._records import ChannelGroup
+from ._records import ChannelGroup, NormMode
 from ._rules._default import default_flow_rules
 from ._shapes import Shapes
 from ._walk import Analysis
@@ -22,6 +22,7 @@ def channel_groups(
     *,
     example_inputs: Sequence[object] | None = None,
     rules: Mapping[RuleKey, FlowRule] | None = None,
+    norms: NormMode = "block",
 ) -> tuple[ChannelGroup, ...]:
     """Every channel group of `gm`, in the graph order of their first producer.
 
@@ -32,6 +33,14 @@ def channel_groups(
             their channels unless the shapes follow from the layers (a conv output is 4-D).
         rules: flow rules by module class, function or method name; default
             :func:`default_flow_rules`. Extend that dict to teach fprune your own modules.
+        norms: what to do with norms whose statistics run over the channels (nn.LayerNorm,
+            nn.GroupNorm, ``F.layer_norm`` / ``F.group_norm`` in subclasses of those, an
+            nn.RMSNorm without weight): ``"block"`` (default) keeps their channels whole;
+            ``"renormalize"`` prunes them as Torch-Pruning does, the pruned norm computing
+            its statistics over the kept channels: NOT output-exact, and the groups say so
+            (``ChannelGroup.inexact``). RMSNorms with a weight (``nn.RMSNorm``, or written
+            out as ``x * rsqrt(mean(x^2) + eps) * weight``) are exact in both modes: the
+            pruned copy rescales their weight and eps (``ChannelGroup.rescales``).
 
     Returns:
         Frozen :class:`ChannelGroup` records: prunable ones and, with their blockers, those
@@ -40,7 +49,7 @@ def channel_groups(
         :func:`fprune.apply_prune` checks the pruned copy on them. An empty tuple means no
         layer fprune knows produces channels here; :func:`explain` says what to do.
     """
-    groups = find_groups(gm, example_inputs=example_inputs, rules=rules)
+    groups = find_groups(gm, example_inputs=example_inputs, rules=rules, norms=norms)
     if example_inputs is None or not groups:
         return groups
     shapes = example_shapes(example_inputs)
@@ -53,17 +62,22 @@ def find_groups(
     example_inputs: Sequence[object] | None = None,
     rules: Mapping[RuleKey, FlowRule] | None = None,
     caller: str = "channel_groups",
+    norms: NormMode = "block",
+    root: nn.Module | None = None,
 ) -> tuple[ChannelGroup, ...]:
     """:func:`channel_groups` without the example shapes in the records (for prune_channels,
     which checks the pruned copy itself, on the example inputs it holds); `caller` names the
-    public function in error messages."""
+    public function in error messages; `root`, the model `gm` was traced from, if known (some
+    rules check module attributes that the graph does not keep)."""
     if not isinstance(gm, fx.GraphModule):
         raise PruneError(f"{caller}: expects a torch.fx.GraphModule, got {type(gm).__name__}")
+    if norms not in ("block", "renormalize"):
+        raise PruneError(f"{caller}: `norms` must be 'block' or 'renormalize', got {norms!r}")
     if rules is None:
 
         rules = default_flow_rules()
     try:
-        analysis = Analysis(gm, rules, Shapes(gm, example_inputs))
+        analysis = Analysis(gm, rules, Shapes(gm, example_inputs), norms=norms, root=root)
         analysis.run()
         return collect(analysis)
     except PruneError as error:  # e.g. example inputs the model cannot run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar, Union
 
 import torch
@@ -13,7 +13,7 @@ from torch import Tensor, fx, nn
 
 from .._errors import PruneError
 from .._ops import OpKey
-from ._records import Blocker, Role
+from ._records import BiasFold, Blocker, Inexact, NormMode, NormRescale, Role
 
 if TYPE_CHECKING:
     from ._walk import Analysis
@@ -36,6 +36,11 @@ class Axis:
             gate's sigmoid: "`sigmoid`: sigmoid maps 0 to 0.5"). At an op whose rule is not
             marked :func:`handles_nonzero`, the walk blocks such channels. A product with
             zeros makes them zero again (``x * sigmoid(gate)``: an SE gate is exact).
+        constant: where `nonzero` is set, the one value the removed channels hold at every
+            position of the tensor, if known (``sigmoid``: 0.5); None where it is unknown or may
+            differ between positions. A consumer (a Linear, an unpadded conv) folds a known
+            constant into its bias (:class:`~fprune.groups.BiasFold`). Ignored while `nonzero`
+            is "" (the removed channels are 0).
     """
 
     dim: int
@@ -44,6 +49,13 @@ class Axis:
     outer: int = 1
     ndim: int | None = None
     nonzero: str = ""
+    constant: float | None = None
+
+    @property
+    def removed_value(self) -> float | None:
+        """What the removed channels hold at every position: 0.0 while `nonzero` is "", else
+        `constant` (None if unknown)."""
+        return self.constant if self.nonzero else 0.0
 
     def positions(self) -> Iterator[tuple[int, int]]:
         """(position along dim, index into ids) for every position."""
@@ -128,6 +140,7 @@ class FlowContext:
         )
         self.module_fqn = str(node.target) if node.op == "call_module" else ""
         self._claimed: set[str] = set()
+        self.carried: list[tuple[str, bool]] = []  # (FQN, is a parameter) of each carry() of this node
 
     def flow(self, value: object) -> Flow:
         """The channel flow of an argument (None for constants and untracked values)."""
@@ -209,7 +222,9 @@ class FlowContext:
 
     def carry(self, name: str, dim: int, axis: Axis, *, fqn: str | None = None) -> None:
         """Tensor `name` of this module (or the model tensor `fqn`) goes with the channels."""
-        self._analysis.members.append(Member(fqn or self._tensor_fqn(name), dim, "carrier", axis))
+        fqn = fqn or self._tensor_fqn(name)
+        self._analysis.members.append(Member(fqn, dim, "carrier", axis))
+        self.carried.append((fqn, isinstance(self._analysis.tensors.get(fqn), nn.Parameter)))
 
     def merge(self, a: Axis, b: Axis) -> Axis | None:
         """Unite the channels of two aligned axes elementwise; None if they do not align."""
@@ -230,16 +245,47 @@ class FlowContext:
             if other != root:
                 units[other] = root
 
-    def literal(self, index: int, value: int, heads: HeadAxis | Sequence[int], factor: int) -> None:
-        """Size argument `index` of this node is `value`: the kept count of `heads` (heads, or
-        channels given by one id each) times `factor`."""
+    def literal(
+        self, index: int, value: int, heads: HeadAxis | Sequence[int], factor: int, *, node: fx.Node | None = None
+    ) -> None:
+        """Size argument `index` of this node (or of `node`, a view this rule looked through)
+        is `value`: the kept count of `heads` (heads, or channels given by one id each) times
+        `factor`."""
         counted = tuple(h[0] for h in heads.heads) if isinstance(heads, HeadAxis) else tuple(heads)
-        stack = self.node.meta.get("nn_module_stack") or {}
+        node = self.node if node is None else node
+        stack = node.meta.get("nn_module_stack") or {}
         module = ""
         if stack:
             key, entry = list(stack.items())[-1]
             module = entry[0] if isinstance(entry, tuple) and isinstance(entry[0], str) else str(key)
-        self._analysis.literals.append((self.node.name, index, value, counted, factor, module))
+        self._analysis.literals.append((node.name, index, value, counted, factor, module))
+
+    @property
+    def norms(self) -> NormMode:
+        """``channel_groups(norms=...)``: ``"block"`` or ``"renormalize"`` (see :data:`NormMode`)."""
+        return self._analysis.norms
+
+    @property
+    def root(self) -> nn.Module | None:
+        """The model the graph was traced from, where the caller gave it (``prune_channels``
+        does); None otherwise. For checks on module attributes the graph does not keep."""
+        return self._analysis.root
+
+    def rescale(self, record: NormRescale, axis: Axis) -> None:
+        """The channels of `axis` pass an RMSNorm that pruning keeps exact by rescaling its
+        weight and eps in the pruned copy (``apply_prune`` does it)."""
+        self._analysis.rescales.append((record, axis.ids))
+
+    def fold(self, record: BiasFold, axis: Axis) -> None:
+        """The removed channels of `axis` hold the constant ``record.value`` where this layer
+        reads them: the pruned copy adds their contribution to the layer's bias."""
+        self._analysis.folds.append((record, axis.ids))
+
+    def inexact(self, flow: Flow, reason: str) -> None:
+        """The channels of `flow` pass a norm that the pruned copy computes over the kept
+        channels only (``norms="renormalize"``): their groups are not output-exact."""
+        for axis in axes(flow):
+            self._analysis.inexact.append((Inexact(self.node.name, reason), axis.ids))
 
     def once(self, key: Hashable, check: Callable[[], None]) -> None:
         """Run `check` unless it already returned for `key` during this analysis (a check
@@ -306,6 +352,26 @@ def handles_nonzero(rule: RuleT) -> RuleT:
     For a rule without the mark, the walk blocks such channels before it runs the rule."""
     setattr(rule, "handles_nonzero", True)  # noqa: B010 - a marker on the function object
     return rule
+
+
+def tracks_constant(rule: RuleT) -> RuleT:
+    """Mark a :func:`handles_nonzero` rule of fprune's own as one that sets ``Axis.constant`` of
+    its output right (what a later layer folds into its bias). The walk forgets the constant
+    (unknown: the layer then blocks) after any other rule, such as a user's rule that returns
+    its input axis as it came."""
+    setattr(rule, "tracks_constant", True)  # noqa: B010 - a marker on the function object
+    return rule
+
+
+def forget_constant(flow: Flow, rule: object) -> Flow:
+    """`flow` with every ``Axis.constant`` unknown, unless `rule` is marked :func:`tracks_constant`."""
+    if getattr(rule, "tracks_constant", False):
+        return flow
+    if isinstance(flow, Axis):
+        return replace(flow, constant=None) if flow.constant is not None else flow
+    if isinstance(flow, tuple):
+        return tuple(forget_constant(f, rule) for f in flow)
+    return flow
 
 
 def handles_nonzero_marked(rule: object) -> bool:

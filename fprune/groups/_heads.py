@@ -85,12 +85,13 @@ def verify_graph(
         return f"the models could not be traced again to check ({type(error).__name__})"
     old_nodes = list(before.nodes)
     new_nodes = list(after.nodes)
-    if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
+    if len(old_nodes) != len(new_nodes) or not all(_same_node(a, b) for a, b in zip(old_nodes, new_nodes)):
         return "the pruned model's forward has a different structure"
+    renamed = {b.name: a.name for a, b in zip(old_nodes, new_nodes)}  # tensor constants get fresh names
     for old, fresh in zip(old_nodes, new_nodes):
         sizes = {index: value for (name, index), value in new.items() if name == old.name}
         expected, expected_kwargs = with_sizes(old, sizes) if sizes else (old.args, dict(old.kwargs))
-        if _names(fresh.args) != _names(expected) or _names(fresh.kwargs) != _names(expected_kwargs):
+        if _names(fresh.args, renamed) != _names(expected) or _names(fresh.kwargs, renamed) != _names(expected_kwargs):
             if sizes:
                 return (
                     f"`{old.name}` has arguments {_names(fresh.args)} {_names(fresh.kwargs)}, "
@@ -100,13 +101,22 @@ def verify_graph(
     return None
 
 
-def _names(value: object) -> object:
-    """Arguments with nodes replaced by their names, for comparison."""
+def _same_node(old: fx.Node, fresh: fx.Node) -> bool:
+    """The same node in two traces: name, op and target, where a tensor constant fx made while
+    tracing (a tensor computed in forward from a buffer, ``_tensor_constant3``) may be numbered
+    differently (fx numbers them by the attributes the traced model already has)."""
+    if (old.name, old.op, old.target) == (fresh.name, fresh.op, fresh.target):
+        return True
+    return old.op == fresh.op == "get_attr" and all(str(n.target).startswith("_tensor_constant") for n in (old, fresh))
+
+
+def _names(value: object, renamed: Mapping[str, str] | None = None) -> object:
+    """Arguments with nodes replaced by their names (mapped through `renamed`), for comparison."""
     if isinstance(value, fx.Node):
-        return value.name
+        return renamed.get(value.name, value.name) if renamed else value.name
     if isinstance(value, (list, tuple)):
-        return [_names(v) for v in value]
+        return [_names(v, renamed) for v in value]
     if isinstance(value, dict):
-        return {k: _names(v) for k, v in value.items()}
+        return {k: _names(v, renamed) for k, v in value.items()}
     return value
 

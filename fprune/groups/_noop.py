@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from ._flow import FlowRule, RuleKey
 from ._records import ChannelGroup
-from ._scores import ignored, round_kept
+from ._scores import ignored, kept_at_level, round_kept, unit_count
 
 _NO_GROUPS = (
     "nothing to prune: no producer found (no Linear, Conv, ConvTranspose, Embedding, LSTM or "
@@ -158,26 +158,29 @@ def _key(node: fx.Node) -> str:
 
 def removes(group: ChannelGroup, level: float, round_to: int) -> bool:
     """True if ``group_masks`` at `level` removes a channel of `group` (per-group ranking)."""
-
-    kept = group.size - int(group.size * level)
+    kept = kept_at_level(group.size, level)
     if group.units:
-        units = len(group.units)
-        return max(1, units - int(units * (1 - kept / group.size) + 1e-9)) < units
+        units = unit_count(group)
+        return max(1, kept_at_level(units, 1 - kept / group.size)) < units
     return round_kept(kept, group.size, round_to) < group.size
 
 
 def _smallest_level(group: ChannelGroup, round_to: int) -> float | None:
-    """The smallest level (of the form j / size, nudged up past rounding) that removes a
-    channel of `group`, or None if none below 1 does."""
-    for j in range(1, group.size):
-        level = j / group.size
-        for _ in range(4):
-            if int(group.size * level) >= j:
-                break
-            level = math.nextafter(level, 1.0)
-        if removes(group, level, round_to):
-            return level
-    return None
+    """The smallest level that removes a channel of `group` (to 6 significant digits, rounded
+    up so that it does), or None if none below 1 does."""
+    high = math.nextafter(1.0, 0.0)
+    if not removes(group, high, round_to):
+        return None
+    low = 0.0
+    for _ in range(64):  # removes() is monotonic in the level
+        middle = (low + high) / 2
+        if removes(group, middle, round_to):
+            high = middle
+        else:
+            low = middle
+    step = 10.0 ** (math.floor(math.log10(high)) - 5)
+    shown = math.ceil(high / step) * step
+    return shown if removes(group, shown, round_to) and shown < 1 else high
 
 
 def _level_too_small(chosen: Sequence[ChannelGroup], level: float, round_to: int, global_ranking: bool) -> str:
@@ -186,19 +189,17 @@ def _level_too_small(chosen: Sequence[ChannelGroup], level: float, round_to: int
     head = f"level {level} removes no channel of the {len(chosen)} prunable groups ({span} channels each)"
     if global_ranking:
         total = sum(sizes)
-        if int(total * level) == 0:
-            smallest = 1 / total
-            while int(total * smallest) < 1:
-                smallest = math.nextafter(smallest, 1.0)
-            return f"{head}: global_ranking removes int({total} * level) = 0 of their {total} channels; use a level of at least {smallest:.6g}"
+        picked = total - kept_at_level(total, level)
+        if picked == 0:
+            return f"{head}: global_ranking removes none of their {total} channels at this level; use a level of at least {1 / total:.6g}"
         return (
-            f"{head}: global_ranking picks int({total} * level) = {int(total * level)} channels, but rounding each "
-            f"group's kept count (round_to={round_to}, whole attention heads) keeps them all; raise the level or lower round_to"
+            f"{head}: global_ranking picks {picked} channels, but rounding each "
+            f"group's kept count (round_to={round_to}, whole units such as attention heads) keeps them all; raise the level or lower round_to"
         )
     candidates = [s for s in (_smallest_level(g, round_to) for g in chosen) if s is not None]
-    why = "int(size * level) is 0 for each" if round_to <= 1 else f"with round_to={round_to}, each group's kept count rounds back to its size"
+    why = "each group keeps floor((1 - level) * size) channels, all of them" if round_to <= 1 else f"with round_to={round_to}, each group's kept count rounds back to its size"
     if any(g.units for g in chosen):
-        why += " (groups of attention heads lose whole heads only)"
+        why += " (groups in units, such as attention heads or grouped-conv positions, lose whole units only)"
     if not candidates:
         return f"{head}: {why}, and no level below 1 removes any; lower round_to"
     return f"{head}: {why}; the smallest level that removes channels is {min(candidates):.6g}"
@@ -213,6 +214,9 @@ def explain(groups: Sequence[ChannelGroup]) -> str:
 
     prunable = sum(g.prunable for g in groups)
     parts = [f"{len(groups)} channel groups, {prunable} prunable"]
+    inexact = sum(g.prunable and not g.exact for g in groups)
+    if inexact:  # norms="renormalize"
+        parts[0] += f' ({inexact} of them NOT output-exact: norms="renormalize" renormalizes their norms)'
     why = why_nothing_prunable(groups)
     if why is not None:
         parts.append(why)

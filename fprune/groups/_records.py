@@ -72,6 +72,105 @@ class SizeLiteral:
     module: str = ""
 
 
+NormMode = Literal["block", "renormalize"]
+"""What :func:`channel_groups` does with a norm whose statistics run over the channels (LayerNorm,
+GroupNorm, an RMSNorm without weight): ``"block"`` (the default) keeps its channels whole, since
+removing some changes every other channel's output; ``"renormalize"`` prunes them anyway, as
+Torch-Pruning does (the pruned norm computes its statistics over the kept channels), and the
+group says it is not output-exact (``ChannelGroup.inexact``). An RMSNorm with a weight is exact
+either way (``ChannelGroup.rescales``)."""
+
+
+@dataclass(frozen=True)
+class NormRescale:
+    """An RMSNorm over channels that stays exact after pruning: ``mean(x^2)`` over all ``size``
+    channels, where the removed ones are zero, is ``kept / size`` times the mean over the kept
+    ones, so the pruned copy's weight is multiplied by ``sqrt(size / kept)`` and its eps by
+    ``size / kept``. The masked model is unchanged (zeros in the removed channels).
+
+    Attributes:
+        node: the fx node of the norm (the ``mean`` of a hand-written RMSNorm, or the
+            ``nn.RMSNorm`` call).
+        weight: the FQN of the norm's per-channel weight (sliced, then rescaled).
+        size: the number of channels the norm's statistics run over in the original model.
+        eps: the eps in the original model; None for an ``nn.RMSNorm`` with ``eps=None``
+            (``torch.finfo(x.dtype).eps`` at run time: the pruned copy gets the eps of its
+            weight's dtype, times ``size / kept``, written out).
+        module: the FQN of the module holding the eps ("" for the model itself).
+        attribute: the eps attribute of that module (``"eps"``, ``"variance_epsilon"``); for a
+            hand-written norm, found by value in the pruned copy (exactly one float attribute
+            of the module must hold it).
+        eps_node: the node that adds the eps as a number written in the graph ("" for an
+            ``nn.RMSNorm`` call); in a GraphModule, the number there is rewritten.
+        eps_index: the position of that number among the node's arguments.
+    """
+
+    node: str
+    weight: str
+    size: int
+    eps: float | None
+    module: str
+    attribute: str
+    eps_node: str = ""
+    eps_index: int = -1
+
+    def __str__(self) -> str:
+        if self.attribute:
+            where = f"`{self.module}.{self.attribute}`" if self.module else f"`{self.attribute}`"
+        else:  # found by value when pruning
+            where = f"(the attribute of `{self.module or 'the model'}` that holds {self.eps!r})"
+        return (
+            f"RMSNorm at `{self.node}` stays exact: the pruned copy's `{self.weight}` is multiplied by "
+            f"sqrt({self.size} / kept) and its eps {where} by {self.size} / kept"
+        )
+
+
+@dataclass(frozen=True)
+class Inexact:
+    """Where a group pruned with ``norms="renormalize"`` stops being output-exact: a norm whose
+    statistics run over the channels, which in the pruned copy cover the kept channels only.
+
+    Attributes:
+        node: the fx node of the norm.
+        reason: what the pruned copy computes there instead of what the masked model does.
+    """
+
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BiasFold:
+    """Removed channels that hold a known non-zero constant where a layer reads them (after an
+    op with ``f(0) != 0``: ``sigmoid``, ``softplus``, ``x + 3``), folded into that layer's bias:
+    ``apply_prune`` adds ``value`` times the sum of the weight's removed columns (over the
+    kernel too) to the bias, then slices as usual, so the pruned copy computes what the masked
+    model computes. Exact because the value is the same at every position the layer reads (a
+    Linear, or a conv without zero padding).
+
+    Attributes:
+        node: the fx node of the layer.
+        weight: the FQN of the layer's weight, a consumer of the channels.
+        dim: the weight dim that reads the channels (1; 0 for none so far).
+        bias: the FQN of the layer's bias, which receives the removed channels' contribution.
+        value: the constant the removed channels hold.
+        source: what made them hold it ("`sigmoid`: sigmoid maps 0 to 0.5").
+    """
+
+    node: str
+    weight: str
+    dim: int
+    bias: str
+    value: float
+    source: str = ""
+
+    def __str__(self) -> str:
+        return (
+            f"removed channels hold {self.value:.6g} at `{self.node}` (after {self.source}): folded into "
+            f"`{self.bias}` (exact)"
+        )
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """A set of channels that must be pruned together, with every tensor slice they touch.
@@ -85,8 +184,16 @@ class ChannelGroup:
         reaches_output: the channels are part of a tensor forward returns (pruning shrinks it).
         units: sets of channels kept or removed only together (an attention head with its
             query, key and value dims; with grouped-query attention, a key/value head with all
-            its query heads); empty when each channel stands alone.
+            its query heads; one in-group position of a grouped conv in all its groups);
+            empty when each channel stands alone.
         literals: head counts written in the graph that pruning the group changes.
+        rescales: RMSNorms over the channels that pruning keeps exact by rescaling their weight
+            and eps in the pruned copy (see :class:`NormRescale`).
+        inexact: norms where the pruned copy is NOT output-exact: with ``norms="renormalize"``
+            they compute their statistics over the kept channels only (see :class:`Inexact`);
+            empty for an exact group.
+        folds: layers whose bias takes the constant the removed channels hold there (after
+            an op with ``f(0) != 0``), so the pruned copy stays exact (see :class:`BiasFold`).
         example_shapes: the shapes and dtypes of the ``example_inputs`` that
             :func:`channel_groups` was given (None without them). :func:`fprune.apply_prune`
             runs the pruned copy once on meta tensors of these shapes before returning it.
@@ -100,7 +207,16 @@ class ChannelGroup:
     reaches_output: bool
     units: tuple[tuple[int, ...], ...] = ()
     literals: tuple[SizeLiteral, ...] = ()
+    rescales: tuple[NormRescale, ...] = ()
+    inexact: tuple[Inexact, ...] = ()
+    folds: tuple[BiasFold, ...] = ()
     example_shapes: ExampleShapes | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def exact(self) -> bool:
+        """True if the pruned copy computes exactly what the masked model computes (no
+        ``norms="renormalize"`` norm renormalizes these channels)."""
+        return not self.inexact
 
     @property
     def prunable(self) -> bool:
@@ -110,11 +226,19 @@ class ChannelGroup:
     def __str__(self) -> str:
         head = f"group of {self.size} channels, produced by {', '.join(self.producers) or 'no prunable weight'}"
         status = "prunable" if self.prunable else "NOT prunable"
+        if self.inexact:
+            status += ', NOT output-exact (norms="renormalize")'
         lines = [f"{head}: {status}" + (" (returned by forward)" if self.reaches_output else "")]
         if self.units:
-            lines.append(f"  pruned in {len(self.units)} whole units (attention heads) of {len(self.units[0])} channels")
+            lines.append(f"  pruned in {len(self.units)} whole units (attention heads, grouped-conv positions) of {len(self.units[0])} channels")
         for blocker in self.blockers:
             lines.append(f"  blocked at `{blocker.node}`: {blocker.reason}")
+        for inexact in self.inexact:
+            lines.append(f"  NOT output-exact at `{inexact.node}`: {inexact.reason}")
+        for rescale in self.rescales:
+            lines.append(f"  {rescale}")
+        for fold in self.folds:
+            lines.append(f"  {fold}")
         if not self.producers:
             lines.append("  no producer weight: these are input channels of the model")
         for member in self.members:

@@ -119,6 +119,30 @@ def ignored(group: ChannelGroup, ignore: Collection[str] | None) -> bool:
     return False
 
 
+def kept_at_level(size: int, level: float) -> int:
+    """How many of `size` channels (or units) stay when a fraction `level` goes: the removed
+    count is rounded up, as Torch-Pruning does (``floor((1 - level) * size)`` stay; 0.3 of
+    10 removes 3, of 16 removes 5)."""
+    return math.floor((1 - level) * size + 1e-9)
+
+
+def unit_count(group: ChannelGroup) -> int:
+    """The number of units :func:`group_masks` ranks in `group`: its units, and each channel
+    in none of them."""
+    return len(group.units) + group.size - sum(len(u) for u in group.units)
+
+
+def _all_units(group: ChannelGroup, device: torch.device) -> list[Tensor]:
+    """The group's units, and each channel in none of them as a unit of its own."""
+    covered = torch.zeros(group.size, dtype=torch.bool)
+    units = []
+    for unit in group.units:
+        covered[list(unit)] = True
+        units.append(torch.tensor(unit, device=device))
+    units.extend(c.to(device) for c in (~covered).nonzero())
+    return units
+
+
 def round_kept(kept: int, size: int, round_to: int) -> int:
     if round_to <= 1 or size <= round_to:
         return max(1, min(size, kept))
@@ -151,13 +175,15 @@ def group_masks(
     Args:
         model: the model the groups were found in; left unchanged.
         groups: from :func:`channel_groups`; groups that are not prunable are skipped.
-        level: fraction of channels removed, in [0, 1).
+        level: fraction of channels removed, in [0, 1), rounded up as Torch-Pruning does:
+            ``floor((1 - level) * size)`` channels of a group stay (0.3 of 16 removes 5).
         ignore: tensor or module FQNs never pruned: a group with any member among them is
             skipped. None (the default) skips the groups that forward returns (the
             classifier's outputs).
         round_to: kept counts are rounded to the nearest multiple of it, ties up (at least
-            one multiple). Groups pruned in whole units (attention heads) count units instead:
-            ``int(units * level)`` are removed, at least one is kept.
+            one multiple). Groups pruned in whole units (attention heads, the in-group
+            positions of a grouped conv) count units instead, ranked by their channels' mean
+            score: ``floor((1 - level) * units)`` stay, at least one.
         criterion: scores the rows of each weight member (see :func:`group_scores`).
         global_ranking: rank channels across all groups (scores normalized by each group's
             mean) instead of removing `level` of every group.
@@ -214,19 +240,19 @@ def masks_at_level(
     if global_ranking and chosen:
         normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
         owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(chosen)])
-        remove = int(normalized.numel() * level)
+        remove = normalized.numel() - kept_at_level(normalized.numel(), level)
         order = torch.sort(normalized, stable=True).indices[:remove]
         removed_per = torch.bincount(owner[order.cpu()], minlength=len(chosen))
         kept_counts = [g.size - int(r) for g, r in zip(chosen, removed_per)]
     else:
-        kept_counts = [g.size - int(g.size * level) for g in chosen]
+        kept_counts = [kept_at_level(g.size, level) for g in chosen]
     masks: dict[str, Tensor] = {}
     for group, score, kept in zip(chosen, scores, kept_counts):
         keep = torch.zeros(group.size, dtype=torch.bool, device=score.device)
-        if group.units:  # whole heads: rank units by their channels' summed score
-            units = [torch.tensor(u, device=score.device) for u in group.units]
-            unit_scores = torch.stack([score[u].sum() for u in units])
-            kept_units = max(1, len(units) - int(len(units) * (1 - kept / group.size) + 1e-9))
+        if group.units:  # whole units (heads, in-group positions): rank them by mean score
+            units = _all_units(group, score.device)
+            unit_scores = torch.stack([score[u].mean() for u in units])
+            kept_units = max(1, kept_at_level(len(units), 1 - kept / group.size))
             for u in torch.sort(unit_scores, descending=True, stable=True).indices[:kept_units].tolist():
                 keep[units[u]] = True
         else:
@@ -236,6 +262,12 @@ def masks_at_level(
             channels = channel_index(producer_member(group, producer).channels, keep.device)
             if not bool(keep[channels].any()):
                 keep[channels[torch.argmax(score[channels])]] = True
+        for literal in group.literals:  # nor a count in forward (a slice x[:, :k]) drop to 0
+            counted = torch.tensor(literal.heads, device=keep.device)
+            if not bool(keep[counted].any()):
+                best = int(counted[torch.argmax(score[counted])])
+                unit = next((u for u in group.units if best in u), (best,))
+                keep[torch.tensor(unit, device=keep.device)] = True
         for producer in covering_producers(group):
             masks[producer] = _producer_mask(group, keep, producer)
     return masks

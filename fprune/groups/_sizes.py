@@ -38,7 +38,8 @@ def size_args(node: fx.Node) -> list[object]:
 
 def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.Argument, ...], dict[str, fx.node.Argument]]:
     """`node`'s (args, kwargs) with the size arguments at the given indices (as counted by
-    :func:`size_args`) replaced; every index is replaced, in a size list as in loose sizes."""
+    :func:`size_args`) replaced; every index is replaced, in a size list as in loose sizes. A
+    slice there (an index tuple of ``x[:, :k]``) gets the new value as its end."""
     args, kwargs = list(node.args), dict(node.kwargs)
     slot = _size_slot(node)
     if slot is None:
@@ -49,7 +50,8 @@ def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.A
     if isinstance(current, (tuple, list)):
         values = list(current)
         for index, value in sizes.items():
-            values[index] = value
+            old = values[index]  # a slice's end (``x[:, :k]``) is its size; start and step stay
+            values[index] = slice(old.start, value, old.step) if isinstance(old, slice) else value
         new: fx.node.Argument = type(current)(values)
     else:
         (new,) = sizes.values()

@@ -31,9 +31,10 @@ from ._flow import (
     ShapeRead,
     SizeRead,
     axes,
+    forget_constant,
     handles_nonzero_marked,
 )
-from ._records import Blocker
+from ._records import BiasFold, Blocker, Inexact, NormMode, NormRescale
 from ._shapes import ForwardFailed, Shapes
 
 
@@ -92,6 +93,11 @@ class Analysis:
     checked: set[Hashable] = field(default_factory=set)  # the keys of FlowContext.once checks that passed
     reads: dict[str, SizeRead | ShapeRead] = field(default_factory=dict)  # sizes read from shapes of channels
     uses: dict[str, int] = field(default_factory=dict)  # calls of each module
+    norms: NormMode = "block"  # channel_groups(norms=...): what norms over the channels do
+    root: nn.Module | None = None  # the model `gm` was traced from, where known (prune_channels)
+    rescales: list[tuple[NormRescale, tuple[int, ...]]] = field(default_factory=list)  # exact RMSNorms, by ids
+    inexact: list[tuple[Inexact, tuple[int, ...]]] = field(default_factory=list)  # renormalized norms, by ids
+    folds: list[tuple[BiasFold, tuple[int, ...]]] = field(default_factory=list)  # constants folded into biases, by ids
 
     def ids_tensor(self, ids: tuple[int, ...]) -> Tensor:
         """`ids` as an int64 tensor, converted once per tuple object."""
@@ -115,9 +121,12 @@ class Analysis:
         if node.op in ("call_function", "call_method"):
             target = node.target
             try:
-                return self.rules.get(target)
+                rule = self.rules.get(target)
             except TypeError:  # an unhashable target
                 return None
+            if rule is None and node.op == "call_function":  # by qualified name: a function fx.wrap keeps
+                rule = self.rules.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+            return rule
         return None
 
     def run(self) -> None:
@@ -172,7 +181,7 @@ class Analysis:
                         "with channels that are zero there (an SE gate: x * sigmoid(...)) makes them zero again",
                     )
         try:
-            self.flows[node.name] = rule(ctx)
+            self.flows[node.name] = forget_constant(rule(ctx), rule)  # kept only by rules that follow it
         except ForwardFailed:
             raise
         except PruneError as error:

@@ -117,7 +117,7 @@ def test_part_of_a_head_cannot_be_removed() -> None:
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=_inputs())
     keep = torch.ones(32, dtype=torch.bool)
     keep[3] = False
-    with pytest.raises(fprune.PruneError, match=r"mask for `query.weight` removes part of an attention head"):
+    with pytest.raises(fprune.PruneError, match=r"mask for `query.weight` removes part of a unit \(an attention head"):
         fprune.apply_prune(model, {"query.weight": keep}, groups)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -48,7 +50,7 @@ def test_zoo_models_prune_exactly_and_shrink(name: str, level: float) -> None:
     elif name == "lstm_lm":
         assert set(masks) == {"embedding.weight", "lstm.weight_ih_l0", "lstm.weight_ih_l1"}
         lstm = pruned.get_submodule("lstm")
-        assert isinstance(lstm, nn.LSTM) and lstm.hidden_size == 32 - int(32 * level)
+        assert isinstance(lstm, nn.LSTM) and lstm.hidden_size == math.floor(32 * (1 - level))
     else:  # transformers: MLP widths and (Llama, at 50%) attention heads
         assert masks and pruned_params < params
         assert flops(pruned, x) < flops(model, x)
@@ -61,8 +63,8 @@ def test_group_masks_round_kept_counts_and_ignore() -> None:
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
     masks = fprune.group_masks(model, groups, 0.3, round_to=8)
     assert all(int(m.sum()) % 8 == 0 for m in masks.values())
-    assert int(masks["conv1.weight"].sum()) == 16  # 16 - int(4.8) = 12 -> the nearest multiple of 8, ties up
-    assert int(masks["layer2.0.conv1.weight"].sum()) == 24  # 32 - int(9.6) = 23 -> 24
+    assert int(masks["conv1.weight"].sum()) == 8  # floor(0.7 * 16) = 11 -> the nearest multiple of 8
+    assert int(masks["layer2.0.conv1.weight"].sum()) == 24  # floor(0.7 * 32) = 22 -> 24
     ignored = fprune.group_masks(model, groups, 0.3, ignore={"layer1.0.conv1"})
     assert "layer1.0.conv1.weight" not in ignored and "layer1.1.conv1.weight" in ignored
     with_head = fprune.group_masks(model, groups, 0.3, ignore=())

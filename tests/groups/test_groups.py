@@ -91,7 +91,7 @@ class _WithNorm(nn.Module):
         self.fc1 = nn.Linear(4, 8)
         self.norm = nn.LayerNorm(8)
         self.fc2 = nn.Linear(8, 8)
-        self.fc3 = nn.Linear(8, 2)
+        self.fc3 = nn.Linear(8, 2, bias=False)  # no bias to fold sigmoid's 0.5 into
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc2(self.norm(self.fc1(x)))
@@ -178,11 +178,14 @@ def test_unknown_ops_block_and_user_rules_teach_new_modules() -> None:
     torch.testing.assert_close(pruned(x), expected)
 
 
-def test_grouped_conv_blocks_both_sides() -> None:
+def test_grouped_conv_ties_in_group_positions_on_both_sides() -> None:
+    # more in tests/groups/test_grouped_conv.py
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1))
     groups = _groups(model)
-    assert not _by_producer(groups, "0.weight").prunable
-    assert "grouped conv `2` (groups=2" in _by_producer(groups, "2.weight").blockers[0].reason
+    inputs, outputs = _by_producer(groups, "0.weight"), _by_producer(groups, "2.weight")
+    assert inputs.prunable and inputs.units == ((0, 4), (1, 5), (2, 6), (3, 7))
+    assert ("2.weight", 1, "consumer") in _members(inputs)
+    assert outputs.prunable and outputs.units == ((0, 4), (1, 5), (2, 6), (3, 7))
     assert _by_producer(groups, "4.weight").reaches_output
 
 
@@ -249,8 +252,8 @@ def test_split_chunk_sub_mul_and_mean_are_followed_exactly() -> None:
     with torch.no_grad():
         expected = torch.func.functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
     torch.testing.assert_close(pruned(x), expected)
-    assert pruned.get_submodule("right").get_parameter("weight").shape == (4, 3, 1, 1)  # left/right: units of 2
-    assert getattr(pruned, "piece") == 2 and getattr(model, "piece") == 3  # the split size follows
+    assert pruned.get_submodule("right").get_parameter("weight").shape == (2, 3, 1, 1)  # left/right: units of 2, one kept
+    assert getattr(pruned, "piece") == 1 and getattr(model, "piece") == 3  # the split size follows
     assert mixed.units == ((0, 3), (1, 4), (2, 5))  # split pieces lose the same positions
     assert conv.units == tuple((j, j + 6) for j in range(6))  # and so do chunks
 
@@ -292,11 +295,12 @@ class _AddsConstant(nn.Module):
         return added, scaled
 
 
-def test_adding_a_value_to_channels_blocks_but_scaling_does_not() -> None:
+def test_a_value_added_to_channels_folds_into_the_next_bias_and_scaling_keeps_zeros() -> None:
     groups = _groups(_AddsConstant(), torch.randn(3, 4))
     added = _by_producer(groups, "fc1.weight")
-    assert not added.prunable and "adds a value to the channels" in added.blockers[0].reason
-    assert _by_producer(groups, "fc3.weight").prunable
+    assert added.prunable and [(f.bias, f.value) for f in added.folds] == [("fc2.bias", 1.0)]  # exact: tests/groups/test_bias_fold.py
+    scaled = _by_producer(groups, "fc3.weight")
+    assert scaled.prunable and not scaled.folds
 
 
 def test_example_inputs_that_do_not_fit_the_model_raise_when_shapes_are_needed() -> None:
@@ -331,8 +335,8 @@ def test_one_activation_kind_is_run_on_zeros_once_but_each_different_one_is_chec
     model = nn.Sequential(*(m for act in acts for m in (nn.Linear(4, 4), act)), nn.Linear(4, 2))
     groups = {g.producers[0]: g for g in _groups(model)}
     assert groups["0.weight"].prunable and groups["2.weight"].prunable
-    assert not groups["4.weight"].prunable and "maps 0 to 0.25" in groups["4.weight"].blockers[0].reason
-    assert not groups["6.weight"].prunable and "maps 0 to 1" in groups["6.weight"].blockers[0].reason
+    assert groups["4.weight"].prunable and [f.value for f in groups["4.weight"].folds] == [0.25]  # folds into 6.bias
+    assert not groups["6.weight"].prunable and "maps 0 to 1" in groups["6.weight"].blockers[0].reason  # the hook: unknown
 
 
 def test_a_user_rule_does_per_kind_work_once_with_ctx_once_and_a_failed_check_is_not_remembered() -> None:

@@ -97,16 +97,19 @@ TOKENS = torch.randn(2, 5, 3, dtype=torch.float64)
 
 def test_fused_qkv_vit_attention_is_never_returned_broken() -> None:
     """The issue's minimal case: the stream was pruned, the attention width not, and
-    ``reshape(B, N, C)`` failed in the copy. The read ties the stream to the attention output,
-    whose fused qkv view is not followed, so both are blocked with the reason."""
+    ``reshape(B, N, C)`` failed in the copy. The read ties the stream to the heads of the fused
+    qkv (``reshape(B, N, 3, H, D)``): both keep the same positions, whole heads, so ``C`` stays
+    equal to the merged heads' width."""
     model = Encoder(FusedQkvAttention(), residual=False).double().eval()
     groups = fprune.channel_groups(fx.symbolic_trace(model), example_inputs=(TOKENS,))
     stream = _group_of(groups, "embed.weight")
-    assert not stream.prunable
-    assert any("reads a size of these channels from a tensor's shape" in b.reason for b in stream.blockers)
-    assert _group_of(groups, "attn.proj.weight").prunable  # the attention's output width still is
+    assert stream.prunable and "attn.qkv.weight" in stream.producers and len(stream.units) == 2
+    assert _group_of(groups, "attn.proj.weight").prunable  # the attention's output width too
     pruned = fprune.prune_channels(model, 0.5, example_inputs=(TOKENS,))
-    assert pruned(TOKENS).shape == (2, 5, 2) and pruned.embed.out_features == 8 and pruned.head.in_features == 4
+    assert pruned(TOKENS).shape == (2, 5, 2) and pruned.embed.out_features == 4 and pruned.head.in_features == 4
+    attention, qkv = pruned.get_submodule("attn"), pruned.get_submodule("attn.qkv")
+    assert isinstance(attention, FusedQkvAttention) and attention.num_heads == 1
+    assert isinstance(qkv, nn.Linear) and qkv.out_features == 12
     _exact(model, 0.5, TOKENS)
 
 

@@ -8,18 +8,23 @@ weights come from a ``torch.Generator`` seeded with a chosen integer, never from
 A model is ``FuzzModel``: a stack of blocks and a head. A block is one of
 
 - conv blocks (Conv1d / Conv2d, kernel 1 or 3, padding, stride, bias on / off, plain,
-  depthwise or grouped) with BatchNorm (affine or not), an activation, a pool and dropout;
+  depthwise or grouped, mostly of 2 or 4 groups) with BatchNorm (affine or not), an
+  activation, a pool and dropout;
 - Linear blocks (on features or on tokens) with BatchNorm1d, an activation and dropout;
 - residual blocks (``+``, ``torch.add``, ``x.add``, ``-``, ``*``; identity or projection
-  shortcut);
+  shortcut; at times a ResNeXt-like body of one or two convs of 2 or 4 groups);
 - concat blocks (``torch.cat`` of two or three branches, optionally with the block input);
 - split blocks (``chunk`` / ``split`` into two halves combined again: GLU-like), the sizes
   as one attribute, a list or tuple of attributes (YOLOv8's ``h.split((self.c, self.c), 1)``)
   or a list of numbers fprune cannot update;
-- hand-written attention (q / k / v Linear, view / reshape into ``self.num_heads`` heads,
+- layout blocks (images): a channel shuffle written with view / transpose / view
+  (ShuffleNetV2), or a ghost module's ``torch.cat([h, cheap(h)], 1)[:, :self.oup]``;
+- hand-written attention (q / k / v Linear, view / reshape into ``self.num_heads`` heads, or
+  timm's fused qkv Linear, ``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)``, ``unbind(0)`` / ``qkv[i]``,
   ``F.scaled_dot_product_attention`` or ``softmax(q @ k^T) @ v``, merge (also with the width
   read from the input's shape, as timm's ViT does), output projection),
   ``nn.MultiheadAttention`` (batch_first);
+- RMSNorm (hand-written, HF-style or nn.RMSNorm, with or without weight: exact with one);
 - LayerNorm (fprune refuses to prune through it), a module called twice, elementwise ops with
   constants and per-channel parameters;
 - transitions from images to features (adaptive pool + flatten, flatten, mean) and from
@@ -44,6 +49,8 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+
+from ..zoo_convnext import drop_path
 
 __all__ = [
     "BATCH",
@@ -354,15 +361,16 @@ def _norm_and_act(choose: Chooser, kind: Kind, channels: int, size: int, train: 
 def _plain(choose: Chooser, state: _State) -> nn.Module:
     c_out = _width(choose)
     kind = state.kind
-    if kind in ("img1", "img2") and choose.chance(0.25):  # depthwise or grouped
+    if kind in ("img1", "img2") and choose.chance(0.3):  # depthwise or grouped
         conv_type: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv1d if kind == "img1" else nn.Conv2d
         c = state.channels
         divisors = [g for g in range(2, c + 1) if c % g == 0]
-        if choose.chance(0.7) or not divisors:
+        if choose.chance(0.5) or not divisors:
             layer: nn.Module = conv_type(c, c, 3, padding=1, groups=c, bias=choose.chance(0.5))
             c_out = c
-        else:
-            groups = choose.choice(divisors)
+        else:  # mostly ResNeXt / RegNet-like: 2 or 4 groups of several channels each
+            small = [g for g in (2, 4) if c % g == 0 and c > g]
+            groups = choose.choice(small) if small and choose.chance(0.7) else choose.choice(divisors)
             c_out = groups * choose.integer(1, max(1, MAX_WIDTH // groups))
             layer = conv_type(c, c_out, 3, padding=1, groups=groups, bias=choose.chance(0.5))
     else:
@@ -403,15 +411,28 @@ class Residual(nn.Module):
         return f"combine={self.combine}"
 
 
+def _grouped_layer(choose: Chooser, kind: Kind, c_in: int, c_out: int) -> nn.Module | None:
+    """A 3x3 conv of 2 or 4 groups keeping the size (ResNeXt / RegNet), or None where no such
+    group count divides both widths."""
+    options = [g for g in (2, 4) if c_in % g == 0 and c_out % g == 0]
+    if not options:
+        return None
+    conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv1d if kind == "img1" else nn.Conv2d
+    return conv(c_in, c_out, 3, padding=1, groups=choose.choice(options), bias=choose.chance(0.5))
+
+
 def _residual(choose: Chooser, state: _State) -> nn.Module:
     kind, c = state.kind, state.channels
     project = choose.chance(0.3)
     c_out = _width(choose) if project else c
     shortcut = _layer(choose, kind, c, c_out, state.size, same_size=True) if project else None
-    parts: list[nn.Module] = [_layer(choose, kind, c, c_out, state.size, same_size=True)]
+    grouped = kind in ("img1", "img2") and choose.chance(0.5)  # a ResNeXt / RegNet-like body
+    first = _grouped_layer(choose, kind, c, c_out) if grouped else None
+    parts: list[nn.Module] = [first or _layer(choose, kind, c, c_out, state.size, same_size=True)]
     parts += _norm_and_act(choose, kind, c_out, state.size, state.train, pool=False)
     if choose.chance(0.5):
-        parts.append(_layer(choose, kind, c_out, c_out, state.size, same_size=True))
+        second = _grouped_layer(choose, kind, c_out, c_out) if grouped and choose.chance(0.5) else None
+        parts.append(second or _layer(choose, kind, c_out, c_out, state.size, same_size=True))
     combine = choose.choice(["+", "torch.add", "x.add", "-", "*"])
     post = _activation(choose, c_out, kind) if choose.chance(0.4) else None
     return Residual(Sequential(parts), shortcut, combine, post)
@@ -502,6 +523,57 @@ def _split(choose: Chooser, state: _State) -> nn.Module:
     )
 
 
+class ChannelLayout(nn.Module):
+    """A layer, then its channels rearranged: a channel shuffle written as torchvision writes it
+    (``view(b, g, C // g, h, w)``, ``transpose(1, 2)``, view back; images only), or a ghost
+    module's concat of the layer and a cheap op of it, cut to ``self.oup`` channels."""
+
+    def __init__(self, layer: nn.Module, form: str, groups: int, cheap: nn.Module | None, oup: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.form = form
+        self.groups = groups
+        self.cheap = cheap
+        self.oup = oup
+
+    def forward(self, x: Tensor) -> Tensor:
+        h: Tensor = self.layer(x)
+        if self.cheap is not None:  # GhostNet's GhostModule
+            out = torch.cat([h, self.cheap(h)], 1)
+            return out[:, : self.oup]
+        batchsize, num_channels, height, width = h.size()
+        channels_per_group = num_channels // self.groups
+        h = h.view(batchsize, self.groups, channels_per_group, height, width)
+        h = torch.transpose(h, 1, 2).contiguous()
+        if self.form == "shuffle-flat":
+            return h.view(batchsize, -1, height, width)
+        return h.view(batchsize, num_channels, height, width)
+
+    def extra_repr(self) -> str:
+        return f"form={self.form}, groups={self.groups}, oup={self.oup}"
+
+
+def _channel_layout(choose: Chooser, state: _State) -> nn.Module:
+    kind, c = state.kind, state.channels
+    if kind == "img2" and choose.chance(0.5):
+        groups = choose.choice([2, 2, 3, 4])
+        width = groups * choose.integer(1, MAX_WIDTH // groups)
+        layer = _layer(choose, kind, c, width, state.size, same_size=True)
+        return ChannelLayout(layer, choose.choice(["shuffle", "shuffle-flat"]), groups, None, width)
+    init = choose.integer(1, MAX_WIDTH // 2)
+    layer = _layer(choose, kind, c, init, state.size, same_size=True)
+    conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv1d if kind == "img1" else nn.Conv2d
+    cheap_kind = choose.choice(["depthwise", "depthwise", "activation", "layer"])
+    cheap: nn.Module
+    if cheap_kind == "depthwise":
+        cheap = conv(init, init, 3, padding=1, groups=init, bias=choose.chance(0.5))
+    elif cheap_kind == "activation":
+        cheap = _activation(choose, init, kind)
+    else:  # other channels: a slice past the layer's counts two groups, which blocks
+        cheap = _layer(choose, kind, init, init, state.size, same_size=True)
+    return ChannelLayout(layer, f"ghost-{cheap_kind}", 1, cheap, choose.integer(1, 2 * init))
+
+
 class SelfAttention(nn.Module):
     """Hand-written multi-head self-attention with the head count in ``self.num_heads``;
     grouped-query attention when ``self.kv_heads < self.num_heads`` (keys and values
@@ -529,9 +601,12 @@ class SelfAttention(nn.Module):
         self.head_dim = head_dim
         self.scale = 1.0 / math.sqrt(head_dim)
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(dim, inner, bias=bias)
-        self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
+        if split.startswith("fused"):  # timm's ViT: one qkv Linear, reshape(B, N, 3, H, D)
+            self.qkv = nn.Linear(dim, 3 * inner, bias=bias)
+        else:
+            self.q_proj = nn.Linear(dim, inner, bias=bias)
+            self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
+            self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=bias)
         self.out_proj = nn.Linear(inner, out_dim, bias=bias)
         self.split = split
         self.layout = layout
@@ -552,9 +627,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, t = x.shape[0], x.size(1)
-        q = self._heads(self.q_proj(x), b, t, self._literal_heads or self.num_heads)
-        k = self._heads(self.k_proj(x), b, t, self.kv_heads)
-        v = self._heads(self.v_proj(x), b, t, self.kv_heads)
+        if self.split.startswith("fused"):
+            qkv = self.qkv(x).reshape(b, t, 3, self._literal_heads or self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0) if self.split == "fused-unbind" else (qkv[0], qkv[1], qkv[2])
+        else:
+            q = self._heads(self.q_proj(x), b, t, self._literal_heads or self.num_heads)
+            k = self._heads(self.k_proj(x), b, t, self.kv_heads)
+            v = self._heads(self.v_proj(x), b, t, self.kv_heads)
         if self.kv_heads != self.num_heads and self.core != "sdpa-gqa":
             k = k.repeat_interleave(self.num_heads // self.kv_heads, dim=1)
             v = torch.repeat_interleave(v, self.num_heads // self.kv_heads, dim=1)
@@ -607,7 +686,7 @@ def _attention(choose: Chooser, state: _State) -> nn.Module:
         head_dim,
         out_dim,
         bias=choose.chance(0.7),
-        split=choose.choice(["view", "reshape", "view-1"]),
+        split=choose.choice(["view", "reshape", "view-1"] + (["fused-unbind", "fused-index"] if kv_heads == num_heads else [])),
         layout=choose.choice(["transpose", "permute"]),
         core=core,
         merge=merge,
@@ -636,6 +715,42 @@ def _mha(choose: Chooser, state: _State) -> nn.Module:
     c = state.channels
     heads = choose.choice([h for h in (1, 2, 3, 4) if c % h == 0])
     return MHA(c, heads, choose.chance(0.7), choose.chance(0.4))
+
+
+class FuzzRMSNorm(nn.Module):
+    """RMSNorm written out, as Llama's (``x * rsqrt(mean(x^2) + eps) * weight``) or HF's
+    ``LlamaRMSNorm`` (casts, ``self.variance_epsilon``, weight first); ``weight=False`` leaves
+    out the weight (fprune then blocks it: nothing could carry the rescale)."""
+
+    def __init__(self, channels: int, form: str, weight: bool) -> None:
+        super().__init__()
+        self.form = form
+        self.variance_epsilon = 1e-5
+        self.weight = nn.Parameter(torch.ones(channels)) if weight else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.form == "hf":
+            dtype = x.dtype
+            h = x.to(torch.float64)
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+            return self.weight * h.to(dtype) if self.weight is not None else h.to(dtype)
+        h = x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + self.variance_epsilon)
+        return h * self.weight if self.weight is not None else h
+
+    def extra_repr(self) -> str:
+        return f"form={self.form}, weight={self.weight is not None}"
+
+
+def _rmsnorm(choose: Chooser, state: _State) -> nn.Module:
+    """Linear -> RMSNorm (hand-written or nn.RMSNorm; exact through its rescaled weight and eps)."""
+    c_out = _width(choose)
+    form = choose.choice(["plain", "hf", "module"])
+    weight = choose.chance(0.85)
+    norm = nn.RMSNorm(c_out, eps=choose.choice([1e-5, None]), elementwise_affine=weight) if form == "module" else FuzzRMSNorm(c_out, form, weight)
+    parts: list[nn.Module] = [nn.Linear(state.channels, c_out), norm]
+    if choose.chance(0.5):
+        parts.append(_activation(choose, c_out, state.kind))
+    return Sequential(parts)
 
 
 def _layernorm(choose: Chooser, state: _State) -> nn.Module:
@@ -675,6 +790,10 @@ class Elementwise(nn.Module):
         self.param = nn.Parameter(torch.ones(shape if op.endswith("(c)") else [1]))
         self.buf: Tensor
         self.register_buffer("buf", torch.ones(shape))
+        view = [1] * ndim
+        view[channel_dim % ndim] = -1
+        self.view = tuple(view)  # ConvNeXt's layer scale: a (C,) parameter, on the last dim or viewed
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, channels)) if op in ("x.mul(g)", "g.view * x") else None
 
     def forward(self, x: Tensor) -> Tensor:
         op = self.op
@@ -704,6 +823,12 @@ class Elementwise(nn.Module):
             return x * x.amax(dim=-1, keepdim=True)
         if op == "x + b(c)":
             return x + self.buf
+        if op == "x.mul(g)" and self.gamma is not None:
+            return x.mul(self.gamma)
+        if op == "g.view * x" and self.gamma is not None:
+            return self.gamma.view(self.view) * x
+        if op == "drop_path":  # timm's stochastic depth: a random (B, 1, ...) keep mask in train mode
+            return drop_path(x, 0.5, self.training)
         if op == "x * b(c)":
             return x * self.buf
         return x + self.param
@@ -721,6 +846,7 @@ _ELEMENTWISE = (
 def _elementwise(choose: Chooser, state: _State) -> nn.Module:
     layer = _layer(choose, state.kind, state.channels, state.channels, state.size, same_size=True)
     ops: tuple[str, ...] = _ELEMENTWISE + ("x.clone()", "x.to(x.dtype)", "x * x.amax")  # amax: over the last dim (channels for vec / seq)
+    ops += ("g.view * x", "drop_path") + (("x.mul(g)",) if state.kind in ("vec", "seq") else ())
     if state.kind in ("img1", "img2"):
         ops += ("interpolate",) + (("channel_shuffle",) if state.channels % 2 == 0 else ())
     op = choose.choice(ops)
@@ -729,8 +855,10 @@ def _elementwise(choose: Chooser, state: _State) -> nn.Module:
 
 class Gate(nn.Module):
     """Squeeze-and-excitation: ``x * gate(expand(act(reduce(context(x)))))`` with an ``f(0) != 0``
-    gate (sigmoid, hard-sigmoid) in module, function or method form; the combine is a product
-    (exact: removed channels are zero in `x`) or, to check that fprune refuses it, a sum."""
+    gate (sigmoid, hard-sigmoid) in module, function or method form, or written out as
+    ``relu6(s + 3) / 6``; the combine is a product
+    (exact: removed channels are zero in `x`) or a sum (removed channels then hold the gate's
+    constant: exact where it folds into the next layer's bias, else refused)."""
 
     def __init__(self, kind: Kind, channels: int, reduced: int, act: nn.Module, gate: str, combine: str, views: bool = False) -> None:
         super().__init__()
@@ -769,6 +897,8 @@ class Gate(nn.Module):
             g = torch.sigmoid(s)
         elif self.gate == "F.hardsigmoid":
             g = F.hardsigmoid(s)
+        elif self.gate == "relu6(s + 3) / 6":  # GhostNet's hard sigmoid, written out
+            g = F.relu6(s + 3.0) / 6.0
         else:
             g = s.sigmoid()
         if self.combine == "x * g":
@@ -787,7 +917,7 @@ def _gate(choose: Chooser, state: _State) -> nn.Module:
     c = state.channels
     layer = _layer(choose, state.kind, state.channels, c, state.size, same_size=True)
     reduced = choose.integer(1, max(1, c // 2))
-    gate = choose.choice(["nn.Sigmoid", "nn.Hardsigmoid", "torch.sigmoid", "F.hardsigmoid", "x.sigmoid()"])
+    gate = choose.choice(["nn.Sigmoid", "nn.Hardsigmoid", "torch.sigmoid", "F.hardsigmoid", "x.sigmoid()", "relu6(s + 3) / 6"])
     combine = choose.choice(["x * g", "g * x", "x * g", "x * g + x", "x + g"])
     views = state.kind in ("img1", "img2") and choose.chance(0.3)
     act = _activation(choose, reduced, "vec" if views else state.kind)
@@ -895,6 +1025,11 @@ _BLOCKS: dict[Kind, list[tuple[str, BlockBuilder]]] = {
     "img1": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("to-features", _to_features), ("gate", _gate)],
     "img2": [("plain", _plain), ("residual", _residual), ("concat", _concat), ("split", _split), ("elementwise", _elementwise), ("to-features", _to_features), ("gate", _gate)],
 }  # fmt: skip
+
+_BLOCKS["img1"].append(("layout", _channel_layout))  # GhostNet's slice
+_BLOCKS["img2"].append(("layout", _channel_layout))  # ShuffleNetV2's shuffle, GhostNet's slice
+_BLOCKS["vec"].append(("rmsnorm", _rmsnorm))  # exact through the rescaled weight and eps
+_BLOCKS["seq"].append(("rmsnorm", _rmsnorm))
 
 
 def _width(choose: Chooser) -> int:

@@ -255,7 +255,7 @@ REFUSALS: dict[str, tuple[Callable[[], object], str]] = {
     "group_scores groups of another model": (_group_scores_other_model, "group_scores"),
     "HeadPrunedMultiheadAttention 3-D attn_mask": (_head_pruned_attention_3d_mask, "HeadPrunedMultiheadAttention"),
     # prune_channels, also where group_masks / channel_groups / the tracer refuse for it
-    "prune_channels nothing to prune": (lambda: fprune.prune_channels(_mlp(), 0.01), "prune_channels"),
+    "prune_channels nothing to prune": (lambda: fprune.prune_channels(_mlp(), 1e-12), "prune_channels"),
     "prune_channels level 1": (lambda: fprune.prune_channels(_mlp(), 1.0), "prune_channels"),
     "prune_channels bad example inputs": (lambda: fprune.prune_channels(_Heads(), 0.5, example_inputs=(torch.randn(2, 9),)), "prune_channels"),
     "prune_channels untraceable": (lambda: fprune.prune_channels(Untraceable(), 0.5), "prune_channels"),

@@ -69,7 +69,8 @@ def test_a_one_billion_parameter_decoder_prunes_on_meta_without_allocating_weigh
     masks = _keep_first_half(groups)
     pruned = fprune.apply_prune(model, masks, groups)
     kept = sum(p.numel() for p in pruned.parameters())
-    assert 0.5 * params < kept < 0.6 * params
+    assert 0.25 * params < kept < 0.3 * params  # heads, MLP and the hidden size (through the exact RMSNorms) halved
+    assert pruned.get_submodule("embed_tokens").embedding_dim == 1024
     block = pruned.get_submodule("layers.0")
     assert block.get_submodule("mlp.up_proj").out_features == 2816
     assert block.get_submodule("self_attn").kv_heads == 2 and block.get_submodule("self_attn").heads == 16

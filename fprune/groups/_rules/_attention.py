@@ -86,6 +86,20 @@ def softmax_rule(ctx: FlowContext) -> Flow:
     raise PruneError("a softmax across channels: removing some changes the others")
 
 
+def softmax_module_rule(ctx: FlowContext) -> Flow:
+    """``nn.Softmax(dim=-1)`` (timm's Swin ``self.softmax``): as ``F.softmax`` over its ``dim``."""
+    flow = ctx.input(0)
+    module = ctx.module
+    assert isinstance(module, nn.Softmax)
+    if flow is None:
+        return None
+    if not isinstance(flow, HeadAxis) or module.dim is None or flow.inner_dim is not None:
+        raise PruneError(f"`{ctx.module_fqn}` (nn.Softmax) is followed only over attention scores, along a dim given")
+    if module.dim % flow.ndim == flow.head_dim % flow.ndim:
+        raise PruneError("a softmax across channels: removing some changes the others")
+    return flow
+
+
 def multihead_attention_rule(ctx: FlowContext) -> Flow:
     """nn.MultiheadAttention: whole heads (rows of the packed ``in_proj_weight`` with the
     matching ``out_proj`` columns), its input width (``in_proj_weight`` columns) and its output

@@ -23,11 +23,13 @@ from ._attention import (
     multihead_attention_rule,
     repeat_interleave_rule,
     sdpa_rule,
+    softmax_module_rule,
     softmax_rule,
 )
 from ._elementwise import (
     elementwise_call_rule,
     elementwise_module_rule,
+    fresh_tensor_rule,
     keep_rule,
     merge_elementwise_rule,
 )
@@ -46,6 +48,7 @@ from ._layout import (
     channel_shuffle_rule,
     expand_rule,
     flatten_rule,
+    floordiv_rule,
     getitem_rule,
     interpolate_rule,
     metadata_rule,
@@ -56,6 +59,16 @@ from ._layout import (
     unsqueeze_rule,
     view_rule,
 )
+from ._norms import (
+    group_norm_call_rule,
+    group_norm_rule,
+    layer_norm_call_rule,
+    layer_norm_rule,
+    pow_rule,
+    rms_norm_module_rule,
+)
+from ._vit import roll_rule, unbind_rule
+from ._wrapped import stochastic_depth_rule
 
 
 def default_flow_rules() -> dict[RuleKey, FlowRule]:
@@ -74,9 +87,18 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         nn.Embedding: embedding_rule,
         _BatchNorm: batchnorm_rule,
         nn.PReLU: prelu_rule,
-        nn.LayerNorm: normalization_rule,
-        nn.GroupNorm: normalization_rule,
+        nn.LayerNorm: layer_norm_rule,  # blocks, or with norms="renormalize" prunes (_norms.py)
+        nn.GroupNorm: group_norm_rule,
+        nn.RMSNorm: rms_norm_module_rule,  # exact: weight and eps rescaled
+        F.layer_norm: layer_norm_call_rule,
+        F.group_norm: group_norm_call_rule,
         nn.LocalResponseNorm: normalization_rule,
+        **dict.fromkeys(("pow", torch.pow, operator.pow), pow_rule),
+        **dict.fromkeys(("new_empty", "new_zeros", "new_ones", "new_full"), fresh_tensor_rule),  # DropPath's keep mask
+        operator.floordiv: floordiv_rule,  # num_channels // groups of a channel shuffle
+        **dict.fromkeys(("unbind", torch.unbind), unbind_rule),  # timm's ViT: q, k, v = qkv.unbind(0)
+        **dict.fromkeys(("roll", torch.roll), roll_rule),  # Swin's shifted windows
+        "torchvision.ops.stochastic_depth.stochastic_depth": stochastic_depth_rule,  # fx.wrap keeps it whole
         nn.LSTM: lstm_rule,
         nn.MultiheadAttention: multihead_attention_rule,
         nn.Flatten: flatten_rule,
@@ -136,4 +158,5 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
     for merge in (operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, torch.sub, "sub",
                   operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, torch.div, "div"):  # fmt: skip
         rules[merge] = merge_elementwise_rule
+    rules[nn.Softmax] = softmax_module_rule
     return rules

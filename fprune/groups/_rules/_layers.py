@@ -4,16 +4,19 @@ LSTM) and per-channel carriers (BatchNorm, PReLU, LayerNorm / GroupNorm)."""
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ..._errors import PruneError
-from .._flow import Axis, Flow, FlowContext
+from .._flow import Axis, Flow, FlowContext, handles_nonzero
+from .._records import BiasFold
 from ._layout import input_axis, with_ndim
 
 
+@handles_nonzero
 def linear_rule(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert isinstance(module, nn.Linear)
@@ -22,13 +25,14 @@ def linear_rule(ctx: FlowContext) -> Flow:
     if axis is not None and axis.inner == -1:  # a flatten of unknown trailing size: resolve it
         if module.in_features % len(axis.ids):
             raise PruneError(f"nn.Linear `{ctx.module_fqn}` has in_features={module.in_features}, not a multiple of the {len(axis.ids)} flattened channels")
-        axis = Axis(axis.dim, axis.ids, module.in_features // len(axis.ids), axis.outer, axis.ndim)
+        axis = replace(axis, inner=module.in_features // len(axis.ids))
     if axis is not None:
         if axis.dim != -1:
             raise PruneError(f"nn.Linear `{ctx.module_fqn}` reads the last dim, but the channels are on dim {axis.dim}")
         if axis.width != module.in_features:
             raise PruneError(f"nn.Linear `{ctx.module_fqn}` has in_features={module.in_features}, but {axis.width} channel positions reach it")
         ctx.consume("weight", 1, axis)
+        fold_constant(ctx, axis, module.bias is not None)
         ndim = axis.ndim
     out = ctx.produce("weight", 0, module.out_features, ndim=ndim)
     if module.bias is not None:
@@ -36,6 +40,7 @@ def linear_rule(ctx: FlowContext) -> Flow:
     return out
 
 
+@handles_nonzero
 def conv_rule(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert isinstance(module, _ConvNd)
@@ -47,19 +52,26 @@ def conv_rule(ctx: FlowContext) -> Flow:
         # weight: [in, out / groups, *k]
         if module.groups != 1:
             if axis is not None:
-                ctx.block(axis, f"grouped ConvTranspose `{ctx.module_fqn}` (groups={module.groups}) is not supported")
+                ctx.block(
+                    axis,
+                    f"grouped ConvTranspose `{ctx.module_fqn}` (groups={module.groups}) is not supported: "
+                    "only non-transposed grouped convs are pruned by in-group position",
+                )
             return None
         if axis is not None:
             _check_conv_input(ctx, axis, channel_dim, module.in_channels)
             ctx.consume("weight", 0, axis)
+            fold_constant(ctx, axis, False, "a transposed conv spreads it unevenly over its output positions")
         out = ctx.produce("weight", 1, module.out_channels, ndim=ndim, out_dim=channel_dim)
     elif module.groups == 1:
         if axis is not None:
             _check_conv_input(ctx, axis, channel_dim, module.in_channels)
             ctx.consume("weight", 1, axis)
+            fold_constant(ctx, axis, module.bias is not None, _zero_padded(module))
         out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
     elif module.groups == module.in_channels == module.out_channels and axis is not None:
-        # depthwise: output channel c reads only input channel c; its filter goes with it
+        # depthwise: output channel c reads only input channel c; its filter goes with it (and
+        # makes a removed channel 0 again, whatever it held: masked_parameters zeroes the filter)
         _check_conv_input(ctx, axis, channel_dim, module.in_channels)
         out = Axis(channel_dim, axis.ids, ndim=ndim)
         ctx.carry("weight", 0, Axis(0, axis.ids))
@@ -67,18 +79,83 @@ def conv_rule(ctx: FlowContext) -> Flow:
             ctx.carry("bias", 0, Axis(0, axis.ids))
         return out
     else:
-        reason = (
-            f"grouped conv `{ctx.module_fqn}` (groups={module.groups}, {module.in_channels} -> "
-            f"{module.out_channels} channels) mixes channels within groups of fixed size"
-        )
-        if axis is not None:
-            ctx.block(axis, reason)
-        out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
-        ctx.block(out, reason)
-        return out
+        out = _grouped_conv(ctx, module, axis, channel_dim, ndim)
     if module.bias is not None:
         ctx.carry("bias", 0, Axis(0, out.ids))
     return out
+
+
+def _grouped_conv(ctx: FlowContext, module: _ConvNd, axis: Axis | None, channel_dim: int, ndim: int) -> Axis:
+    """A conv with ``1 < groups`` (not depthwise), as Torch-Pruning prunes it: by in-group position.
+
+    Input channel ``G * (in / groups) + j`` is position j of group G; weight column j reads
+    position j of every group, so the positions j of all groups are one unit (kept or removed
+    together) and the column goes with group 0's channel j. Output rows likewise: position k
+    of every group is one unit. Every group then keeps the same positions, and the pruned
+    conv, with the same `groups`, computes what the masked one does."""
+    groups = module.groups
+    per_in = module.in_channels // groups
+    name = f"grouped conv `{ctx.module_fqn}` (groups={groups}, {module.in_channels} -> {module.out_channels} channels)"
+    if axis is not None:
+        _check_conv_input(ctx, axis, channel_dim, module.in_channels)
+        if _tie_positions(ctx, axis, groups, f"{name} reads one input channel per group"):
+            consumed = replace(axis, ids=axis.ids[:per_in], inner=1, outer=1)
+            ctx.consume("weight", 1, consumed)
+            fold_constant(ctx, consumed, module.bias is not None, _zero_padded(module))
+    out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
+    _tie_positions(ctx, out, groups, f"{name} makes one output channel per group")
+    return out
+
+
+def _tie_positions(ctx: FlowContext, axis: Axis, groups: int, one_per_group: str) -> bool:
+    """Tie in-group position j of every one of the `groups` groups of `axis` into a unit; with one
+    channel per group, block them instead (`one_per_group` says which side) and return False."""
+    per = len(axis.ids) // groups
+    if per == 1:
+        ctx.block(axis, f"{one_per_group}: removing one would remove its whole group, which changes `groups`; only in-group positions are pruned")
+        return False
+    for j in range(per):
+        ctx.tie([axis.ids[g * per + j] for g in range(groups)])
+    return True
+
+
+def fold_constant(ctx: FlowContext, axis: Axis, has_bias: bool, unfoldable: str = "") -> None:
+    """This layer's weight reads the channels of `axis` along dim 1 (a Linear, a conv): where
+    their removed entries hold a non-zero constant (after ``sigmoid``, ``x + 3``), fold it into
+    the layer's bias (:class:`BiasFold`), or block them, saying why it cannot (`unfoldable`:
+    the layer's own reason)."""
+    if not axis.nonzero:
+        return
+    why = unfoldable or (
+        "it has no bias to take it" if not has_bias
+        else "its value is unknown or may differ between positions (an op on the way changed it)" if axis.constant is None
+        else ""
+    )
+    if why:
+        ctx.block(
+            axis,
+            f"after {axis.nonzero}, the removed channels carry a non-zero value into `{ctx.module_fqn or ctx.node.name}`, "
+            f"which cannot fold it into its bias: {why}; only a product with channels that are zero there "
+            "(an SE gate: x * sigmoid(...)) or a BatchNorm makes them zero again",
+        )
+        return
+    assert axis.constant is not None
+    name = ctx.module_fqn
+    ctx.fold(BiasFold(ctx.node.name, f"{name}.weight", 1, f"{name}.bias", axis.constant, axis.nonzero), axis)
+
+
+def _zero_padded(module: _ConvNd) -> str:
+    """Why a conv's zero padding keeps a constant input from folding into its bias ("" if it
+    has none): at the border the padded zeros replace it, so the output there differs."""
+    if module.padding_mode != "zeros":  # reflect / replicate / circular repeat a constant plane
+        return ""
+    if module.padding == "valid":
+        return ""
+    if module.padding == "same":
+        padded = any((k - 1) * d for k, d in zip(module.kernel_size, module.dilation))
+    else:
+        padded = any(module.padding)
+    return f"its zero padding ({module.padding}) gives border outputs less of it" if padded else ""
 
 
 def _check_conv_input(ctx: FlowContext, axis: Axis, channel_dim: int, in_channels: int) -> None:
@@ -94,6 +171,7 @@ def embedding_rule(ctx: FlowContext) -> Flow:
     return ctx.produce("weight", 1, module.embedding_dim)
 
 
+@handles_nonzero
 def batchnorm_rule(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert isinstance(module, _BatchNorm)
@@ -113,9 +191,16 @@ def batchnorm_rule(ctx: FlowContext) -> Flow:
     for name in ("weight", "bias", "running_mean", "running_var"):
         if getattr(module, name, None) is not None:
             ctx.carry(name, 0, Axis(0, axis.ids))
-    return axis
+    return _zeroed(axis)
 
 
+def _zeroed(axis: Axis) -> Axis:
+    """The output of an affine norm whose weight and bias masked_parameters zeroes for removed
+    channels: they are 0 there, whatever they held (a constant after ``sigmoid``)."""
+    return replace(axis, nonzero="", constant=None) if axis.nonzero else axis
+
+
+@handles_nonzero
 def batch_norm_call_rule(ctx: FlowContext) -> Flow:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` with the model's own
     per-channel tensors: what BatchNorm subclasses with a fused activation (timm's
@@ -141,7 +226,13 @@ def batch_norm_call_rule(ctx: FlowContext) -> Flow:
         if found is None or found[1].dim() != 1 or found[1].shape[0] != len(axis.ids):
             raise PruneError(f"`{ctx.node.name}` (batch_norm): its {name} is not a per-channel tensor of the model")
         ctx.carry("", 0, Axis(0, axis.ids), fqn=found[0])
-    return axis
+    affine = [ctx.attr(tensors[name]) for name in ("weight", "bias")]
+    if axis.nonzero and not all(found is not None and isinstance(found[1], nn.Parameter) for found in affine):
+        raise PruneError(
+            f"`{ctx.node.name}` (batch_norm): after {axis.nonzero}, the removed channels carry a non-zero value, "
+            "and its weight or bias is a buffer that masked_parameters does not zero, so they would pass it on"
+        )
+    return _zeroed(axis)
 
 
 def _on_dim_1(ctx: FlowContext, axis: Axis) -> bool:

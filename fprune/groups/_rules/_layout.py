@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._errors import PruneError
-from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis, handles_nonzero
+from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis, handles_nonzero, tracks_constant
 from .._sizes import size_args
+from ._vit import cat_parameters, check_merge_width, fused_heads_view, heads_batch_view, index_off_channels
 
 
 def input_axis(ctx: FlowContext, index: int = 0) -> Axis | None:
@@ -27,6 +28,7 @@ def input_axis(ctx: FlowContext, index: int = 0) -> Axis | None:
 # --- attention: heads ----------------------------------------------------------------------------
 
 
+@tracks_constant
 @handles_nonzero
 def view_rule(ctx: FlowContext) -> Flow:
     """view / reshape: add or drop dims of size 1 (``view(b, c)`` after a global pool, and back
@@ -35,6 +37,8 @@ def view_rule(ctx: FlowContext) -> Flow:
     flow = ctx.input(0)
     if flow is None:
         return None
+    if (shuffled := shuffle_view(ctx)) is not None:  # view(b, g, C // g, h, w), transpose(1, 2), view back
+        return shuffled
     in_shape, out_shape = ctx.shape(ctx.node.args[0]), ctx.shape()
     if in_shape is None or out_shape is None:
         raise PruneError("a view / reshape of channels needs shapes; pass example_inputs")
@@ -59,16 +63,21 @@ def view_rule(ctx: FlowContext) -> Flow:
             axis = HeadAxis(-2, -1, tuple(flow.ids[h * size : (h + 1) * size] for h in range(heads)), len(out_shape))
             _size_literal(ctx, sizes, len(sizes) - 2, heads, axis, 1)
             return axis
+        if (fused := fused_heads_view(ctx, flow, in_shape, out_shape, sizes)) is not None:  # qkv(x).reshape(B, N, 3, H, D)
+            return fused
         raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} that moves the channels")
     if isinstance(flow, HeadAxis):
         if flow.head_dim == -2 and flow.inner_dim == -1 and out_shape == in_shape[:-2] + (in_shape[-2] * in_shape[-1],):
             if sizes and isinstance(sizes[-1], torch.fx.Node):  # the width read from a shape: `C` of `B, N, C = x.shape`
+                check_merge_width(ctx, sizes[-1], flow)  # a width fprune does not follow: the reason
                 _follow_count(ctx, sizes[-1], flow.ids)
             else:
                 _size_literal(ctx, sizes, len(sizes) - 1, out_shape[-1], flow, in_shape[-1])
             return Axis(-1, flow.ids, ndim=len(out_shape))
         if out_shape == in_shape:
             return flow
+        if (split := heads_batch_view(ctx, flow, in_shape, out_shape, sizes)) is not None:  # Swin's window mask
+            return split
         raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} of attention heads")
     raise PruneError("a view / reshape of a tuple")
 
@@ -202,6 +211,8 @@ def cat_rule(ctx: FlowContext) -> Flow:
         ndim = len(shape) if shape is not None else None
     cat_dim = dim if dim < 0 else (dim - ndim if ndim is not None else None)
     if len(axes) != len(flows):
+        if (carried := cat_parameters(ctx, tensors, flows, cat_dim)) is not None:  # cat((cls_token.expand(B, -1, -1), x), 1)
+            return carried
         if cat_dim is None or any(f is not None and not isinstance(f, Axis) for f in flows) or any(a.dim != cat_dim for a in axes):
             raise PruneError("torch.cat of tracked channels with untracked tensors")
         axes = [f if isinstance(f, Axis) else _untracked_part(ctx, t, cat_dim, ndim) for t, f in zip(tensors, flows)]
@@ -289,6 +300,10 @@ def getitem_rule(ctx: FlowContext) -> Flow:
         return source[index] if -len(source) <= index < len(source) else None
     if source is None:
         return None
+    if (sliced := channel_slice(ctx)) is not None:  # x[:, :k]
+        return sliced
+    if (indexed := index_off_channels(ctx)) is not None:  # x[:, 0], qkv[0]: the channel dims whole
+        return indexed
     raise PruneError(f"indexing a tensor ({index!r}) can drop or move its channels")
 
 
@@ -386,6 +401,9 @@ def reduce_mean_rule(ctx: FlowContext) -> Flow:
     norm = {d % ndim for d in dim_list if isinstance(d, int)}
     channel = axis.dim % ndim
     if channel in norm:
+        from ._norms import rms_statistic  # noqa: PLC0415 - an RMSNorm's mean of squares is exact (_norms imports this module)
+        if rms_statistic(ctx, axis, norm):
+            return None
         raise PruneError("a reduction over the channel dim")
     if keepdim:
         return axis
@@ -401,6 +419,7 @@ def metadata_rule(ctx: FlowContext) -> Flow:
     raise PruneError(f"attribute {ctx.node.args[1]!r} of a tensor of channels")
 
 
+@tracks_constant
 @handles_nonzero
 def expand_rule(ctx: FlowContext) -> Flow:
     """``x.expand(...)`` / ``x.expand_as(y)``: repeats dims of size 1; the channels' dim keeps its
@@ -450,6 +469,7 @@ def unsqueeze_rule(ctx: FlowContext) -> Flow:
     return replace(axis, dim=new - ndim, ndim=ndim)
 
 
+@tracks_constant
 @handles_nonzero
 def interpolate_rule(ctx: FlowContext) -> Flow:
     """``F.interpolate`` / ``nn.Upsample``: resamples the spatial dims (2 and on) of each
@@ -460,6 +480,10 @@ def interpolate_rule(ctx: FlowContext) -> Flow:
     axis = with_ndim(ctx, axis)
     if not _plain_on_dim_1(axis) or axis.ndim is None or axis.ndim < 3:
         raise PruneError(f"`{ctx.node.name}` resamples along the channels (they are not on dim 1)")
+    module = ctx.module
+    mode = getattr(module, "mode", None) if module is not None else ctx.arg(3, "mode", "nearest")
+    if axis.nonzero and mode not in ("nearest", "nearest-exact"):  # a constant plane, resampled otherwise: unknown
+        return replace(axis, constant=None)
     return axis
 
 
@@ -486,3 +510,186 @@ def channel_shuffle_rule(ctx: FlowContext) -> Flow:
         ctx.tie([ids[a * per + b] for a in range(groups)])
     shuffled = tuple(ids[a * per + b] for b in range(per) for a in range(groups))
     return replace(axis, ids=shuffled)
+
+
+# --- channel shuffle written as view / transpose / view (torchvision's ShuffleNetV2) -------------
+
+_VIEWS: tuple[object, ...] = ("view", "reshape", torch.reshape)
+
+
+def _is_call(node: object, targets: tuple[object, ...]) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op in ("call_method", "call_function") and any(node.target is t or node.target == t for t in targets)
+
+
+def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _shuffle_chain(ctx: FlowContext, first: torch.fx.Node) -> tuple[int, torch.fx.Node] | None:
+    """(groups, the view back) if `first` is the view of a channel shuffle written as torchvision
+    writes it: ``x.view(b, g, C // g, h, w)`` of a 4-D ``x``, whose only user is
+    ``transpose(1, 2)``, then (optionally) ``.contiguous()``, then a view / reshape back to
+    ``x``'s shape; None for anything else."""
+    if not _is_call(first, _VIEWS):
+        return None
+    in_shape, out_shape = ctx.shape(first.args[0]), ctx.shape(first)
+    if in_shape is None or out_shape is None or len(in_shape) != 4 or len(out_shape) != 5:
+        return None
+    if out_shape[0] != in_shape[0] or out_shape[3:] != in_shape[2:] or out_shape[1] * out_shape[2] != in_shape[1]:
+        return None
+    swap = _only_user(first)
+    if swap is None or not _is_call(swap, ("transpose", torch.transpose)) or swap.args[0] is not first:
+        return None
+    dims = [swap.args[i] if i < len(swap.args) else swap.kwargs.get(f"dim{i - 1}") for i in (1, 2)]
+    if not all(isinstance(d, int) for d in dims) or {d % 5 for d in dims if isinstance(d, int)} != {1, 2}:
+        return None
+    back = _only_user(swap)
+    if back is not None and _is_call(back, ("contiguous",)) and len(back.args) == 1:
+        back, source = _only_user(back), back
+    else:
+        source = swap
+    if back is None or not _is_call(back, _VIEWS) or back.args[0] is not source or ctx.shape(back) != in_shape:
+        return None
+    return out_shape[1], back
+
+
+def _shuffle_start(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The first view of the shuffle chain that ends in the view `node` (by the graph alone)."""
+    source = node.args[0] if node.args else None
+    if _is_call(source, ("contiguous",)):
+        assert isinstance(source, torch.fx.Node)
+        source = source.args[0]
+    if not _is_call(source, ("transpose", torch.transpose)):
+        return None
+    assert isinstance(source, torch.fx.Node)
+    first = source.args[0]
+    return first if isinstance(first, torch.fx.Node) else None
+
+
+def _group_size_ok(ctx: FlowContext, size: object, groups: int, ids: tuple[int, ...]) -> bool:
+    """`size` (the C / g of the shuffle's first view) stays C_kept / g: it is -1, or
+    ``n // groups`` of a count `n` read from the shape of the same channels (which
+    :func:`floordiv_rule` answered for)."""
+    if size == -1:
+        return True
+    if not _is_call(size, (operator.floordiv,)):
+        return False
+    assert isinstance(size, torch.fx.Node)
+    if len(size.args) != 2 or size.args[1] != groups or isinstance(size.args[1], bool):
+        return False
+    read = ctx.channel_count(size.args[0])
+    return read is not None and sorted(read) == sorted(ids)
+
+
+def shuffle_view(ctx: FlowContext) -> Flow | None:
+    """The two views of a channel shuffle written as torchvision writes it (``view(b, g, C // g,
+    h, w)``, ``transpose(1, 2)``, ``contiguous()``, ``view(b, C, h, w)``), or None for any other
+    view. Channel ``a * (C / g) + b`` moves to ``b * g + a``, as :func:`channel_shuffle_rule`
+    follows it: the g channels of one ``b`` are one unit, so every group keeps the same
+    positions and the pruned copy, with the same literal g and the sizes it reads from the
+    tensor, puts every kept channel where the masked model has it. Between the views the
+    channels are a :class:`HeadAxis` (dim 1 the g groups, dim 2 the positions in a group)."""
+    node, flow = ctx.node, ctx.input(0)
+    if isinstance(flow, Axis) and not flow.nonzero:
+        chain = _shuffle_chain(ctx, node)
+        axis = with_ndim(ctx, flow)
+        if chain is None or not _plain_on_dim_1(axis):
+            return None
+        groups, ids = chain[0], axis.ids
+        sizes = size_args(node)
+        if len(sizes) != 5 or sizes[1] != groups or isinstance(sizes[1], bool):
+            raise PruneError(f"`{node.name}` splits the channels into groups for a shuffle, but not with the group count {groups} written as a number")
+        if not _group_size_ok(ctx, sizes[2], groups, ids):
+            raise PruneError(
+                f"`{node.name}` splits the channels into {groups} groups of `{sizes[2]}`, a size that pruning would not "
+                f"change; write -1 there, or `num_channels // {groups}` with num_channels read from x.size()"
+            )
+        per = len(ids) // groups
+        for b in range(per):
+            ctx.tie([ids[a * per + b] for a in range(groups)])
+        return HeadAxis(-4, -3, tuple(ids[a * per : (a + 1) * per] for a in range(groups)), 5)
+    if isinstance(flow, HeadAxis) and flow.ndim == 5 and (flow.head_dim, flow.inner_dim) == (-3, -4):
+        start = _shuffle_start(node)
+        chain = _shuffle_chain(ctx, start) if start is not None else None
+        if chain is None or chain[1] is not node:
+            return None
+        sizes = size_args(node)
+        shuffled = tuple(head[b] for b in range(len(flow.heads[0])) for head in flow.heads)
+        count = sizes[1] if len(sizes) == 4 else None
+        read = ctx.channel_count(count) if count != -1 else shuffled
+        if read is None or sorted(read) != sorted(shuffled):
+            raise PruneError(
+                f"`{node.name}` merges shuffled channels back with a channel count `{count}` that pruning would not "
+                "change; write -1 there, or the count read from x.size() before the shuffle"
+            )
+        return Axis(-3, shuffled, ndim=4)
+    return None
+
+
+def floordiv_rule(ctx: FlowContext) -> Flow:
+    """``n // k`` of numbers. A channel count read from a shape is answered here only where every
+    use of the quotient is the group size of a channel shuffle's first view (``num_channels //
+    groups`` of the same channels), which :func:`shuffle_view` keeps right; anywhere else the
+    read stays unanswered and the walk blocks its channels."""
+    if ctx.input(0) is not None or ctx.input(1) is not None:
+        raise PruneError(f"`{ctx.node.name}` floor-divides channels")
+    node, divisor = ctx.node, ctx.arg(1, "b")
+    views: list[tuple[torch.fx.Node, Axis]] = []
+    for view in node.users:
+        chain = _shuffle_chain(ctx, view)
+        sizes = size_args(view) if chain is not None else []
+        axis = ctx.flow(view.args[0])
+        if chain is None or len(sizes) != 5 or sizes[2] is not node or sizes.count(node) != 1 or chain[0] != divisor:
+            return None
+        if not isinstance(axis, Axis):
+            return None
+        views.append((view, axis))
+    read = ctx.channel_count(ctx.arg(0, "a")) if views else None
+    if read is None:
+        return None
+    for view, axis in views:
+        if sorted(read) != sorted(axis.ids):
+            ctx.block(
+                Axis(-1, read),
+                f"`{node.name}` divides a count of these channels, and `{view.name}` uses it as the group size of a "
+                "channel shuffle of other channels",
+            )
+    return None
+
+
+# --- a slice of the channels: ``out[:, :k]`` (GhostNet's ghost module) -----------------------------
+
+
+def channel_slice(ctx: FlowContext) -> Flow | None:
+    """``x[:, :k]`` (the other dims whole): the first k positions of the channels, or None for any
+    other index. The positions from k on are dropped; the kept ones stay prunable, with k a
+    :class:`~fprune.groups.SizeLiteral` (``self.oup`` in forward) that pruning rewrites to the
+    number of kept channels among the first k. A slice to the end or past it (k >= the width)
+    stays right as it is. A start, a step or an end counted from the end block."""
+    source, index = ctx.input(0), ctx.node.args[1] if len(ctx.node.args) > 1 else None
+    if not isinstance(source, Axis) or not isinstance(index, tuple) or source.inner != 1 or source.outer != 1:
+        return None
+    axis = with_ndim(ctx, source)
+    if axis.ndim is None:
+        return None
+    channel = axis.dim % axis.ndim
+    whole = slice(None)
+    entry = index[channel] if channel < len(index) else whole
+    if len(index) > axis.ndim or not isinstance(entry, slice) or entry == whole or any(e != whole for i, e in enumerate(index) if i != channel):
+        return None
+    name = ctx.node.name
+    if entry.step is not None and entry.step != 1:
+        raise PruneError(f"`{name}` slices the channels with step {entry.step!r}: pruning would change which channels it takes")
+    if entry.start is not None and entry.start != 0:
+        raise PruneError(f"`{name}` slices the channels from position {entry.start!r}, which pruning would move")
+    stop = len(axis.ids) if entry.stop is None else entry.stop
+    if not isinstance(stop, int) or isinstance(stop, bool) or stop <= 0:
+        raise PruneError(
+            f"`{name}` slices the channels up to {stop!r}; only a positive end written in forward as a number or a "
+            "module attribute (x[:, :self.oup]) is followed"
+        )
+    if stop >= len(axis.ids):
+        return axis
+    ctx.literal(channel, stop, axis.ids[:stop], 1)
+    return replace(axis, ids=axis.ids[:stop])

@@ -1,0 +1,68 @@
+"""What ``apply_prune`` does for :class:`~fprune.groups.BiasFold`: removed channels that hold a
+known constant where a layer reads them have their contribution added to that layer's bias."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .._errors import PruneError
+from ._records import ChannelGroup
+from ._slices import put_slice, take_slice
+
+
+def folded_biases(
+    groups: Sequence[ChannelGroup],
+    keeps: Mapping[int, Tensor],
+    tensors: Mapping[str, Tensor],
+    caller: str,
+) -> dict[str, Tensor]:
+    """The new (unsliced) bias of every layer that a pruned group's folds name: the bias plus,
+    for each fold, ``value`` times the sum of the weight's removed columns over every dim but
+    the output rows (dim 0): a Linear's removed inputs, a conv's removed inputs over its kernel.
+    The masked model computes exactly that from the removed channels, which hold ``value`` at
+    every position the layer reads."""
+    new: dict[str, Tensor] = {}
+    done: dict[int, str] = {}
+    with torch.no_grad():
+        for index, keep in keeps.items():
+            if bool(keep.all()):
+                continue
+            group = groups[index]
+            for fold in group.folds:
+                weight, bias = tensors.get(fold.weight), tensors.get(fold.bias)
+                if weight is None or bias is None:
+                    raise PruneError(
+                        f"{caller}: `{fold.weight}` or `{fold.bias}`, which a constant folds into, is not in the model"
+                    )
+                key = id(weight)
+                if done.setdefault(key, fold.weight) != fold.weight:
+                    raise PruneError(
+                        f"{caller}: `{fold.weight}` and `{done[key]}` are one tensor (tied weights) that a constant folds into "
+                        "twice; untie them first"
+                    )
+                removed = torch.zeros(
+                    weight.shape[fold.dim], dtype=torch.bool, device=keep.device
+                )
+                for member in group.members:
+                    if (
+                        member.role == "consumer"
+                        and member.fqn == fold.weight
+                        and member.dim == fold.dim
+                    ):
+                        put_slice(
+                            removed,
+                            member.positions,
+                            ~take_slice(keep, member.channels),
+                        )
+                columns = weight.detach().index_select(
+                    fold.dim, removed.nonzero().squeeze(1).to(weight.device)
+                )
+                total = columns.sum(
+                    dim=tuple(d for d in range(columns.dim()) if d != 0)
+                )
+                current = new.get(fold.bias, bias.detach())
+                new[fold.bias] = current + (fold.value * total).to(current.dtype)
+    return new
