@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .._errors import PruneError
 from .._util.checks import named_tensors, names_by_tensor
@@ -195,7 +196,10 @@ def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, objec
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and weight is not None:  # norms over the channels (_norms.py)
         return {"normalized_shape": (weight.shape[0],)}
     if isinstance(module, nn.GroupNorm) and weight is not None:
-        return {"num_channels": weight.shape[0]}
+        per_channel = module.num_groups == module.num_channels  # stays one channel per group
+        return {"num_channels": weight.shape[0], **({"num_groups": weight.shape[0]} if per_channel else {})}
+    if isinstance(module, _InstanceNorm) and weight is not None:
+        return {"num_features": weight.shape[0]}
     if isinstance(module, nn.LSTM):
         sizes = set()
         for layer in range(module.num_layers):

@@ -394,7 +394,7 @@ def test_prune_channels_with_renormalize() -> None:
         fprune.channel_groups(torch.fx.symbolic_trace(model), norms="exact")  # type: ignore[arg-type]
 
 
-def test_groupnorm_with_one_channel_per_group_and_layer_norm_outside_a_layernorm_block() -> None:
+def test_groupnorm_with_one_channel_per_group_is_exact_and_layer_norm_outside_a_layernorm_blocks() -> None:
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -413,5 +413,5 @@ def test_groupnorm_with_one_channel_per_group_and_layer_norm_outside_a_layernorm
     groups = _groups(model, x, "renormalize")
     conv = next(g for g in groups if "conv.weight" in g.producers)
     fc = next(g for g in groups if "fc.weight" in g.producers)
-    assert not conv.prunable and "one channel per group" in conv.blockers[0].reason
+    assert conv.prunable and conv.exact  # per-channel statistics (tests/groups/test_per_channel_norms.py)
     assert not fc.prunable and "is not in a subclass of nn.LayerNorm" in fc.blockers[0].reason

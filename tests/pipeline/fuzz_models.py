@@ -8,8 +8,9 @@ weights come from a ``torch.Generator`` seeded with a chosen integer, never from
 A model is ``FuzzModel``: a stack of blocks and a head. A block is one of
 
 - conv blocks (Conv1d / Conv2d, kernel 1 or 3, padding, stride, bias on / off, plain,
-  depthwise or grouped, mostly of 2 or 4 groups) with BatchNorm (affine or not), an
-  activation, a pool and dropout;
+  depthwise or grouped, mostly of 2 or 4 groups) with BatchNorm (affine or not) or a norm with
+  per-channel statistics (InstanceNorm, GroupNorm with one channel per group), an activation, a
+  pool and dropout;
 - Linear blocks (on features or on tokens) with BatchNorm1d, an activation and dropout;
 - residual blocks (``+``, ``torch.add``, ``x.add``, ``-``, ``*``; identity or projection
   shortcut; at times a ResNeXt-like body of one or two convs of 2 or 4 groups);
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.conv import _ConvNd
 
 from ..zoo_convnext import drop_path
@@ -339,7 +341,13 @@ class FunctionalBatchNorm2d(_FunctionalBatchNorm, nn.BatchNorm2d):
 
 def _norm_and_act(choose: Chooser, kind: Kind, channels: int, size: int, train: bool, *, pool: bool = True) -> list[nn.Module]:
     parts: list[nn.Module] = []
-    if kind != "seq" and choose.chance(0.4):
+    if kind in ("img1", "img2") and size > 1 and choose.chance(0.08):  # per-channel statistics: exact carriers
+        if choose.chance(0.5):
+            instance = nn.InstanceNorm1d if kind == "img1" else nn.InstanceNorm2d
+            parts.append(instance(channels, affine=not choose.chance(0.2), track_running_stats=choose.chance(0.3)))
+        else:
+            parts.append(nn.GroupNorm(channels, channels, affine=not choose.chance(0.2)))
+    elif kind != "seq" and choose.chance(0.4):
         bn_type: type[nn.modules.batchnorm._BatchNorm] = {"vec": nn.BatchNorm1d, "img1": nn.BatchNorm1d, "img2": nn.BatchNorm2d}[kind]
         if choose.chance(0.3):
             bn_type = FunctionalBatchNorm1d if bn_type is nn.BatchNorm1d else FunctionalBatchNorm2d
@@ -1151,6 +1159,15 @@ def _initialize(model: nn.Module, generator: torch.Generator, ties: str) -> None
                 continue
             if isinstance(module, nn.PReLU):
                 module.weight.copy_(_uniform(module.weight.shape, 0.05, 0.5, generator))
+                continue
+            if isinstance(module, (nn.GroupNorm, _InstanceNorm)):
+                if module.weight is not None and module.bias is not None:
+                    module.weight.copy_(_uniform(module.weight.shape, 0.5, 1.5, generator))
+                    module.bias.copy_(_uniform(module.bias.shape, -0.5, 0.5, generator))
+                mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
+                if isinstance(mean, Tensor) and isinstance(var, Tensor):
+                    mean.copy_(_uniform(mean.shape, -0.5, 0.5, generator))
+                    var.copy_(_uniform(var.shape, 0.5, 2.0, generator))
                 continue
             if isinstance(module, nn.LayerNorm):
                 if module.weight is not None:

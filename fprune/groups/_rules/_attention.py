@@ -3,10 +3,13 @@ softmax, ``repeat_interleave`` (GQA) and ``nn.MultiheadAttention``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from ..._errors import PruneError
 from .._flow import Axis, Flow, FlowContext, HeadAxis
+from .._sizes import size_args
 
 
 def repeat_interleave_rule(ctx: FlowContext) -> Flow:
@@ -20,6 +23,72 @@ def repeat_interleave_rule(ctx: FlowContext) -> Flow:
     if dim % flow.ndim != flow.head_dim % flow.ndim:
         raise PruneError("repeat_interleave over a dim other than the heads")
     return HeadAxis(flow.head_dim, flow.inner_dim, tuple(h for h in flow.heads for _ in range(repeats)), flow.ndim)
+
+
+def expand_heads(ctx: FlowContext) -> Flow:
+    """Multi-query attention: ``k.expand(b, heads, t, head_dim)`` (or ``expand_as(q)``) of one key /
+    value head serves every query head, as ``repeat_interleave(heads, dim=1)`` does. The head
+    count written in the sizes is recorded (it counts the one head's repeats)."""
+    flow = ctx.input(0)
+    assert isinstance(flow, HeadAxis)
+    in_shape, out_shape = ctx.shape(ctx.node.args[0]), ctx.shape()
+    if len(flow.heads) != 1 or flow.inner_dim is None or in_shape is None or out_shape is None or len(in_shape) != len(out_shape):
+        raise PruneError(
+            "an expand of attention heads is followed only for one key / value head (multi-query attention), "
+            "on a tensor of known shape (pass example_inputs)"
+        )
+    head, inner = flow.head_dim % flow.ndim, flow.inner_dim % flow.ndim
+    if in_shape[head] != 1 or in_shape[inner] != out_shape[inner]:
+        raise PruneError("an expand of attention heads along the dims of a head")
+    count = out_shape[head]
+    out = HeadAxis(flow.head_dim, flow.inner_dim, flow.heads * count, flow.ndim)
+    if ctx.node.target == "expand":
+        sizes = size_args(ctx.node)
+        if len(sizes) != len(out_shape) or sizes[inner] not in (-1, out_shape[inner]):
+            raise PruneError("an expand of attention heads with sizes fprune cannot read")
+        _head_count(ctx, sizes[head], head, count, out)
+    return out
+
+
+def repeat_heads_rule(ctx: FlowContext) -> Flow:
+    """``k.repeat(1, heads, 1, 1)`` of one key / value head (multi-query attention): as expand."""
+    flow = ctx.input(0)
+    if flow is None:
+        return None
+    if not isinstance(flow, HeadAxis) or len(flow.heads) != 1 or flow.inner_dim is None:
+        raise PruneError("repeat of channels is followed only for one key / value head (multi-query attention)")
+    counts = size_args(ctx.node)
+    head = flow.head_dim % flow.ndim
+    if len(counts) != flow.ndim or any(c != 1 for i, c in enumerate(counts) if i != head) or not isinstance(counts[head], int):
+        raise PruneError("a repeat of attention heads other than of the head dim, by a count written in the code")
+    count = counts[head]
+    assert isinstance(count, int)
+    out = HeadAxis(flow.head_dim, flow.inner_dim, flow.heads * count, flow.ndim)
+    _head_count(ctx, count, head, count, out)
+    return out
+
+
+def _head_count(ctx: FlowContext, size: object, index: int, value: int, heads: HeadAxis) -> None:
+    """Size argument `index` of this node counts the heads `heads`: a number is recorded."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise PruneError("a head count computed in forward; write it with a module attribute")
+    if size != value:
+        raise PruneError(f"a head count {size} where {value} was expected")
+    ctx.literal(index, value, heads, 1)
+
+
+MQA_REASON = (
+    "multi-query attention: its one key/value head serves every query head, so heads can only be removed "
+    "all together; the heads stay, other groups prune"
+)
+
+
+def _one_kv_head(ctx: FlowContext, *parts: HeadAxis) -> None:
+    """All the heads of `parts` read one key / value head: they are one unit, which is blocked
+    with the reason (removing a query head alone is not exact: its scores become uniform, its
+    output the mean of the values, and the output projection reads it)."""
+    for part in parts:
+        ctx.block(part, MQA_REASON)
 
 
 def _heads(flow: Flow, what: str) -> HeadAxis:
@@ -53,6 +122,8 @@ def sdpa_rule(ctx: FlowContext) -> Flow:
         ratio = len(qh.heads) // len(kh.heads)
         kh = HeadAxis(kh.head_dim, kh.inner_dim, tuple(h for h in kh.heads for _ in range(ratio)), kh.ndim)
         vh = HeadAxis(vh.head_dim, vh.inner_dim, tuple(h for h in vh.heads for _ in range(ratio)), vh.ndim)
+    if len(qh.heads) > 1 and len({h for h in kh.heads}) == 1:  # k.expand / repeat of one head
+        _one_kv_head(ctx, qh, kh, vh)
     _tie_heads(ctx, qh, kh, vh)
     return vh
 
@@ -65,6 +136,11 @@ def matmul_rule(ctx: FlowContext) -> Flow:
     if a is None or b is None:
         raise PruneError("a matmul of channels with an untracked tensor")
     ah, bh = _heads(a, "scores or queries"), _heads(b, "keys or values")
+    if len(ah.heads) != len(bh.heads) and 1 in (len(ah.heads), len(bh.heads)):  # one key / value head broadcast
+        count = max(len(ah.heads), len(bh.heads))
+        ah, bh = (replace(h, heads=h.heads * count) if len(h.heads) == 1 else h for h in (ah, bh))
+    if len(ah.heads) > 1 and len(set(bh.heads)) == 1:
+        _one_kv_head(ctx, ah, bh)
     if ah.inner_dim == -1 and bh.inner_dim == -2:  # q @ k^T: the head dims are summed away
         _tie_heads(ctx, ah, bh)
         return HeadAxis(-3, None, tuple(x + y for x, y in zip(ah.heads, bh.heads)), ah.ndim)

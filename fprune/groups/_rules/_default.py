@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..._ops import (
     ACTIVATION_FUNCTIONS,
@@ -21,6 +22,7 @@ from .._flow import FlowRule, RuleKey
 from ._attention import (
     matmul_rule,
     multihead_attention_rule,
+    repeat_heads_rule,
     repeat_interleave_rule,
     sdpa_rule,
     softmax_module_rule,
@@ -64,6 +66,7 @@ from ._norms import (
     group_norm_rule,
     layer_norm_call_rule,
     layer_norm_rule,
+    per_channel_norm,
     pow_rule,
     rms_norm_module_rule,
 )
@@ -89,6 +92,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         nn.PReLU: prelu_rule,
         nn.LayerNorm: layer_norm_rule,  # blocks, or with norms="renormalize" prunes (_norms.py)
         nn.GroupNorm: group_norm_rule,
+        _InstanceNorm: per_channel_norm,  # exact: statistics per channel
         nn.RMSNorm: rms_norm_module_rule,  # exact: weight and eps rescaled
         F.layer_norm: layer_norm_call_rule,
         F.group_norm: group_norm_call_rule,
@@ -115,6 +119,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         "mean": reduce_mean_rule,
         "contiguous": keep_rule,
         F.batch_norm: batch_norm_call_rule,
+        F.instance_norm: batch_norm_call_rule,
         "expand": expand_rule,
         "expand_as": expand_rule,
         **dict.fromkeys((torch.sum, "sum", torch.amax, "amax", torch.amin, "amin"), reduce_mean_rule),
@@ -159,4 +164,5 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
                   operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, torch.div, "div"):  # fmt: skip
         rules[merge] = merge_elementwise_rule
     rules[nn.Softmax] = softmax_module_rule
+    rules["repeat"] = repeat_heads_rule
     return rules

@@ -204,19 +204,21 @@ def _zeroed(axis: Axis) -> Axis:
 def batch_norm_call_rule(ctx: FlowContext) -> Flow:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` with the model's own
     per-channel tensors: what BatchNorm subclasses with a fused activation (timm's
-    ``BatchNormAct2d``) trace to. Like the module: those tensors go with the channels."""
+    ``BatchNormAct2d``) trace to; also ``F.instance_norm``, whose tensors come in the same places.
+    Like the module: those tensors go with the channels."""
+    function = getattr(ctx.node.target, "__name__", "batch_norm")
     axis = input_axis(ctx)
     if axis is None:
         return None
     if axis.inner != 1 or axis.outer != 1 or not _on_dim_1(ctx, axis):
-        raise PruneError(f"`{ctx.node.name}` (batch_norm) normalizes dim 1, but the channels are not there")
+        raise PruneError(f"`{ctx.node.name}` ({function}) normalizes dim 1, but the channels are not there")
     tensors = {
         name: ctx.arg(index, name)
         for index, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
     }
     if tensors["weight"] is None or tensors["bias"] is None:
         raise PruneError(
-            f"`{ctx.node.name}` (batch_norm) has no affine weight and bias: removed channels would leave it "
+            f"`{ctx.node.name}` ({function}) has no affine weight and bias: removed channels would leave it "
             "as a non-zero constant (-mean / std) that the pruned model cannot reproduce"
         )
     for name, value in tensors.items():
@@ -224,12 +226,12 @@ def batch_norm_call_rule(ctx: FlowContext) -> Flow:
             continue
         found = ctx.attr(value)
         if found is None or found[1].dim() != 1 or found[1].shape[0] != len(axis.ids):
-            raise PruneError(f"`{ctx.node.name}` (batch_norm): its {name} is not a per-channel tensor of the model")
+            raise PruneError(f"`{ctx.node.name}` ({function}): its {name} is not a per-channel tensor of the model")
         ctx.carry("", 0, Axis(0, axis.ids), fqn=found[0])
     affine = [ctx.attr(tensors[name]) for name in ("weight", "bias")]
     if axis.nonzero and not all(found is not None and isinstance(found[1], nn.Parameter) for found in affine):
         raise PruneError(
-            f"`{ctx.node.name}` (batch_norm): after {axis.nonzero}, the removed channels carry a non-zero value, "
+            f"`{ctx.node.name}` ({function}): after {axis.nonzero}, the removed channels carry a non-zero value, "
             "and its weight or bias is a buffer that masked_parameters does not zero, so they would pass it on"
         )
     return _zeroed(axis)

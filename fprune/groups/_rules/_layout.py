@@ -13,6 +13,7 @@ from torch import nn
 from ..._errors import PruneError
 from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis, handles_nonzero, tracks_constant
 from .._sizes import size_args
+from ._attention import expand_heads
 from ._vit import cat_parameters, check_merge_width, fused_heads_view, heads_batch_view, index_off_channels
 
 
@@ -44,6 +45,8 @@ def view_rule(ctx: FlowContext) -> Flow:
         raise PruneError("a view / reshape of channels needs shapes; pass example_inputs")
     sizes = size_args(ctx.node)
     if isinstance(flow, Axis):
+        if (one := _one_head_view(ctx, flow, in_shape, out_shape, sizes)) is not None:  # MQA: view(b, t, 1, head_dim)
+            return one
         relabeled = _size_one_relabel(flow, in_shape, out_shape)
         if relabeled is not None and len(sizes) == len(out_shape):
             _channel_count(ctx, sizes, flow.ids, index=relabeled.dim)
@@ -80,6 +83,23 @@ def view_rule(ctx: FlowContext) -> Flow:
             return split
         raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} of attention heads")
     raise PruneError("a view / reshape of a tuple")
+
+
+def _one_head_view(
+    ctx: FlowContext, flow: Axis, in_shape: tuple[int, ...], out_shape: tuple[int, ...], sizes: list[object]
+) -> HeadAxis | None:
+    """``view(b, t, 1, head_dim)`` of a one-head key / value projection (multi-query attention):
+    the channels split into one head (its head count 1 recorded), or None for any other view.
+    Only where the head size is written as a number, which as a plain channel count would block."""
+    if flow.dim != -1 or flow.inner != 1 or flow.outer != 1 or flow.nonzero or len(out_shape) < 3 or len(sizes) != len(out_shape):
+        return None
+    if out_shape[:-2] != in_shape[:-1] or out_shape[-2] != 1 or out_shape[-1] != in_shape[-1]:
+        return None
+    if isinstance(sizes[-1], bool) or sizes[-1] != out_shape[-1]:
+        return None
+    axis = HeadAxis(-2, -1, (flow.ids,), len(out_shape))
+    _size_literal(ctx, sizes, len(sizes) - 2, 1, axis, 1)
+    return axis
 
 
 def _size_one_relabel(axis: Axis, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Axis | None:
@@ -424,6 +444,8 @@ def metadata_rule(ctx: FlowContext) -> Flow:
 def expand_rule(ctx: FlowContext) -> Flow:
     """``x.expand(...)`` / ``x.expand_as(y)``: repeats dims of size 1; the channels' dim keeps its
     size, so each channel's values stay its own (and its size argument must follow pruning)."""
+    if isinstance(ctx.input(0), HeadAxis):  # multi-query attention: one key / value head for every query head
+        return expand_heads(ctx)
     axis = input_axis(ctx)
     if axis is None:
         return None

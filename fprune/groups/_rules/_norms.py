@@ -98,6 +98,8 @@ def group_norm_rule(ctx: FlowContext) -> Flow:
     if axis is None:
         return None
     what = type(module).__name__
+    if module.num_groups == module.num_channels == len(axis.ids):
+        return per_channel_norm(ctx, axis, what)  # statistics per channel: exact, no option needed
     if ctx.norms == "block":
         raise _blocked(what)
     _group_norm(ctx, axis, what, module.num_groups, module.num_channels, module.weight is not None)
@@ -118,6 +120,26 @@ def _group_norm(ctx: FlowContext, axis: Axis, what: str, groups: int, channels: 
     if groups > 1:
         for j in range(per):
             ctx.tie([axis.ids[g * per + j] for g in range(groups)])
+
+
+def per_channel_norm(ctx: FlowContext, axis: Axis | None = None, what: str = "") -> Flow:
+    """A norm whose statistics are per channel: nn.InstanceNorm1d/2d/3d, nn.GroupNorm with one
+    channel per group. Exact, like BatchNorm: a removed channel is zero, so it normalizes to 0
+    (or, with running statistics, to ``-mean / std``) and the affine weight and bias, which
+    ``masked_parameters`` zeroes with the channel, make it 0; the module's size follows its
+    weight. Without affine parameters it blocks (fprune resizes a module through its tensors)."""
+    axis = _axis(ctx) if axis is None else axis
+    if axis is None:
+        return None
+    what = what or type(ctx.module).__name__
+    _channels_first(axis, what)
+    if getattr(ctx.module, "weight", None) is None or getattr(ctx.module, "bias", None) is None:
+        raise PruneError(
+            f"{what} `{ctx.module_fqn}` has no affine weight and bias: fprune resizes a norm through its tensors, "
+            "and with running statistics a removed channel would become -mean / std; use affine=True"
+        )
+    _carry(ctx, axis, ("weight", "bias", "running_mean", "running_var"))
+    return axis
 
 
 def _carry(ctx: FlowContext, axis: Axis, names: Sequence[str]) -> None:
