@@ -38,8 +38,8 @@ class Attention(nn.Module):
     `fused`: ``F.scaled_dot_product_attention`` (timm's ``fused_attn``), else the hand-written
     ``softmax(q * scale @ k^T) @ v``. `split`: ``"unbind"`` (``qkv.unbind(0)``) or ``"index"``
     (``qkv[0], qkv[1], qkv[2]``). `merge`: the width the heads are merged back to: ``"C"`` (timm:
-    ``reshape(B, N, C)`` with ``C`` from ``x.shape``) or ``"-1"`` (``reshape(B, N, -1)``, as
-    Torch-Pruning's ViT example patches timm's forward). `layout`: ``"timm"``, or a broken one
+    ``reshape(B, N, C)`` with ``C`` from ``x.shape``), ``"-1"`` (``reshape(B, N, -1)``, as
+    Torch-Pruning's ViT example patches timm's forward) or ``"flatten"`` (``flatten(2)``). `layout`: ``"timm"``, or a broken one
     fprune must refuse: ``"interleaved"`` (``reshape(B, N, 3, D, H)``: the head index is the
     last dim) or ``"computed"`` (the head width computed in forward, ``C // self.num_heads``).
     """
@@ -82,6 +82,8 @@ class Attention(nn.Module):
             x = attn @ v
         if self.merge == "C":
             x = x.transpose(1, 2).reshape(B, N, C)
+        elif self.merge == "flatten":
+            x = x.transpose(1, 2).flatten(2)
         else:
             x = x.transpose(1, 2).reshape(B, N, -1)
         x = self.proj(x)
@@ -304,6 +306,7 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "vit_index_manual": zoo_builder(vit(fused=False, split="index")),
     "vit_merge_-1": zoo_builder(vit(merge="-1")),
     "vit_index_manual_merge_-1": zoo_builder(vit(fused=False, split="index", merge="-1")),
+    "vit_merge_flatten": zoo_builder(vit(merge="flatten")),
     "swin": zoo_builder(swin),
 }
 """Name -> builder of ``(model in eval mode, example input)``."""

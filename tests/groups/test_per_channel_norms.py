@@ -24,6 +24,13 @@ class _InstanceNormAct(nn.InstanceNorm2d):
         return torch.relu(out)
 
 
+class _GroupNormAct(nn.GroupNorm):
+    """A GroupNorm subclass that calls F.group_norm itself."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.relu(F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps))
+
+
 class _Normed(nn.Module):
     def __init__(self, norm: nn.Module) -> None:
         super().__init__()
@@ -39,6 +46,7 @@ NORMS: dict[str, Callable[[], nn.Module]] = {
     "instance with running statistics": lambda: nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
     "F.instance_norm in a subclass": lambda: _InstanceNormAct(8, affine=True),
     "group norm, one channel per group": lambda: nn.GroupNorm(8, 8),
+    "F.group_norm in a subclass, one channel per group": lambda: _GroupNormAct(8, 8),
 }
 
 
@@ -76,3 +84,17 @@ def test_without_affine_or_with_groups_of_several_channels_they_block() -> None:
     assert not plain.prunable and "no affine weight and bias" in plain.blockers[0].reason
     grouped = next(g for g in groups_with_shapes(_Normed(nn.GroupNorm(2, 8)), x) if "conv.weight" in g.producers)
     assert not grouped.prunable and 'norms="renormalize"' in grouped.blockers[0].reason
+
+
+def test_a_per_channel_f_group_norm_in_a_traced_graph_gets_its_group_count_rewritten() -> None:
+    torch.manual_seed(0)
+    model, x = _Normed(_randomized(_GroupNormAct(8, 8))).eval(), torch.randn(2, 3, 6, 6)
+    graph = torch.fx.symbolic_trace(model)
+    groups = fprune.channel_groups(graph, example_inputs=(x,))
+    masks = fprune.group_masks(graph, groups, 0.5)
+    pruned = fprune.apply_prune(graph, masks, groups)
+    (call,) = [n for n in pruned.graph.nodes if n.target is F.group_norm]
+    assert call.args[1] == 4  # one group per kept channel
+    with torch.no_grad():
+        expected = torch.func.functional_call(graph, fprune.masked_parameters(graph, masks, groups), (x,))
+        torch.testing.assert_close(pruned(x), expected)

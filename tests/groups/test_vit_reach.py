@@ -19,7 +19,7 @@ from ..purity import assert_unchanged, snapshot
 from ..vision_zoo import zoo_builder
 from ..zoo_vit import ZOO, Attention, WindowAttention, vit
 
-_HEADS_FREE = ("vit_merge_-1", "vit_index_manual_merge_-1")  # reshape(B, N, -1): heads prunable
+_HEADS_FREE = ("vit_merge_-1", "vit_index_manual_merge_-1", "vit_merge_flatten")  # reshape(B, N, -1), flatten(2): heads prunable
 _TIMM = ("vit", "vit_index_manual")  # reshape(B, N, C): heads blocked, with the reason
 
 

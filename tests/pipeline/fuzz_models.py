@@ -23,7 +23,7 @@ A model is ``FuzzModel``: a stack of blocks and a head. A block is one of
 - hand-written attention (q / k / v Linear, view / reshape into ``self.num_heads`` heads, or
   timm's fused qkv Linear, ``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)``, ``unbind(0)`` / ``qkv[i]``,
   ``F.scaled_dot_product_attention`` or ``softmax(q @ k^T) @ v``, merge (also with the width
-  read from the input's shape, as timm's ViT does), output projection),
+  read from the input's shape, as timm's ViT does, or by `flatten(2)`), output projection),
   ``nn.MultiheadAttention`` (batch_first);
 - RMSNorm (hand-written, HF-style or nn.RMSNorm, with or without weight: exact with one);
 - LayerNorm (fprune refuses to prune through it), a module called twice, elementwise ops with
@@ -662,6 +662,8 @@ class SelfAttention(nn.Module):
             merged = context.transpose(1, 2).reshape(b, t, heads * self.head_dim)
         elif self.merge == "view-1":
             merged = context.permute(0, 2, 1, 3).contiguous().view(b, t, -1)
+        elif self.merge == "flatten":
+            merged = context.transpose(1, 2).flatten(2)
         else:
             merged = context.transpose(1, 2).contiguous().view(b, t, self.num_heads * self.head_dim)
         out: Tensor = self.out_proj(merged)
@@ -678,7 +680,7 @@ def _attention(choose: Chooser, state: _State) -> nn.Module:
     num_heads = choose.integer(1, 4)
     kv_heads = choose.choice([k for k in range(1, num_heads) if num_heads % k == 0]) if num_heads > 1 and choose.chance(0.3) else num_heads
     head_dim = choose.integer(1, 6)
-    merge = choose.choice(["reshape", "view-1", "view-attr", "read-width"])
+    merge = choose.choice(["reshape", "view-1", "view-attr", "read-width", "flatten"])
     if merge == "read-width":  # the merged width must equal the input's
         if state.channels % num_heads:
             merge = "reshape"

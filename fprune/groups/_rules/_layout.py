@@ -328,9 +328,6 @@ def getitem_rule(ctx: FlowContext) -> Flow:
 
 
 def flatten_rule(ctx: FlowContext) -> Flow:
-    axis = input_axis(ctx)
-    if axis is None:
-        return None
     start: object
     end: object
     if ctx.module is not None:
@@ -341,6 +338,14 @@ def flatten_rule(ctx: FlowContext) -> Flow:
         end = ctx.arg(2, "end_dim", -1)
     if not isinstance(start, int) or not isinstance(end, int):
         raise PruneError("flatten with computed dims")
+    heads = ctx.input(0)
+    if isinstance(heads, HeadAxis) and (heads.head_dim, heads.inner_dim) == (-2, -1):
+        # heads merged back: ``o.transpose(1, 2).flatten(2)`` of [B, N, H, D], as reshape(B, N, -1)
+        if (start % heads.ndim, end % heads.ndim) == (heads.ndim - 2, heads.ndim - 1):
+            return Axis(-1, heads.ids, ndim=heads.ndim - 1)
+    axis = input_axis(ctx)
+    if axis is None:
+        return None
     source = ctx.node.args[0]
     shape = ctx.shape(source, run=False)
     ndim = len(shape) if shape is not None else axis.ndim

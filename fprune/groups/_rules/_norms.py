@@ -242,14 +242,21 @@ def group_norm_call_rule(ctx: FlowContext) -> Flow:
         return None
     owner = _owner(ctx)
     what = f"`{ctx.node.name}` (group_norm" + (f" in `{owner[0]}`)" if owner else ")")
-    if ctx.norms == "block":
+    groups = ctx.arg(1, "num_groups")
+    weight, bias = ctx.arg(2, "weight"), ctx.arg(3, "bias")
+    per_channel = groups == len(axis.ids)  # statistics per channel: exact, no option needed
+    if ctx.norms == "block" and not per_channel:
         raise _blocked(what)
     if owner is None or not issubclass(owner[1], nn.GroupNorm):
         raise PruneError(f"{what} is not in a subclass of nn.GroupNorm, whose num_channels fprune would resize")
-    groups = ctx.arg(1, "num_groups")
-    weight, bias = ctx.arg(2, "weight"), ctx.arg(3, "bias")
     if not isinstance(groups, int) or isinstance(groups, bool):
         raise PruneError(f"{what} with a computed num_groups")
+    if per_channel:
+        _channels_first(axis, what)
+        if weight is None or bias is None:
+            raise PruneError(f"{what} has no affine weight and bias: fprune resizes a norm through its tensors")
+        _carry_affine(ctx, axis, owner[0], weight, bias, what)
+        return axis
     _group_norm(ctx, axis, what, groups, len(axis.ids), weight is not None)
     _carry_affine(ctx, axis, owner[0], weight, bias, what)
     _renormalized(ctx, axis, what)
