@@ -325,6 +325,8 @@ class C2fNet(nn.Module):
 
 ZOO: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
     "shufflenetv2": zoo_builder(ShuffleNetV2),
+    # torchvision's x1.0 widths and depths: deep stages tie their streams into one unit (README)
+    "shufflenetv2_x1_0": zoo_builder(lambda: ShuffleNetV2((4, 8, 4), (24, 116, 232, 464, 1024))),
     "ghostnet": zoo_builder(GhostNet),
     "c2f": zoo_builder(C2fNet),
 }
