@@ -245,6 +245,14 @@ class FlowContext:
             if other != root:
                 units[other] = root
 
+    def tie_positions(self, ids: Sequence[int], groups: int) -> None:
+        """Split `ids` into `groups` equal blocks and make position j of every block one unit, so
+        that every block keeps the same positions (a grouped conv's groups, a GroupNorm's, the
+        groups of a channel shuffle)."""
+        per = len(ids) // groups
+        for j in range(per):
+            self.tie([ids[g * per + j] for g in range(groups)])
+
     def literal(
         self, index: int, value: int, heads: HeadAxis | Sequence[int], factor: int, *, node: fx.Node | None = None
     ) -> None:

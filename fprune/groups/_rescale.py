@@ -127,37 +127,26 @@ def _check_eps(before: fx.Graph, after: fx.Graph, literals: Mapping[tuple[str, i
 
 def _resize_layer_norm_calls(pruned: fx.GraphModule, new_tensors: Mapping[str, Tensor]) -> bool:
     """Set each ``F.layer_norm``'s normalized_shape to its sliced weight's size, and each
-    ``F.group_norm``'s num_groups to it where it was one group per channel; True if any."""
+    ``F.group_norm``'s num_groups to it where it was one group per channel; True if any.
+
+    A per-channel group norm's num_groups now exceeds the sliced weight's size, which a GroupNorm
+    of several channels per group never does (it keeps at least one position of each group)."""
     changed = False
     for node in pruned.graph.nodes:
-        if node.op == "call_function" and node.target is F.group_norm:
-            changed |= _resize_group_norm_call(node, new_tensors)
-        if node.op != "call_function" or node.target is not F.layer_norm:
+        if node.op != "call_function" or node.target not in (F.layer_norm, F.group_norm):
             continue
-        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-        if isinstance(weight, fx.Node) and weight.op == "get_attr" and str(weight.target) in new_tensors:
-            size = (new_tensors[str(weight.target)].shape[0],)
-            if "normalized_shape" in node.kwargs:
-                node.kwargs = {**node.kwargs, "normalized_shape": size}
-            else:
-                node.args = (node.args[0], size, *node.args[2:])
-            changed = True
+        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")  # both take it third
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr" and str(weight.target) in new_tensors):
+            continue
+        size = new_tensors[str(weight.target)].shape[0]
+        name = "normalized_shape" if node.target is F.layer_norm else "num_groups"
+        old = node.kwargs[name] if name in node.kwargs else node.args[1]
+        new: object = (size,) if name == "normalized_shape" else size
+        if name == "num_groups" and not (isinstance(old, int) and old > size):
+            continue
+        if name in node.kwargs:
+            node.kwargs = {**node.kwargs, name: new}
+        else:
+            node.args = (node.args[0], new, *node.args[2:])
+        changed = True
     return changed
-
-
-def _resize_group_norm_call(node: fx.Node, new_tensors: Mapping[str, Tensor]) -> bool:
-    """A per-channel ``F.group_norm`` (num_groups = channels) keeps one group per channel. Its
-    num_groups now exceeds the sliced weight's size, which a GroupNorm of several channels per
-    group never does (it keeps at least one position of each group); True if rewritten."""
-    weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-    groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
-    if not (isinstance(weight, fx.Node) and weight.op == "get_attr" and str(weight.target) in new_tensors):
-        return False
-    size = new_tensors[str(weight.target)].shape[0]
-    if not isinstance(groups, int) or groups <= size:
-        return False
-    if "num_groups" in node.kwargs:
-        node.kwargs = {**node.kwargs, "num_groups": size}
-    else:
-        node.args = (node.args[0], size, *node.args[2:])
-    return True

@@ -110,12 +110,10 @@ def _grouped_conv(ctx: FlowContext, module: _ConvNd, axis: Axis | None, channel_
 def _tie_positions(ctx: FlowContext, axis: Axis, groups: int, one_per_group: str) -> bool:
     """Tie in-group position j of every one of the `groups` groups of `axis` into a unit; with one
     channel per group, block them instead (`one_per_group` says which side) and return False."""
-    per = len(axis.ids) // groups
-    if per == 1:
+    if len(axis.ids) == groups:
         ctx.block(axis, f"{one_per_group}: removing one would remove its whole group, which changes `groups`; only in-group positions are pruned")
         return False
-    for j in range(per):
-        ctx.tie([axis.ids[g * per + j] for g in range(groups)])
+    ctx.tie_positions(axis.ids, groups)
     return True
 
 

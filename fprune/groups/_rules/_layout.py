@@ -533,8 +533,7 @@ def channel_shuffle_rule(ctx: FlowContext) -> Flow:
     if len(ids) % groups:
         raise PruneError(f"`{ctx.node.name}` shuffles {len(ids)} channels in {groups} groups")
     per = len(ids) // groups
-    for b in range(per):
-        ctx.tie([ids[a * per + b] for a in range(groups)])
+    ctx.tie_positions(ids, groups)
     shuffled = tuple(ids[a * per + b] for b in range(per) for a in range(groups))
     return replace(axis, ids=shuffled)
 
@@ -633,8 +632,7 @@ def shuffle_view(ctx: FlowContext) -> Flow | None:
                 f"change; write -1 there, or `num_channels // {groups}` with num_channels read from x.size()"
             )
         per = len(ids) // groups
-        for b in range(per):
-            ctx.tie([ids[a * per + b] for a in range(groups)])
+        ctx.tie_positions(ids, groups)
         return HeadAxis(-4, -3, tuple(ids[a * per : (a + 1) * per] for a in range(groups)), 5)
     if isinstance(flow, HeadAxis) and flow.ndim == 5 and (flow.head_dim, flow.inner_dim) == (-3, -4):
         start = _shuffle_start(node)

@@ -118,8 +118,7 @@ def _group_norm(ctx: FlowContext, axis: Axis, what: str, groups: int, channels: 
     if per == 1:
         raise PruneError(f"{what} has one channel per group: removing one would remove its whole group, which changes `num_groups`")
     if groups > 1:
-        for j in range(per):
-            ctx.tie([axis.ids[g * per + j] for g in range(groups)])
+        ctx.tie_positions(axis.ids, groups)
 
 
 def per_channel_norm(ctx: FlowContext, axis: Axis | None = None, what: str = "") -> Flow:
