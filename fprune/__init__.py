@@ -12,6 +12,7 @@ import typing as _typing
 import warnings as _warnings
 
 from . import groups as groups
+from . import hf as hf
 from . import patterns as patterns
 from . import sparsifier as sparsifier
 from ._apply import Unfoldable as Unfoldable

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from typing import Literal
+
+from torch import fx
 
 from ._apply import ModelT, prune_reporting_unshrunk
 from ._errors import PruneError
 from ._masks import Criterion, l2_norm
 from ._util.checks import check_model, trace
 from ._util.running import example_shapes
+from .groups._export import export_model, torch_level_graph
 from .groups._find import find_groups
 from .groups._flow import FlowRule, RuleKey
 from .groups._noop import nothing_removed
@@ -18,11 +23,19 @@ from .groups._scores import masks_at_level
 from .groups._verify import check_pruned
 
 
+GraphChoice = Literal["auto", "fx", "export"]
+"""The graph front-end of :func:`prune_channels`: torch.fx, torch.export, or fx falling back to export."""
+
+_EXPORT_REMEDY = "; or pass `example_inputs` (and `example_kwargs`): fprune then exports the model with torch.export"
+
+
 def prune_channels(
     model: ModelT,
     level: float,
     *,
     example_inputs: Sequence[object] | None = None,
+    example_kwargs: Mapping[str, object] | None = None,
+    graph: GraphChoice = "auto",
     ignore: Collection[str] | None = None,
     round_to: int = 1,
     criterion: Criterion = l2_norm,
@@ -35,12 +48,21 @@ def prune_channels(
     (``norms="renormalize"`` prunes through LayerNorm / GroupNorm as :func:`channel_groups`
     says: the copy is then NOT output-exact there).
 
-    With `example_inputs`, the pruned copy runs once on meta tensors of their shapes before it
-    is returned (it must run and return what `model` returns, less the pruned output channels);
-    see "Pruning in one call" in the README.
+    With `example_inputs` (and `example_kwargs`, keyword arguments of forward), the pruned
+    copy runs once on meta tensors of their shapes before it is returned (it must run and
+    return what `model` returns, less the pruned output channels); see "Pruning in one call"
+    in the README.
+
+    `graph` picks the front-end: ``"fx"`` (``torch.fx.symbolic_trace``), ``"export"``
+    (``torch.export.export(model, example_inputs, example_kwargs, strict=False)``, for models
+    fx cannot trace, such as every Hugging Face ``transformers`` model; it needs
+    `example_inputs`), or ``"auto"`` (default): fx, and export where fx fails and example
+    inputs are given, or at once when `example_kwargs` are given. See "Hugging Face models"
+    in the README.
 
     Raises:
-        PruneError: `model` cannot be traced by ``torch.fx.symbolic_trace``; `level` > 0
+        PruneError: `model` cannot be traced by ``torch.fx.symbolic_trace`` (nor exported,
+            where `graph` allows it); `level` > 0
             removes no channel (the message says why: no layer fprune knows, every group
             blocked or skipped, or a level too small for the groups' sizes); or the pruned copy
             fails on, or returns other shapes for, the example inputs (the message names the
@@ -48,11 +70,32 @@ def prune_channels(
     """
 
     check_model(model, "prune_channels")
-    gm = trace(model, "prune_channels")
+    if graph not in ("auto", "fx", "export"):
+        raise PruneError(f"prune_channels: `graph` must be 'auto', 'fx' or 'export', got {graph!r}")
     if rules is None:
-
         rules = default_flow_rules()
-    groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels", norms=norms, root=model)
+    if graph == "fx" and example_kwargs:
+        raise PruneError("prune_channels: `example_kwargs` need graph='export' (or 'auto'): fx runs the graph on positional inputs")
+    use_export = graph == "export" or (graph == "auto" and bool(example_kwargs))
+    gm: fx.GraphModule | None = None
+    if not use_export:
+        try:
+            gm = trace(model, "prune_channels", remedy=_EXPORT_REMEDY if example_inputs is None else "")
+        except PruneError:
+            if graph == "fx" or example_inputs is None:
+                raise
+            use_export = True  # fx cannot trace it: torch.export can capture far more
+    if use_export:
+        if example_inputs is None:
+            raise PruneError("prune_channels: graph='export' needs `example_inputs` (and `example_kwargs`) to export the model with")
+        program = export_model(model, example_inputs, example_kwargs, "prune_channels")
+        gm = torch_level_graph(program, "prune_channels")
+        groups = find_groups(gm, rules=rules, caller="prune_channels", norms=norms, root=model, exported=True)
+        shapes = example_shapes(example_inputs, example_kwargs)
+        groups = tuple(replace(g, example_shapes=shapes) for g in groups)  # apply exports the copy with them
+    else:
+        assert gm is not None
+        groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels", norms=norms, root=model)
     masks = masks_at_level(
         model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
         caller="prune_channels",
@@ -62,6 +105,6 @@ def prune_channels(
         why = nothing_removed(gm, groups, level, ignore=ignore, round_to=round_to, global_ranking=global_ranking, rules=rules)
         raise PruneError(f"prune_channels: nothing to prune, the copy would equal the model: {why}")
     pruned, _ = prune_reporting_unshrunk(model, masks, groups, caller="prune_channels")  # groups leave nothing unshrunk
-    if example_inputs is not None and cut:
+    if example_inputs is not None and cut and not use_export:  # an exported model's copy was checked by apply
         check_pruned("prune_channels", model, pruned, groups, cut, example_shapes(example_inputs), example_inputs)
     return pruned

@@ -13,6 +13,7 @@ import pytest
 
 import fprune
 import fprune.groups
+import fprune.hf
 import fprune.patterns
 import fprune.sparsifier
 
@@ -26,7 +27,7 @@ TOP = {
     # errors and the main records
     "PruneError", "Match", "ChannelGroup",
     # namespaces
-    "patterns", "groups", "sparsifier",
+    "patterns", "groups", "sparsifier", "hf",
 }  # fmt: skip
 PATTERNS = {
     "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "ACTIVATION_MODULES", "Attr", "Call", "Match", "MatchedOp",
@@ -40,9 +41,10 @@ PATTERNS = {
 }  # fmt: skip
 GROUPS = {
     "Axis", "BiasFold", "Blocker", "ChannelGroup", "ChannelSlice", "ExampleShapes", "Flow", "FlowContext", "FlowRule",
-    "HeadAxis", "HeadPrunedMultiheadAttention", "Inexact", "NormMode", "NormRescale", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
+    "GraphKind", "HeadAxis", "HeadPrunedMultiheadAttention", "Inexact", "NormMode", "NormRescale", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
     "default_flow_rules", "explain", "flatten_axis", "group_masks", "group_scores", "handles_nonzero",
 }  # fmt: skip
+HF = {"save_pretrained"}
 SPARSIFIER = {
     "BaseStructuredSparsifier", "FPGMPruner", "FakeStructuredSparsity", "LSTMSaliencyPruner", "SaliencyPruner",
     "masked_weight_and_mask", "sparsity_level",
@@ -55,14 +57,14 @@ def public(module: ModuleType) -> set[str]:
 
 @pytest.mark.parametrize(
     ("module", "expected"),
-    [(fprune, TOP), (fprune.patterns, PATTERNS), (fprune.groups, GROUPS), (fprune.sparsifier, SPARSIFIER)],
-    ids=["fprune", "patterns", "groups", "sparsifier"],
+    [(fprune, TOP), (fprune.patterns, PATTERNS), (fprune.groups, GROUPS), (fprune.sparsifier, SPARSIFIER), (fprune.hf, HF)],
+    ids=["fprune", "patterns", "groups", "sparsifier", "hf"],
 )
 def test_each_namespace_exports_exactly_its_names(module: ModuleType, expected: set[str]) -> None:
     assert public(module) == expected
 
 
-@pytest.mark.parametrize("module", [fprune, fprune.patterns, fprune.groups, fprune.sparsifier], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fprune, fprune.patterns, fprune.groups, fprune.sparsifier, fprune.hf], ids=lambda m: m.__name__)
 def test_public_functions_and_classes_have_docstrings(module: ModuleType) -> None:
     assert inspect.getdoc(module)
     for name in public(module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,30 +38,51 @@ class ExampleShapes:
         leaves: the inputs flattened through tuples, lists and dicts: a :class:`TensorSpec`
             for each tensor, any other value as it was given.
         structure: how the leaves nest (a ``torch.utils._pytree`` spec).
+        keywords: the leaves are those of ``(args, kwargs)``: keyword arguments were given too.
     """
 
     leaves: tuple[object, ...]
     structure: pytree.TreeSpec
+    keywords: bool = False
 
     def meta_inputs(self) -> tuple[object, ...]:
         """The positional inputs again, with a meta tensor for each tensor."""
-        leaves = [torch.empty(x.shape, dtype=x.dtype, device="meta") if isinstance(x, TensorSpec) else x for x in self.leaves]
-        args = pytree.tree_unflatten(leaves, self.structure)
-        assert isinstance(args, tuple)
-        return args
+        return self._args(self._unflatten(lambda x: torch.empty(x.shape, dtype=x.dtype, device="meta")))
 
     def zero_inputs(self, device: torch.device) -> tuple[object, ...]:
         """The positional inputs again, with zeros on `device` for each tensor."""
-        leaves = [torch.zeros(x.shape, dtype=x.dtype, device=device) if isinstance(x, TensorSpec) else x for x in self.leaves]
-        args = pytree.tree_unflatten(leaves, self.structure)
+        return self._args(self._unflatten(lambda x: torch.zeros(x.shape, dtype=x.dtype, device=device)))
+
+    def meta_kwargs(self) -> dict[str, object]:
+        """The keyword inputs again (empty if none were given), meta tensors for tensors."""
+        return self._kwargs(self._unflatten(lambda x: torch.empty(x.shape, dtype=x.dtype, device="meta")))
+
+    def zero_kwargs(self, device: torch.device) -> dict[str, object]:
+        """The keyword inputs again (empty if none were given), zeros on `device` for tensors."""
+        return self._kwargs(self._unflatten(lambda x: torch.zeros(x.shape, dtype=x.dtype, device=device)))
+
+    def _unflatten(self, make: Callable[[TensorSpec], Tensor]) -> object:
+        return pytree.tree_unflatten([make(x) if isinstance(x, TensorSpec) else x for x in self.leaves], self.structure)
+
+    def _args(self, tree: object) -> tuple[object, ...]:
+        args = tree[0] if self.keywords and isinstance(tree, tuple) else tree
         assert isinstance(args, tuple)
         return args
 
+    def _kwargs(self, tree: object) -> dict[str, object]:
+        if not self.keywords:
+            return {}
+        assert isinstance(tree, tuple) and isinstance(tree[1], dict)
+        return tree[1]
 
-def example_shapes(example_inputs: Sequence[object]) -> ExampleShapes:
-    """The shapes and dtypes of `example_inputs` (positional arguments of forward)."""
-    leaves, structure = pytree.tree_flatten(tuple(example_inputs))
-    return ExampleShapes(tuple(TensorSpec(tuple(x.shape), x.dtype) if isinstance(x, Tensor) else x for x in leaves), structure)
+
+def example_shapes(example_inputs: Sequence[object], example_kwargs: Mapping[str, object] | None = None) -> ExampleShapes:
+    """The shapes and dtypes of `example_inputs` (positional arguments of forward) and of
+    `example_kwargs` (keyword arguments), if given."""
+    tree: object = (tuple(example_inputs), dict(example_kwargs)) if example_kwargs else tuple(example_inputs)
+    leaves, structure = pytree.tree_flatten(tree)
+    specs = tuple(TensorSpec(tuple(x.shape), x.dtype) if isinstance(x, Tensor) else x for x in leaves)
+    return ExampleShapes(specs, structure, keywords=bool(example_kwargs))
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -105,21 +126,21 @@ def hooks_off(*models: nn.Module) -> Iterator[None]:
             vars(module)[name] = table
 
 
-def run_on_copies(model: nn.Module, inputs: Sequence[object]) -> object:
-    """`model(*inputs)` with copies of its buffers in place of its own, so that what forward
-    writes to them (BatchNorm statistics in train mode) does not stay in the model."""
+def run_on_copies(model: nn.Module, inputs: Sequence[object], kwargs: Mapping[str, object] | None = None) -> object:
+    """`model(*inputs, **kwargs)` with copies of its buffers in place of its own, so that what
+    forward writes to them (BatchNorm statistics in train mode) does not stay in the model."""
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers(remove_duplicate=False)}
-    return torch.func.functional_call(model, buffers, tuple(inputs))
+    return torch.func.functional_call(model, buffers, tuple(inputs), dict(kwargs or {}))
 
 
-def run_quietly(model: nn.Module, inputs: Sequence[object], *, meta: bool) -> _Ran:
+def run_quietly(model: nn.Module, inputs: Sequence[object], *, meta: bool, kwargs: Mapping[str, object] | None = None) -> _Ran:
     with warnings.catch_warnings(), torch.no_grad(), hooks_off(model):
         warnings.simplefilter("ignore")  # the model's warnings belong to the user's own runs
         try:
             if meta:
                 with ShapeOnly():
-                    return _Ran(model(*inputs))
-            return _Ran(run_on_copies(model, inputs))
+                    return _Ran(model(*inputs, **dict(kwargs or {})))
+            return _Ran(run_on_copies(model, inputs, kwargs))
         except Exception as error:  # noqa: BLE001 - reported, or the check is skipped
             return _Ran(error=error)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -17,6 +17,8 @@ from .._util.checks import named_tensors, names_by_tensor
 from .._util.copy import copy_module
 from .._util.gather import take
 from ._fold import folded_biases
+from ..hf._config import is_hf_model, update_hf_config
+from ._export import export_check
 from ._heads import update_head_counts
 from ._mha import HeadPrunedMultiheadAttention
 from ._records import ChannelGroup
@@ -263,10 +265,20 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
         for literal in groups[index].literals
     }
     updates = {key: value for key, value in updates.items() if value[1] != value[0].value}
-    if updates:
-        update_head_counts(model, pruned, {k: v[1] for k, v in updates.items()}, [v[0] for v in updates.values()], caller)
-    update_norms(pruned, norms, new_tensors, caller)  # their eps * size / kept; F.layer_norm sizes in a GraphModule
     shapes = next((g.example_shapes for g in groups if g.example_shapes is not None), None)
+    if is_hf_model(pruned):  # its config says the new sizes (forward may read them; save_pretrained writes them)
+        moved = {r.eps: r.eps * r.size / kept for r, kept in norms.items() if r.eps is not None and kept != r.size}
+        update_hf_config(model, pruned, moved)
+    if any(g.graph == "export" for g in groups) and not isinstance(pruned, fx.GraphModule):
+        # the numbers of an exported graph may come from attributes or from shapes: export the copy to see
+        eps = update_norms(pruned, norms, new_tensors, caller, check=False)
+        sizes = {k: v[1] for k, v in updates.items()}
+        check = export_check(model, pruned, shapes, {**sizes, **eps}, caller)
+        update_head_counts(model, pruned, sizes, [v[0] for v in updates.values()], caller, verify=check)
+    else:
+        if updates:
+            update_head_counts(model, pruned, {k: v[1] for k, v in updates.items()}, [v[0] for v in updates.values()], caller)
+        update_norms(pruned, norms, new_tensors, caller)  # their eps * size / kept; F.layer_norm sizes in a GraphModule
     if shapes is not None:  # the safety net: the copy runs once on meta tensors of the example shapes
 
         cut = [index for index, keep in keeps.items() if not bool(keep.all())]

@@ -229,6 +229,7 @@ def collect(analysis: Analysis) -> tuple[ChannelGroup, ...]:
             rescales=tuple(rescales[g]),
             inexact=tuple(inexact[g]),
             folds=tuple(folds[g]),
+            graph="export" if analysis.exported else "fx",
         )
         for g in range(group_count)
     )

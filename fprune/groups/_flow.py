@@ -274,6 +274,13 @@ class FlowContext:
         return self._analysis.norms
 
     @property
+    def exported(self) -> bool:
+        """The graph is a ``torch.export`` graph: every size in it is a number, even one the model
+        computed from a tensor's shape. A number equal to a channel count is then recorded as a
+        literal (:meth:`literal`), which apply checks by exporting the pruned copy again."""
+        return self._analysis.exported
+
+    @property
     def root(self) -> nn.Module | None:
         """The model the graph was traced from, where the caller gave it (``prune_channels``
         does); None otherwise. For checks on module attributes the graph does not keep."""

@@ -21,7 +21,8 @@ def folded_biases(
 ) -> dict[str, Tensor]:
     """The new (unsliced) bias of every layer that a pruned group's folds name: the bias plus,
     for each fold, ``value`` times the sum of the weight's removed columns over every dim but
-    the output rows (dim 0): a Linear's removed inputs, a conv's removed inputs over its kernel.
+    the output rows (dim 0; dim 1 of HF's Conv1D): a Linear's removed inputs, a conv's removed
+    inputs over its kernel.
     The masked model computes exactly that from the removed channels, which hold ``value`` at
     every position the layer reads."""
     new: dict[str, Tensor] = {}
@@ -60,9 +61,8 @@ def folded_biases(
                 columns = weight.detach().index_select(
                     fold.dim, removed.nonzero().squeeze(1).to(weight.device)
                 )
-                total = columns.sum(
-                    dim=tuple(d for d in range(columns.dim()) if d != 0)
-                )
+                rows = 1 if fold.dim == 0 else 0  # the output dim: 0, but 1 in a Conv1D (a transposed Linear)
+                total = columns.sum(dim=tuple(d for d in range(columns.dim()) if d != rows))
                 current = new.get(fold.bias, bias.detach())
                 new[fold.bias] = current + (fold.value * total).to(current.dtype)
     return new

@@ -3,7 +3,7 @@ rewritten to the kept heads, and the rewritten graph checked against a fresh tra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import fx, nn
 
@@ -14,7 +14,12 @@ from ._sizes import with_sizes
 
 
 def update_head_counts(
-    model: nn.Module, pruned: nn.Module, new: Mapping[tuple[str, int], int], literals: Sequence[SizeLiteral], caller: str
+    model: nn.Module,
+    pruned: nn.Module,
+    new: Mapping[tuple[str, int], int],
+    literals: Sequence[SizeLiteral],
+    caller: str,
+    verify: Callable[[], str | None] | None = None,
 ) -> None:
     """Make the pruned copy's forward compute the new head counts, and check that it does
     (a PruneError from `caller`, the public function, if it cannot).
@@ -22,6 +27,9 @@ def update_head_counts(
     A GraphModule gets the numbers in its graph replaced. Any other model gets the integer
     attributes of the modules that wrote them (``self.num_heads``) set to the new counts; then
     both models are traced and their graphs must be the same but for exactly those numbers.
+    `verify` replaces that check (None if the copy computes the new counts, else the problem):
+    for a torch.export graph, whose numbers may also come from shapes, the copy is first
+    checked as it is.
     """
     if isinstance(pruned, fx.GraphModule):
         nodes = {n.name: n for n in pruned.graph.nodes}
@@ -42,16 +50,19 @@ def update_head_counts(
     about_heads = {k: v for k, v in usable.items() if "head" in k[1].lower() and "dim" not in k[1].lower() and "size" not in k[1].lower()}
     # every matching attribute; those named for heads; then each alone (an equal `dim` must stay)
     attempts = [usable, about_heads] + [{key: value} for key, value in usable.items()]
+    if verify is not None:
+        attempts.insert(0, {})  # the numbers may follow the shapes already
+    check = verify if verify is not None else lambda: verify_graph(model, pruned, new)
     problem: str | None = "no integer attribute of the module holds the number"
-    for changes in attempts:
-        if not changes:
+    for index, changes in enumerate(attempts):
+        if not changes and (index or verify is None):
             continue
         originals: dict[tuple[str, str], object] = {}
         for (module_fqn, attr), value in changes.items():
             owner = pruned.get_submodule(module_fqn) if module_fqn else pruned
             originals[(module_fqn, attr)] = getattr(owner, attr)
             setattr(owner, attr, value)
-        problem = verify_graph(model, pruned, new)
+        problem = check()
         if problem is None:
             return
         for (module_fqn, attr), old_value in originals.items():

@@ -171,6 +171,10 @@ class BiasFold:
         )
 
 
+GraphKind = Literal["fx", "export"]
+"""The graph front-end :func:`channel_groups` read: a ``torch.fx`` trace or a ``torch.export`` graph."""
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """A set of channels that must be pruned together, with every tensor slice they touch.
@@ -198,6 +202,10 @@ class ChannelGroup:
             :func:`channel_groups` was given (None without them). :func:`fprune.apply_prune`
             runs the pruned copy once on meta tensors of these shapes before returning it.
             Not compared: groups found with and without example inputs are equal.
+        graph: the front-end that found the group: ``"fx"`` (a ``torch.fx`` trace) or
+            ``"export"`` (a ``torch.export`` graph, whose sizes are numbers whatever computed
+            them: :func:`fprune.apply_prune` exports the pruned copy again, on the example
+            shapes, to check every size it changes).
     """
 
     size: int
@@ -211,6 +219,7 @@ class ChannelGroup:
     inexact: tuple[Inexact, ...] = ()
     folds: tuple[BiasFold, ...] = ()
     example_shapes: ExampleShapes | None = field(default=None, compare=False, repr=False)
+    graph: GraphKind = "fx"
 
     @property
     def exact(self) -> bool:

@@ -44,11 +44,17 @@ def rescaled_weights(groups: Sequence[ChannelGroup], new_tensors: Mapping[str, T
     return tensors, records
 
 
-def update_norms(pruned: nn.Module, records: Mapping[NormRescale, int], new_tensors: Mapping[str, Tensor], caller: str) -> None:
+def update_norms(
+    pruned: nn.Module, records: Mapping[NormRescale, int], new_tensors: Mapping[str, Tensor], caller: str, *, check: bool = True
+) -> dict[tuple[str, int], float]:
     """The pruned copy's RMSNorm eps multiplied by ``size / kept`` (a module attribute; in a
-    GraphModule, the number in the graph), checked by tracing the copy again; and, in a
-    GraphModule, the ``normalized_shape`` of each ``F.layer_norm`` whose weight was sliced (in
-    a module, forward passes its own, which apply resizes)."""
+    GraphModule, the number in the graph), checked by tracing the copy again (unless not
+    `check`: the caller checks the returned numbers); and, in a GraphModule, the
+    ``normalized_shape`` of each ``F.layer_norm`` whose weight was sliced (in a module,
+    forward passes its own, which apply resizes).
+
+    Returns:
+        The new eps by (node, argument index) of the graph where forward adds it."""
     graph_module = isinstance(pruned, fx.GraphModule)
     literals: dict[tuple[str, int], float] = {}
     values: dict[tuple[str, str], float] = {}
@@ -81,7 +87,7 @@ def update_norms(pruned: nn.Module, records: Mapping[NormRescale, int], new_tens
                 "give each norm its own module"
             )
     changes = {key: value for key, value in values.items() if getattr(pruned.get_submodule(key[0]) if key[0] else pruned, key[1]) != value}
-    before = _LeafTracer().trace(pruned) if changes and literals and not graph_module else None
+    before = _LeafTracer().trace(pruned) if check and changes and literals and not graph_module else None
     for (module, attribute), value in changes.items():
         setattr(pruned.get_submodule(module) if module else pruned, attribute, value)
     if isinstance(pruned, fx.GraphModule):
@@ -99,6 +105,7 @@ def update_norms(pruned: nn.Module, records: Mapping[NormRescale, int], new_tens
                 f"{caller}: the pruned copy's RMSNorm eps could not be rescaled: {problem}; keep each norm's eps in "
                 "one module attribute that forward adds as it is, or `ignore` the group"
             )
+    return literals
 
 
 def _dtype(pruned: nn.Module, fqn: str, weight: Tensor | None) -> torch.dtype:

@@ -57,15 +57,17 @@ def check_pruned(
     """
     meta = True
     inputs: Sequence[object] = shapes.meta_inputs()
-    got = run_quietly(pruned, inputs, meta=True)
-    want = run_quietly(model, inputs, meta=True)
+    kwargs = shapes.meta_kwargs()
+    got = run_quietly(pruned, inputs, meta=True, kwargs=kwargs)
+    want = run_quietly(model, inputs, meta=True, kwargs=kwargs)
     if (want.error is not None or got.error is not None) and not on_meta(model):
         # the model reads values (both fail on meta), or the copy failed: run both for real,
         # so that only a failure of the copy itself is reported
         real = real_inputs if real_inputs is not None else shapes.zero_inputs(device_of(model))
-        again = run_quietly(pruned, real, meta=False)
+        real_kwargs = shapes.zero_kwargs(device_of(model))
+        again = run_quietly(pruned, real, meta=False, kwargs=real_kwargs)
         if want.error is not None or again.error is None:
-            want = run_quietly(model, real, meta=False)
+            want = run_quietly(model, real, meta=False, kwargs=real_kwargs)
             if want.error is not None:
                 return  # the original cannot run on these inputs either: nothing to compare with
             meta, inputs, got = False, real, again

@@ -95,6 +95,7 @@ class Analysis:
     uses: dict[str, int] = field(default_factory=dict)  # calls of each module
     norms: NormMode = "block"  # channel_groups(norms=...): what norms over the channels do
     root: nn.Module | None = None  # the model `gm` was traced from, where known (prune_channels)
+    exported: bool = False  # `gm` is a torch.export graph: its sizes are numbers, whatever computed them
     rescales: list[tuple[NormRescale, tuple[int, ...]]] = field(default_factory=list)  # exact RMSNorms, by ids
     inexact: list[tuple[Inexact, tuple[int, ...]]] = field(default_factory=list)  # renormalized norms, by ids
     folds: list[tuple[BiasFold, tuple[int, ...]]] = field(default_factory=list)  # constants folded into biases, by ids

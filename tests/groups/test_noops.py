@@ -38,25 +38,21 @@ def test_an_exported_program_is_refused_with_what_to_do() -> None:
     assert fprune.prune_channels(model, 0.5, example_inputs=(_X,))[0].out_features == 4  # the nn.Module itself prunes
 
 
-class Conv1D(nn.Module):
-    """GPT-2's Conv1D (transformers.pytorch_utils): a Linear with the weight transposed."""
+class EinsumLinear(nn.Module):
+    """A linear layer written as an einsum, which fprune has no flow rule for."""
 
     def __init__(self, nf: int, nx: int) -> None:
         super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
-        self.bias = nn.Parameter(torch.zeros(nf))
+        self.weight = nn.Parameter(torch.randn(nf, nx) * 0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        size_out = x.size()[:-1] + (self.nf,)
-        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
-        return x.view(size_out)
+        return torch.einsum("...i,oi->...o", x, self.weight)
 
 
-class GPT2MLP(nn.Module):
+class EinsumMLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.c_fc, self.c_proj = Conv1D(16, 4), Conv1D(4, 16)
+        self.c_fc, self.c_proj = EinsumLinear(16, 4), EinsumLinear(4, 16)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.c_proj(torch.relu(self.c_fc(x)))
@@ -64,13 +60,13 @@ class GPT2MLP(nn.Module):
 
 
 def test_layers_fprune_does_not_know_are_named_with_the_rule_to_register() -> None:
-    model = GPT2MLP()
+    model = EinsumMLP()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     assert groups == () and "register a flow rule" in fprune.explain(groups)
     refusal(
         lambda: fprune.prune_channels(model, 0.5, example_inputs=(torch.randn(2, 3, 4),)),
-        "prune_channels: nothing to prune", "no producer found", "`addmm` (function addmm on `c_fc.weight`)",
-        "has no flow rule", "rules[torch.addmm]", "rules=",
+        "prune_channels: nothing to prune", "no producer found", "`einsum` (function einsum on `c_fc.weight`)",
+        "has no flow rule", "rules[torch.einsum]", "rules=",
     )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from ._elementwise import (
     keep_rule,
     merge_elementwise_rule,
 )
+from ._functional import addmm_rule, embedding_call_rule, linear_call_rule
 from ._layers import (
     batch_norm_call_rule,
     batchnorm_rule,
@@ -70,6 +71,7 @@ from ._norms import (
     pow_rule,
     rms_norm_module_rule,
 )
+from ._rotary import neg_rule
 from ._vit import roll_rule, unbind_rule
 from ._wrapped import stochastic_depth_rule
 
@@ -88,6 +90,9 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         nn.ConvTranspose2d: conv_rule,
         nn.ConvTranspose3d: conv_rule,
         nn.Embedding: embedding_rule,
+        F.linear: linear_call_rule,  # on model tensors, as torch.export graphs call every layer
+        F.embedding: embedding_call_rule,
+        torch.addmm: addmm_rule,  # Hugging Face's Conv1D (GPT-2)
         _BatchNorm: batchnorm_rule,
         nn.PReLU: prelu_rule,
         nn.LayerNorm: layer_norm_rule,  # blocks, or with norms="renormalize" prunes (_norms.py)
@@ -99,6 +104,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         nn.LocalResponseNorm: normalization_rule,
         **dict.fromkeys(("pow", torch.pow, operator.pow), pow_rule),
         **dict.fromkeys(("new_empty", "new_zeros", "new_ones", "new_full"), fresh_tensor_rule),  # DropPath's keep mask
+        **dict.fromkeys((operator.neg, torch.neg, "neg"), neg_rule),  # rotate_half
         operator.floordiv: floordiv_rule,  # num_channels // groups of a channel shuffle
         **dict.fromkeys(("unbind", torch.unbind), unbind_rule),  # timm's ViT: q, k, v = qkv.unbind(0)
         **dict.fromkeys(("roll", torch.roll), roll_rule),  # Swin's shifted windows

@@ -322,6 +322,8 @@ def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> 
     heads = fa if isinstance(fa, HeadAxis) else fb
     other, other_flow = (b, fb) if heads is fa else (a, fa)
     assert isinstance(heads, HeadAxis)
+    if isinstance(other_flow, HeadAxis) and ctx.node.target not in _DIVISIONS:  # rotary: q * cos + rotate_half(q) * sin
+        return _merge_two_heads(ctx, heads, other_flow)
     if other_flow is not None:
         raise PruneError("an elementwise op of attention heads with other channels")
     if ctx.node.target in (operator.truediv, torch.div, "div") and other is a:
@@ -335,6 +337,17 @@ def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> 
                 return heads  # Swin's relative position bias: a table sliced with the heads
             raise PruneError("an elementwise op of attention heads with a tensor that differs per head")
     return heads
+
+
+def _merge_two_heads(ctx: FlowContext, a: HeadAxis, b: HeadAxis) -> HeadAxis:
+    """Two tensors of heads laid out alike, combined elementwise: head i of both is one head
+    (their channels united position by position)."""
+    if (a.head_dim, a.inner_dim, a.ndim) != (b.head_dim, b.inner_dim, b.ndim) or [len(h) for h in a.heads] != [len(h) for h in b.heads]:
+        raise PruneError("an elementwise op of attention heads laid out differently")
+    for x, y in zip(a.heads, b.heads):
+        if ctx.merge(Axis(-1, x), Axis(-1, y)) is None:
+            raise PruneError("an elementwise op of attention heads laid out differently")
+    return a
 
 
 # --- layer scale viewed channels-first; products with tensors fprune does not track -------------------

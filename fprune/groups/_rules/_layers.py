@@ -20,23 +20,34 @@ from ._layout import input_axis, with_ndim
 def linear_rule(ctx: FlowContext) -> Flow:
     module = ctx.module
     assert isinstance(module, nn.Linear)
-    axis = input_axis(ctx)
+    has_bias = module.bias is not None
+    return linear_flow(ctx, input_axis(ctx), "weight", "bias" if has_bias else "", module.in_features, module.out_features, f"nn.Linear `{ctx.module_fqn}`")
+
+
+def linear_flow(
+    ctx: FlowContext, axis: Axis | None, weight: str, bias: str, in_features: int, out_features: int, what: str, *, transposed: bool = False
+) -> Flow:
+    """A linear layer over the last dim of the input whose channels are `axis`: `weight` (this
+    module's tensor name, or a model FQN in a functional call) reads the input channels along
+    dim 1 and makes the output channels along dim 0 (`transposed`: the other way round, as HF's
+    ``Conv1D``); `bias` ("" if none) goes with the output channels."""
     ndim = None
+    in_dim, out_dim = (0, 1) if transposed else (1, 0)
     if axis is not None and axis.inner == -1:  # a flatten of unknown trailing size: resolve it
-        if module.in_features % len(axis.ids):
-            raise PruneError(f"nn.Linear `{ctx.module_fqn}` has in_features={module.in_features}, not a multiple of the {len(axis.ids)} flattened channels")
-        axis = replace(axis, inner=module.in_features // len(axis.ids))
+        if in_features % len(axis.ids):
+            raise PruneError(f"{what} has in_features={in_features}, not a multiple of the {len(axis.ids)} flattened channels")
+        axis = replace(axis, inner=in_features // len(axis.ids))
     if axis is not None:
         if axis.dim != -1:
-            raise PruneError(f"nn.Linear `{ctx.module_fqn}` reads the last dim, but the channels are on dim {axis.dim}")
-        if axis.width != module.in_features:
-            raise PruneError(f"nn.Linear `{ctx.module_fqn}` has in_features={module.in_features}, but {axis.width} channel positions reach it")
-        ctx.consume("weight", 1, axis)
-        fold_constant(ctx, axis, module.bias is not None)
+            raise PruneError(f"{what} reads the last dim, but the channels are on dim {axis.dim}")
+        if axis.width != in_features:
+            raise PruneError(f"{what} has in_features={in_features}, but {axis.width} channel positions reach it")
+        ctx.consume(weight, in_dim, axis)
+        fold_constant(ctx, axis, bool(bias), weight=weight, bias=bias, in_dim=in_dim)
         ndim = axis.ndim
-    out = ctx.produce("weight", 0, module.out_features, ndim=ndim)
-    if module.bias is not None:
-        ctx.carry("bias", 0, Axis(0, out.ids))
+    out = ctx.produce(weight, out_dim, out_features, ndim=ndim)
+    if bias:
+        ctx.carry(bias, 0, Axis(0, out.ids))
     return out
 
 
@@ -117,8 +128,10 @@ def _tie_positions(ctx: FlowContext, axis: Axis, groups: int, one_per_group: str
     return True
 
 
-def fold_constant(ctx: FlowContext, axis: Axis, has_bias: bool, unfoldable: str = "") -> None:
-    """This layer's weight reads the channels of `axis` along dim 1 (a Linear, a conv): where
+def fold_constant(
+    ctx: FlowContext, axis: Axis, has_bias: bool, unfoldable: str = "", *, weight: str = "weight", bias: str = "bias", in_dim: int = 1
+) -> None:
+    """This layer's `weight` reads the channels of `axis` along `in_dim` (a Linear, a conv): where
     their removed entries hold a non-zero constant (after ``sigmoid``, ``x + 3``), fold it into
     the layer's bias (:class:`BiasFold`), or block them, saying why it cannot (`unfoldable`:
     the layer's own reason)."""
@@ -138,8 +151,8 @@ def fold_constant(ctx: FlowContext, axis: Axis, has_bias: bool, unfoldable: str 
         )
         return
     assert axis.constant is not None
-    name = ctx.module_fqn
-    ctx.fold(BiasFold(ctx.node.name, f"{name}.weight", 1, f"{name}.bias", axis.constant, axis.nonzero), axis)
+    prefix = f"{ctx.module_fqn}." if ctx.module_fqn else ""
+    ctx.fold(BiasFold(ctx.node.name, prefix + weight, in_dim, prefix + bias, axis.constant, axis.nonzero), axis)
 
 
 def _zero_padded(module: _ConvNd) -> str:

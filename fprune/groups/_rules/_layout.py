@@ -14,6 +14,7 @@ from ..._errors import PruneError
 from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis, handles_nonzero, tracks_constant
 from .._sizes import size_args
 from ._attention import expand_heads
+from ._rotary import head_cat, head_expand, head_slice, head_unsqueeze, repeat_view
 from ._vit import cat_parameters, check_merge_width, fused_heads_view, heads_batch_view, index_off_channels
 
 
@@ -81,6 +82,8 @@ def view_rule(ctx: FlowContext) -> Flow:
             return flow
         if (split := heads_batch_view(ctx, flow, in_shape, out_shape, sizes)) is not None:  # Swin's window mask
             return split
+        if (repeated := repeat_view(ctx, flow, in_shape, out_shape, sizes)) is not None:  # repeat_kv
+            return repeated
         raise PruneError(f"a view / reshape {tuple(in_shape)} -> {tuple(out_shape)} of attention heads")
     raise PruneError("a view / reshape of a tuple")
 
@@ -127,6 +130,9 @@ def _channel_count(ctx: FlowContext, sizes: list[object], ids: tuple[int, ...], 
     """
     size = sizes[index] if sizes else None
     if size == -1:
+        return
+    if isinstance(size, int) and not isinstance(size, bool) and ctx.exported and size == len(ids):
+        ctx.literal(index % len(sizes), size, ids, 1)  # export writes every size as a number: checked by apply
         return
     if isinstance(size, int) and not isinstance(size, bool):
         raise PruneError(
@@ -221,6 +227,8 @@ def cat_rule(ctx: FlowContext) -> Flow:
     if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
         raise PruneError("torch.cat with a computed list or dim")
     flows = [ctx.flow(t) for t in tensors]
+    if any(isinstance(f, HeadAxis) for f in flows):  # rotate_half: cat((-x2, x1), dim=-1)
+        return head_cat(ctx, flows, dim)
     axes = [f for f in flows if isinstance(f, Axis)]
     if not axes:
         return None
@@ -320,6 +328,8 @@ def getitem_rule(ctx: FlowContext) -> Flow:
         return source[index] if -len(source) <= index < len(source) else None
     if source is None:
         return None
+    if isinstance(source, HeadAxis) and (halves := head_slice(ctx, source, index)) is not None:  # rotate_half
+        return halves
     if (sliced := channel_slice(ctx)) is not None:  # x[:, :k]
         return sliced
     if (indexed := index_off_channels(ctx)) is not None:  # x[:, 0], qkv[0]: the channel dims whole
@@ -449,8 +459,10 @@ def metadata_rule(ctx: FlowContext) -> Flow:
 def expand_rule(ctx: FlowContext) -> Flow:
     """``x.expand(...)`` / ``x.expand_as(y)``: repeats dims of size 1; the channels' dim keeps its
     size, so each channel's values stay its own (and its size argument must follow pruning)."""
-    if isinstance(ctx.input(0), HeadAxis):  # multi-query attention: one key / value head for every query head
-        return expand_heads(ctx)
+    if isinstance(heads := ctx.input(0), HeadAxis):
+        if (repeated := head_expand(ctx, heads)) is not None:  # repeat_kv: expand(B, KV, n_rep, T, D)
+            return repeated
+        return expand_heads(ctx)  # multi-query attention: one key / value head for every query head
     axis = input_axis(ctx)
     if axis is None:
         return None
@@ -483,6 +495,8 @@ def with_ndim(ctx: FlowContext, axis: Axis) -> Axis:
 
 def unsqueeze_rule(ctx: FlowContext) -> Flow:
     """``x.unsqueeze(d)``: a new dim of size 1; the channels keep their place among the others."""
+    if isinstance(heads := ctx.input(0), HeadAxis):  # repeat_kv: k[:, :, None]
+        return head_unsqueeze(ctx, heads, ctx.arg(1, "dim"))
     axis = input_axis(ctx)
     if axis is None:
         return None

@@ -1,0 +1,389 @@
+"""The second graph front-end: a ``torch.export`` graph as the torch-level fx graph the flow
+rules read.
+
+``torch.export`` captures models fx cannot trace (every Hugging Face ``transformers`` model,
+data-dependent Python, iteration over tensors). Its graph is in ATen ops over lifted
+parameters. :func:`torch_level_graph` turns it into what :func:`fprune.channel_groups` walks:
+each parameter / buffer placeholder a ``get_attr`` of the model's own FQN (the graph
+signature says which), each ATen op the torch call the flow rules know (``aten.linear`` ->
+``F.linear``, ``aten.view`` -> ``.view``, ``aten.slice`` -> indexing, ...), node names, module
+stacks and shapes kept. Ops it does not map stay ATen calls: a rule keyed by the
+``OpOverload`` follows them, or they block the channels that reach them, as any unknown op.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+from .._errors import PruneError
+from .._util.running import ExampleShapes, device_of
+from ._heads import _names
+from ._sizes import with_sizes
+
+aten = torch.ops.aten
+
+_MAX = 2**63 - 1  # aten.slice's "to the end"
+
+
+class _Call(NamedTuple):
+    """A torch-level call: op ("call_function" / "call_method"), target, args, kwargs."""
+
+    op: str
+    target: object
+    args: tuple[object, ...]
+    kwargs: dict[str, object]
+
+
+_Translate = Callable[[tuple[object, ...], dict[str, object]], _Call | None]
+
+
+def _method(name: str) -> _Translate:
+    def translate(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+        return _Call("call_method", name, args, kwargs)
+
+    return translate
+
+
+def _function(target: object, drop: Sequence[str] = ()) -> _Translate:
+    def translate(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+        return _Call("call_function", target, args, {k: v for k, v in kwargs.items() if k not in drop})
+
+    return translate
+
+
+def _binary(target: object) -> _Translate:
+    """``aten.add.Tensor(a, b, alpha=1)`` -> ``a + b`` (an alpha other than 1 stays ATen)."""
+
+    def translate(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+        if kwargs.get("alpha", 1) != 1 or len(args) != 2:
+            return None
+        return _Call("call_function", target, args, {})
+
+    return translate
+
+
+def _slice(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten.slice.Tensor(x, dim, start, end, step)`` -> ``x[:, ..., start:end:step]``."""
+    x, dim, start, end, step = (list(args) + [kwargs.get(k) for k in ("dim", "start", "end", "step")][len(args) - 1 :])[:5]
+    dim = 0 if dim is None else dim
+    if not isinstance(dim, int) or dim < 0:
+        return None  # a negative dim would need the rank
+    end = None if end == _MAX else end
+    index = (slice(None),) * dim + (slice(start, end, None if step in (None, 1) else step),)
+    return _Call("call_function", operator.getitem, (x, index), {})
+
+
+def _select(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten.select.int(x, dim, index)`` -> ``x[:, ..., index]``."""
+    x, dim, index = args[0], args[1], args[2]
+    if not isinstance(dim, int) or dim < 0:
+        return None
+    return _Call("call_function", operator.getitem, (x, (slice(None),) * dim + (index,)), {})
+
+
+def _embedding(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    """``aten.embedding(weight, indices, ...)`` -> ``F.embedding(indices, weight)``."""
+    return _Call("call_function", F.embedding, (args[1], args[0]), {})
+
+
+def _layer_norm(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    """``aten.layer_norm(x, shape, weight, bias, eps, cudnn_enable)`` -> ``F.layer_norm``."""
+    return _Call("call_function", F.layer_norm, tuple(args[:5]), {k: v for k, v in kwargs.items() if k != "cudnn_enable"})
+
+
+def _gelu(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
+    return _Call("call_function", F.gelu, (args[0],), {} if approximate == "none" else {"approximate": approximate})
+
+
+def _softmax(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    """``aten.softmax.int(x, dim, dtype=None)`` / ``aten._softmax(x, dim, half_to_float)``."""
+    return _Call("call_function", torch.softmax, (args[0], args[1]), {})
+
+
+def _dropout(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    """``aten.dropout(x, p, train)`` -> ``F.dropout(x, p, training=train)``."""
+    train = kwargs.get("train", args[2] if len(args) > 2 else True)
+    return _Call("call_function", F.dropout, (args[0], args[1]), {"training": train})
+
+
+def _mean(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    """``aten.mean.dim(x, dim, keepdim=False, dtype=None)`` -> ``x.mean(dim, keepdim)``."""
+    x, dim = args[0], args[1]
+    keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+    if isinstance(dim, list) and len(dim) == 1:
+        dim = dim[0]
+    out_kwargs: dict[str, object] = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+    return _Call("call_method", "mean", (x, dim, keepdim), out_kwargs)
+
+
+def _sum(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    x, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+    return _Call("call_method", "sum", (x, dim, keepdim), {})
+
+
+def _to(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    """Every ``aten.to`` / ``_to_copy`` overload -> ``x.to(dtype)`` (device moves keep channels)."""
+    dtype = kwargs.get("dtype") or next((a for a in args[1:] if isinstance(a, torch.dtype)), None)
+    return _Call("call_method", "to", (args[0],) if dtype is None else (args[0], dtype), {})
+
+
+def _keep(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
+    return _Call("call_method", "contiguous", (args[0],), {})
+
+
+_TRANSLATIONS: dict[object, _Translate] = {
+    aten.linear.default: _function(F.linear),
+    aten.embedding.default: _embedding,
+    aten.addmm.default: _function(torch.addmm),
+    aten.layer_norm.default: _layer_norm,
+    aten.view.default: _method("view"),
+    aten._unsafe_view.default: _method("view"),
+    aten.reshape.default: _method("reshape"),
+    aten.transpose.int: _method("transpose"),
+    aten.permute.default: _method("permute"),
+    aten.unsqueeze.default: _method("unsqueeze"),
+    aten.expand.default: _method("expand"),
+    aten.flatten.using_ints: _method("flatten"),
+    aten.slice.Tensor: _slice,
+    aten.select.int: _select,
+    aten.cat.default: _function(torch.cat),
+    aten.split.Tensor: _function(torch.split),
+    aten.split_with_sizes.default: _function(torch.split),
+    aten.chunk.default: _function(torch.chunk),
+    aten.unbind.int: _function(torch.unbind),
+    aten.add.Tensor: _binary(operator.add),
+    aten.add.Scalar: _binary(operator.add),
+    aten.sub.Tensor: _binary(operator.sub),
+    aten.sub.Scalar: _binary(operator.sub),
+    aten.mul.Tensor: _binary(operator.mul),
+    aten.mul.Scalar: _binary(operator.mul),
+    aten.div.Tensor: _binary(operator.truediv),
+    aten.div.Scalar: _binary(operator.truediv),
+    aten.neg.default: _function(operator.neg),
+    aten.pow.Tensor_Scalar: _function(torch.pow),
+    aten.rsqrt.default: _function(torch.rsqrt),
+    aten.sqrt.default: _function(torch.sqrt),
+    aten.mean.dim: _mean,
+    aten.sum.dim_IntList: _sum,
+    aten.to.dtype: _to,
+    aten.to.dtype_layout: _to,
+    aten.to.device: _to,
+    aten._to_copy.default: _to,
+    aten.type_as.default: _method("type_as"),
+    aten.alias.default: _keep,
+    aten.clone.default: _keep,
+    aten.contiguous.default: _keep,
+    aten.detach.default: _keep,
+    aten.lift_fresh_copy.default: _keep,
+    aten.relu.default: _function(F.relu),
+    aten.silu.default: _function(F.silu),
+    aten.gelu.default: _gelu,
+    aten.tanh.default: _function(torch.tanh),
+    aten.sigmoid.default: _function(torch.sigmoid),
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.dropout.default: _dropout,
+    aten.matmul.default: _function(torch.matmul),
+    aten.scaled_dot_product_attention.default: _function(F.scaled_dot_product_attention),
+}
+"""ATen op -> its torch-level call (None from a translation: the node stays an ATen call)."""
+
+_DROPPED = (aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten.sym_constrain_range_for_size.default)
+"""Checks with no output that export records; not part of the computation."""
+
+
+class _Shape(NamedTuple):
+    """``node.meta["tensor_meta"]`` as the analysis reads it: just a shape."""
+
+    shape: tuple[int, ...]
+
+
+def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx.GraphModule:
+    """`ep`'s graph over the model's own tensors by FQN, in the torch-level ops flow rules follow.
+
+    The GraphModule shares the exported program's tensors (nothing is copied); it is for the
+    analysis: its nodes keep their names, ``nn_module_stack`` and output shapes.
+    """
+    signature = ep.graph_signature
+    tensors: dict[str, Tensor] = dict(ep.state_dict)
+    tensors.update({k: v for k, v in ep.constants.items() if isinstance(v, Tensor)})
+    lifted: dict[str, str] = {}  # placeholder name -> FQN
+    for spec in signature.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR) and spec.target is not None:
+            lifted[spec.arg.name] = spec.target
+        elif spec.kind not in (InputKind.USER_INPUT,):
+            raise PruneError(f"{caller}: the exported program has an input of kind {spec.kind.name} (`{spec.arg.name}`), which fprune does not follow")
+    holder = nn.Module()
+    for fqn in sorted(set(lifted.values())):
+        _register(holder, fqn, tensors[fqn], isinstance(tensors[fqn], nn.Parameter))
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+
+    def load(value: fx.node.Argument) -> fx.node.Argument:
+        return fx.node.map_arg(value, lambda n: env[n.name])
+
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            new = graph.get_attr(lifted[node.name]) if node.name in lifted else graph.placeholder(node.name)
+        elif node.op == "output":
+            graph.output(load(node.args[0]))
+            continue
+        elif node.op == "get_attr":  # a higher-order op's subgraph
+            _register_module(holder, str(node.target), getattr(ep.graph_module, str(node.target)))
+            new = graph.get_attr(str(node.target))
+        elif node.op == "call_function" and node.target in _DROPPED and not node.users:
+            continue
+        else:
+            args = load(node.args)
+            kwargs = load(node.kwargs)
+            assert isinstance(args, tuple) and isinstance(kwargs, dict)
+            translate = _TRANSLATIONS.get(node.target) if node.op == "call_function" else None
+            call = translate(args, kwargs) if translate is not None else None
+            if call is None:
+                call = _Call(node.op, node.target, args, kwargs)
+            new = graph.create_node(call.op, call.target, call.args, call.kwargs)  # type: ignore[arg-type]
+        new.name = node.name
+        if "nn_module_stack" in node.meta:
+            new.meta["nn_module_stack"] = {key: _entry(value) for key, value in node.meta["nn_module_stack"].items()}
+        shape = _shape_of(node.meta.get("val"))
+        if shape is not None:
+            new.meta["tensor_meta"] = _Shape(shape)
+        env[node.name] = new
+    return fx.GraphModule(holder, graph)
+
+
+def _entry(value: object) -> object:
+    """An ``nn_module_stack`` entry as fx writes it, (FQN, class): export names the class."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
+        found = _class_named(value[1])
+        if found is not None:
+            return (value[0], found)
+    return value
+
+
+@functools.cache
+def _class_named(qualified: str) -> type | None:
+    """The class a qualified name ``package.module.Class`` names (None if it cannot be found;
+    only modules already imported are looked in: the model's classes are)."""
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        found: object = module
+        for name in parts[cut:]:
+            found = getattr(found, name, None)
+        return found if isinstance(found, type) else None
+    return None
+
+
+def _shape_of(value: object) -> tuple[int, ...] | None:
+    if isinstance(value, Tensor):
+        try:
+            return tuple(int(s) for s in value.shape)
+        except TypeError:  # a symbolic size (dynamic shapes)
+            return None
+    return None
+
+
+def _register(holder: nn.Module, fqn: str, tensor: Tensor, parameter: bool) -> None:
+    owner_name, _, name = fqn.rpartition(".")
+    owner = _submodule(holder, owner_name)
+    if parameter:
+        assert isinstance(tensor, nn.Parameter)
+        owner.register_parameter(name, tensor)
+    else:
+        owner.register_buffer(name, tensor)
+
+
+def _register_module(holder: nn.Module, fqn: str, module: nn.Module) -> None:
+    owner_name, _, name = fqn.rpartition(".")
+    _submodule(holder, owner_name).add_module(name, module)
+
+
+def _submodule(holder: nn.Module, path: str) -> nn.Module:
+    owner = holder
+    for part in path.split(".") if path else ():
+        child = owner._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            owner.add_module(part, child)
+        owner = child
+    return owner
+
+
+def export_model(
+    model: nn.Module, args: Sequence[object], kwargs: Mapping[str, object] | None, caller: str
+) -> ExportedProgram:
+    """``torch.export.export(model, args, kwargs, strict=False)``, or a PruneError from `caller`
+    that says why and what to do."""
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, tuple(args), kwargs=dict(kwargs or {}), strict=False)
+    except Exception as error:  # noqa: BLE001 - any export failure is reported the same way
+        text = str(error).strip()
+        raise PruneError(
+            f"{caller}: torch.export could not capture the model either ({type(error).__name__}: "
+            f"{text.splitlines()[0] if text else ''}); pass example inputs the model's forward takes "
+            "(`example_inputs`, `example_kwargs`), or an ExportedProgram you exported yourself"
+        ) from None
+
+
+def export_check(
+    model: nn.Module,
+    pruned: nn.Module,
+    shapes: ExampleShapes | None,
+    changes: Mapping[tuple[str, int], int | float],
+    caller: str,
+) -> Callable[[], str | None]:
+    """A check that the pruned copy's forward is the model's but for `changes`: the numbers
+    (sizes, eps) at (node, argument index) that pruning changes. Both are exported on the
+    example shapes (zeros) and their graphs compared node by node; the check returns None if
+    they agree, else what differs. The model is exported once, on the first call."""
+    original: list[fx.Graph] = []
+
+    def graph_of(module: nn.Module) -> fx.Graph:
+        assert shapes is not None
+        device = device_of(module)
+        program = export_model(module, shapes.zero_inputs(device), shapes.zero_kwargs(device), caller)
+        return torch_level_graph(program, caller).graph
+
+    def check() -> str | None:
+        if shapes is None:
+            return "the groups hold no example inputs to export the pruned copy with"
+        if not original:
+            original.append(graph_of(model))
+        try:
+            after = graph_of(pruned)
+        except PruneError as error:
+            return f"the pruned copy could not be exported again ({error})"
+        return _differences(original[0], after, changes)
+
+    return check
+
+
+def _differences(before: fx.Graph, after: fx.Graph, changes: Mapping[tuple[str, int], int | float]) -> str | None:
+    old_nodes, new_nodes = list(before.nodes), list(after.nodes)
+    if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
+        return "the pruned model's forward exports to a different structure"
+    for old, new in zip(old_nodes, new_nodes):
+        sizes = {index: int(value) for (name, index), value in changes.items() if name == old.name and index >= 0 and not isinstance(value, float)}
+        args, kwargs = with_sizes(old, sizes) if sizes else (old.args, dict(old.kwargs))
+        floats = {index: value for (name, index), value in changes.items() if name == old.name and isinstance(value, float)}
+        if floats:
+            args = tuple(floats.get(i, a) for i, a in enumerate(args))
+        if _names(new.args) != _names(args) or _names(new.kwargs) != _names(kwargs):
+            return f"`{old.name}` has arguments {_names(new.args)} {_names(new.kwargs)}, expected {_names(args)} {_names(kwargs)}"
+    return None

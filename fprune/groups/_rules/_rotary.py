@@ -1,0 +1,130 @@
+"""Attention heads through the ops of today's decoders (Llama, Qwen, Mistral, ...), as fx and
+torch.export graphs record them: rotary embeddings (``rotate_half``: the halves of each head
+sliced, negated, concatenated back, multiplied by cos / sin, added) and grouped-query attention's
+``repeat_kv`` (``k[:, :, None].expand(B, KV, n_rep, T, D).reshape(B, KV * n_rep, T, D)``).
+
+Heads are pruned whole, so ops inside a head (along the dims of a head) keep every head's
+channels within it: rotary pairs are never split.
+"""
+
+from __future__ import annotations
+
+from ..._errors import PruneError
+from .._flow import Flow, FlowContext, HeadAxis
+from .._sizes import size_args
+from ._elementwise import elementwise_call_rule
+
+
+def _is_full(index: object) -> bool:
+    return isinstance(index, slice) and index == slice(None)
+
+
+def head_slice(ctx: FlowContext, heads: HeadAxis, index: object) -> HeadAxis | None:
+    """``q[..., :half]`` / ``q[:, :, :, half:]``: a slice along the dims of each head (the
+    other dims whole); None for any other index."""
+    if heads.inner_dim is None:
+        return None
+    entries = index if isinstance(index, tuple) else (index,)
+    if any(e is None for e in entries):
+        return None
+    if Ellipsis in entries:
+        at = entries.index(Ellipsis)
+        rest = entries[at + 1 :]
+        if Ellipsis in rest:
+            return None
+        entries = entries[:at] + (slice(None),) * (heads.ndim - len(entries) + 1) + rest
+    if len(entries) > heads.ndim:
+        return None
+    inner = heads.inner_dim % heads.ndim
+    cut = [(d, e) for d, e in enumerate(entries) if not _is_full(e)]
+    if len(cut) != 1 or cut[0][0] != inner or not isinstance(cut[0][1], slice):
+        return None
+    part = cut[0][1]
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (part.start, part.stop, part.step)):
+        return None
+    return HeadAxis(heads.head_dim, heads.inner_dim, tuple(tuple(h[part]) for h in heads.heads), heads.ndim)
+
+
+def head_cat(ctx: FlowContext, flows: list[Flow], dim: int) -> HeadAxis:
+    """``cat((-x2, x1), dim=-1)`` of heads along the dims of each head: each head's channels, part
+    after part."""
+    parts = [f for f in flows if isinstance(f, HeadAxis)]
+    if len(parts) != len(flows):
+        raise PruneError("torch.cat of attention heads with other tensors")
+    first = parts[0]
+    if first.inner_dim is None or any((p.head_dim, p.inner_dim, p.ndim, len(p.heads)) != (first.head_dim, first.inner_dim, first.ndim, len(first.heads)) for p in parts):
+        raise PruneError("torch.cat of attention heads laid out differently")
+    if dim % first.ndim != first.inner_dim % first.ndim:
+        raise PruneError("torch.cat of attention heads along a dim other than the dims of a head")
+    return HeadAxis(first.head_dim, first.inner_dim, tuple(tuple(i for p in parts for i in p.heads[h]) for h in range(len(first.heads))), first.ndim)
+
+
+def neg_rule(ctx: FlowContext) -> Flow:
+    """``-x``: zeros stay zero; heads and channels keep their place."""
+    flow = ctx.input(0)
+    if flow is None or isinstance(flow, HeadAxis):
+        return flow
+    return elementwise_call_rule(ctx)
+
+
+def head_unsqueeze(ctx: FlowContext, heads: HeadAxis, dim: object) -> HeadAxis:
+    """``k[:, :, None]`` / ``k.unsqueeze(2)``: a new dim of size 1 among the heads' dims."""
+    if not isinstance(dim, int):
+        raise PruneError("unsqueeze of attention heads at a computed dim")
+    ndim = heads.ndim + 1
+    position = dim % ndim
+
+    def moved(d: int) -> int:
+        old = d % heads.ndim
+        return (old + 1 if position <= old else old) - ndim
+
+    return HeadAxis(moved(heads.head_dim), None if heads.inner_dim is None else moved(heads.inner_dim), heads.heads, ndim)
+
+
+def head_expand(ctx: FlowContext, heads: HeadAxis) -> HeadAxis | None:
+    """``expand`` of heads along a dim of size 1 that is neither the head dim nor a dim of a head
+    (repeat_kv's ``expand(B, KV, n_rep, T, D)``): the heads stay; a head count written among
+    the sizes is recorded. None if the heads' own dims are expanded (the caller goes on)."""
+    in_shape, out_shape = ctx.shape(ctx.node.args[0]), ctx.shape()
+    if in_shape is None or out_shape is None or len(in_shape) != len(out_shape) or len(out_shape) != heads.ndim:
+        return None
+    head = heads.head_dim % heads.ndim
+    own = {head} if heads.inner_dim is None else {head, heads.inner_dim % heads.ndim}
+    if any(in_shape[d] != out_shape[d] for d in own):
+        return None
+    if ctx.node.target == "expand":
+        sizes = size_args(ctx.node)
+        if len(sizes) != len(out_shape):
+            raise PruneError("an expand of attention heads with sizes fprune cannot read")
+        count = sizes[head]
+        if count != -1:
+            if isinstance(count, bool) or not isinstance(count, int) or count != len(heads.heads):
+                raise PruneError("an expand of attention heads whose head count fprune cannot read; write -1 there")
+            ctx.literal(head, count, heads, 1)
+    return heads
+
+
+def repeat_view(
+    ctx: FlowContext, heads: HeadAxis, in_shape: tuple[int, ...], out_shape: tuple[int, ...], sizes: list[object]
+) -> HeadAxis | None:
+    """``reshape(B, KV * n_rep, T, D)`` of ``(B, KV, n_rep, T, D)``: the head dim merged with the
+    repeat dim after it; each key / value head now serves `n_rep` heads in a row (as
+    ``repeat_interleave(n_rep, dim=1)``). None for any other view."""
+    if heads.inner_dim is None or len(in_shape) != heads.ndim or len(out_shape) != heads.ndim - 1:
+        return None
+    head = heads.head_dim % heads.ndim
+    if head + 1 >= heads.ndim or heads.inner_dim % heads.ndim == head + 1:
+        return None
+    n_rep = in_shape[head + 1]
+    if out_shape != in_shape[:head] + (in_shape[head] * n_rep,) + in_shape[head + 2 :] or len(sizes) != len(out_shape):
+        return None
+    inner = heads.inner_dim % heads.ndim
+    ndim = heads.ndim - 1
+    out = HeadAxis(head - ndim, (inner - 1 if inner > head else inner) - ndim, tuple(h for h in heads.heads for _ in range(n_rep)), ndim)
+    size = sizes[head]
+    if size != -1:
+        if isinstance(size, bool) or not isinstance(size, int) or size != len(out.heads):
+            raise PruneError("a view of repeated attention heads whose head count fprune cannot read; write -1 there")
+        ctx.literal(head, size, heads, n_rep)
+    return out
+

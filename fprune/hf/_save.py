@@ -1,0 +1,44 @@
+"""Saving a pruned Hugging Face model: only a model its config rebuilds."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from .._errors import PruneError
+from ._config import built_shapes, is_hf_model, shapes_of
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike[str], **kwargs: object) -> None:
+    """``model.save_pretrained(path, **kwargs)``, after checking that ``from_pretrained`` will
+    rebuild it: its class, built from its ``config``, must have exactly its shapes.
+
+    ``apply_prune`` sets the pruned copy's config to the sizes it was pruned to; where one
+    config value cannot hold them (layers pruned to different widths, or a size the model
+    derives from others, as BERT's head size ``hidden_size // num_attention_heads``), saving
+    would lose them, and this refuses.
+
+    Raises:
+        PruneError: `model` is not a ``transformers.PreTrainedModel``, or its config does not
+            rebuild it (the message names the tensors that would reload with other shapes).
+    """
+    if not is_hf_model(model):
+        raise PruneError(f"save_pretrained: expects a transformers PreTrainedModel, got {type(model).__name__}")
+    config = getattr(model, "config")
+    built = built_shapes(model, config)
+    have = shapes_of(model)
+    if built is None:
+        raise PruneError(f"save_pretrained: {type(model).__name__} cannot be built from its own config; it would not reload")
+    wrong = [k for k in sorted(set(built) | set(have)) if built.get(k) != have.get(k)]
+    if wrong:
+        shown = ", ".join(f"`{k}` {have.get(k)} would reload as {built.get(k)}" for k in wrong[:4])
+        raise PruneError(
+            f"save_pretrained: the config of this {type(model).__name__} does not describe its pruned shapes "
+            f"({len(wrong)} tensors: {shown}{', ...' if len(wrong) > 4 else ''}): saved, it would reload different. "
+            "Its layers were pruned to different widths (prune every layer alike: group_masks without "
+            "global_ranking keeps the same fraction of each), or to a size the class derives from others "
+            "(BERT / ViT / GPT-2 derive the head size from hidden_size // num_attention_heads); keep such a model "
+            "as a Python object (torch.save(model))"
+        )
+    getattr(model, "save_pretrained")(path, **kwargs)
