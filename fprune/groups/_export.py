@@ -225,14 +225,32 @@ def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx
             lifted[spec.arg.name] = spec.target
         elif spec.kind not in (InputKind.USER_INPUT,):
             raise PruneError(f"{caller}: the exported program has an input of kind {spec.kind.name} (`{spec.arg.name}`), which fprune does not follow")
+    aliases: dict[int, list[str]] = {}  # tied tensors: every FQN of each
+    for fqn, tensor in tensors.items():
+        aliases.setdefault(id(tensor), []).append(fqn)
     holder = nn.Module()
-    for fqn in sorted(set(lifted.values())):
+    for fqn in sorted({name for target in lifted.values() for name in aliases[id(tensors[target])]}):
         _register(holder, fqn, tensors[fqn], isinstance(tensors[fqn], nn.Parameter))
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
+    alias_nodes: dict[str, fx.Node] = {}
 
-    def load(value: fx.node.Argument) -> fx.node.Argument:
-        return fx.node.map_arg(value, lambda n: env[n.name])
+    def load(value: fx.node.Argument, module: str = "") -> fx.node.Argument:
+        return fx.node.map_arg(value, lambda n: _alias(n.name, module) or env[n.name])
+
+    def _alias(name: str, module: str) -> fx.Node | None:
+        """A tied tensor under the name its user's module owns (``lm_head.weight`` in
+        ``lm_head``, ``model.embed_tokens.weight`` in the embedding)."""
+        target = lifted.get(name)
+        names = aliases[id(tensors[target])] if target is not None else []
+        if len(names) < 2 or not module:
+            return None
+        owned = [fqn for fqn in names if fqn.rpartition(".")[0] == module]
+        if len(owned) != 1 or owned[0] == target:
+            return None
+        if owned[0] not in alias_nodes:
+            alias_nodes[owned[0]] = graph.get_attr(owned[0])
+        return alias_nodes[owned[0]]
 
     for node in ep.graph.nodes:
         if node.op == "placeholder":
@@ -246,8 +264,10 @@ def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx
         elif node.op == "call_function" and node.target in _DROPPED and not node.users:
             continue
         else:
-            args = load(node.args)
-            kwargs = load(node.kwargs)
+            stack = node.meta.get("nn_module_stack") or {}
+            module = str(list(stack.values())[-1][0]) if stack else ""
+            args = load(node.args, module)
+            kwargs = load(node.kwargs, module)
             assert isinstance(args, tuple) and isinstance(kwargs, dict)
             translate = _TRANSLATIONS.get(node.target) if node.op == "call_function" else None
             call = translate(args, kwargs) if translate is not None else None
