@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+import inspect
 from dataclasses import replace
 from typing import Literal
 
@@ -14,7 +15,8 @@ from ._masks import Criterion, l2_norm
 from ._util.checks import check_model, trace
 from ._util.running import example_shapes
 from .groups._export import export_model, torch_level_graph
-from .groups._find import find_groups
+from .hf._config import is_hf_model
+from .groups._find import find_groups, with_export
 from .groups._flow import FlowRule, RuleKey
 from .groups._noop import nothing_removed
 from .groups._records import NormMode
@@ -57,8 +59,9 @@ def prune_channels(
     (``torch.export.export(model, example_inputs, example_kwargs, strict=False)``, for models
     fx cannot trace, such as every Hugging Face ``transformers`` model; it needs
     `example_inputs`), or ``"auto"`` (default): fx, and export where fx fails and example
-    inputs are given, or at once when `example_kwargs` are given. See "Hugging Face models"
-    in the README.
+    inputs are given, or at once when `example_kwargs` are given or `model` is a Hugging
+    Face model (which fx cannot trace; ``use_cache=False`` is then passed unless
+    `example_kwargs` say otherwise). See "Hugging Face models" in the README.
 
     Raises:
         PruneError: `model` cannot be traced by ``torch.fx.symbolic_trace`` (nor exported,
@@ -76,7 +79,12 @@ def prune_channels(
         rules = default_flow_rules()
     if graph == "fx" and example_kwargs:
         raise PruneError("prune_channels: `example_kwargs` need graph='export' (or 'auto'): fx runs the graph on positional inputs")
-    use_export = graph == "export" or (graph == "auto" and bool(example_kwargs))
+    if is_hf_model(model) and graph != "fx":  # transformers models: fx cannot trace them, export can
+        if "use_cache" in inspect.signature(model.forward).parameters and "use_cache" not in (example_kwargs or {}):
+            example_kwargs = {**(example_kwargs or {}), "use_cache": False}  # a cache is no output export can return
+        use_export = example_inputs is not None
+    else:
+        use_export = graph == "export" or (graph == "auto" and bool(example_kwargs))
     gm: fx.GraphModule | None = None
     if not use_export:
         try:
@@ -91,8 +99,7 @@ def prune_channels(
         program = export_model(model, example_inputs, example_kwargs, "prune_channels")
         gm = torch_level_graph(program, "prune_channels")
         groups = find_groups(gm, rules=rules, caller="prune_channels", norms=norms, root=model, exported=True)
-        shapes = example_shapes(example_inputs, example_kwargs)
-        groups = tuple(replace(g, example_shapes=shapes) for g in groups)  # apply exports the copy with them
+        groups = with_export(groups, gm, example_shapes(example_inputs, example_kwargs))  # apply exports the copy with them
     else:
         assert gm is not None
         groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels", norms=norms, root=model)

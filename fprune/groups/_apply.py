@@ -195,6 +195,8 @@ def _resize(module: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, objec
         return {"num_parameters": weight.shape[0]}
     if isinstance(module, nn.Embedding) and weight is not None:
         return {"embedding_dim": weight.shape[1]}
+    if type(module).__name__ == "Conv1D" and weight is not None and weight.dim() == 2:  # Hugging Face's (GPT-2): weight [nx, nf]
+        return {"nx": weight.shape[0], "nf": weight.shape[1]}
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and weight is not None:  # norms over the channels (_norms.py)
         return {"normalized_shape": (weight.shape[0],)}
     if isinstance(module, nn.GroupNorm) and weight is not None:
@@ -250,10 +252,12 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     for fqn, value in new_tensors.items():
         owner, _, name = fqn.rpartition(".")
         by_module.setdefault(owner, {})[name] = value
+    resized: set[str] = set()  # modules whose size attributes come from their tensors: not searched for literals
     for owner, changed in by_module.items():
         module = pruned.get_submodule(owner) if owner else pruned
         for key, attribute in _resize(model.get_submodule(owner) if owner else model, changed).items():
             setattr(module, key, attribute)
+            resized.add(owner)
         if isinstance(module, nn.RNNBase):
             module._init_flat_weights()
     for fqn, module in pruned.named_modules():
@@ -269,17 +273,20 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
     if is_hf_model(pruned):  # its config says the new sizes (forward may read them; save_pretrained writes them)
         moved = {r.eps: r.eps * r.size / kept for r, kept in norms.items() if r.eps is not None and kept != r.size}
         update_hf_config(model, pruned, moved)
-    if any(g.graph == "export" for g in groups) and not isinstance(pruned, fx.GraphModule):
-        # the numbers of an exported graph may come from attributes or from shapes: export the copy to see
+    exported = any(g.graph == "export" for g in groups) and not isinstance(pruned, fx.GraphModule)
+    if exported:
+        # the numbers of an exported graph may come from attributes or from shapes: export the copy to see;
+        # that export also runs the copy's forward on the example shapes, the safety net below
         eps = update_norms(pruned, norms, new_tensors, caller, check=False)
         sizes = {k: v[1] for k, v in updates.items()}
-        check = export_check(model, pruned, shapes, {**sizes, **eps}, caller)
-        update_head_counts(model, pruned, sizes, [v[0] for v in updates.values()], caller, verify=check)
+        original = next((g.exported for g in groups if g.exported is not None), None)
+        check = export_check(model, pruned, shapes, {**sizes, **eps}, caller, original)
+        update_head_counts(model, pruned, sizes, [v[0] for v in updates.values() if v[0].module not in resized], caller, verify=check)
     else:
         if updates:
             update_head_counts(model, pruned, {k: v[1] for k, v in updates.items()}, [v[0] for v in updates.values()], caller)
         update_norms(pruned, norms, new_tensors, caller)  # their eps * size / kept; F.layer_norm sizes in a GraphModule
-    if shapes is not None:  # the safety net: the copy runs once on meta tensors of the example shapes
+    if shapes is not None and not exported:  # the safety net: the copy runs once on meta tensors of the example shapes
 
         cut = [index for index, keep in keeps.items() if not bool(keep.all())]
         if cut:

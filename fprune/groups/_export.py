@@ -91,9 +91,31 @@ def _select(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None
     return _Call("call_function", operator.getitem, (x, (slice(None),) * dim + (index,)), {})
 
 
+def _index(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten.index.Tensor(x, [i, None, j])`` -> ``x[i, :, j]`` (Python's indexing calls that op)."""
+    indices = args[1] if len(args) > 1 else kwargs.get("indices")
+    if not isinstance(indices, (list, tuple)):
+        return None
+    index = tuple(slice(None) if i is None else i for i in indices)
+    return _Call("call_function", operator.getitem, (args[0], index[0] if len(index) == 1 else index), {})
+
+
 def _embedding(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
     """``aten.embedding(weight, indices, ...)`` -> ``F.embedding(indices, weight)``."""
     return _Call("call_function", F.embedding, (args[1], args[0]), {})
+
+
+def _convolution(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding,
+    groups)`` -> ``F.conv{1,2,3}d(x, weight, bias, stride, padding, dilation, groups)`` (a transposed
+    one stays ATen)."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed", "output_padding", "groups")
+    values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    stride = values.get("stride")
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(len(stride)) if isinstance(stride, (list, tuple)) else None
+    if conv is None or values.get("transposed") or len(values) != len(names):
+        return None
+    return _Call("call_function", conv, tuple(values[k] for k in names if k not in ("transposed", "output_padding")), {})
 
 
 def _layer_norm(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
@@ -143,11 +165,64 @@ def _keep(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call:
     return _Call("call_method", "contiguous", (args[0],), {})
 
 
+def _per_channel_norm(target: object, flag: str) -> _Translate:
+    """``aten.batch_norm`` / ``aten.instance_norm(input, weight, bias, running_mean, running_var,
+    flag, momentum, eps, cudnn_enabled)`` -> ``target(input, running_mean, running_var, weight,
+    bias, flag, momentum, eps)``, the order of ``F.batch_norm`` / ``F.instance_norm``."""
+    names = ("input", "weight", "bias", "running_mean", "running_var", flag, "momentum", "eps", "cudnn_enabled")
+
+    def translate(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+        values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+        if any(k not in values for k in names[:8]) or len(args) + len(kwargs) > len(names):
+            return None
+        order = ("input", "running_mean", "running_var", "weight", "bias", flag, "momentum", "eps")
+        return _Call("call_function", target, tuple(values[k] for k in order), {})
+
+    return translate
+
+
+def _no_training(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten._native_batch_norm_legit_no_training(input, weight, bias, running_mean,
+    running_var, momentum, eps)``, of which only output 0 is read (``_FIRST_OUTPUT``) ->
+    ``F.batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)``."""
+    names = ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps")
+    values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    if len(values) != len(names) or len(args) + len(kwargs) != len(names):
+        return None
+    order = ("input", "running_mean", "running_var", "weight", "bias")
+    return _Call("call_function", F.batch_norm, (*(values[k] for k in order), False, values["momentum"], values["eps"]), {})
+
+
+def _rrelu(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten.rrelu(x, lower, upper, training, generator=None)`` -> ``F.rrelu(x, lower, upper,
+    training)`` (F.rrelu's fifth argument is `inplace`; a generator stays ATen)."""
+    if len(args) > 4 and args[4] is not None or kwargs.get("generator") is not None:
+        return None
+    return _Call("call_function", F.rrelu, tuple(args[:4]), {k: v for k, v in kwargs.items() if k != "generator"})
+
+
+def _elu(args: tuple[object, ...], kwargs: dict[str, object]) -> _Call | None:
+    """``aten.elu(x, alpha=1, scale=1, input_scale=1)`` -> ``F.elu(x, alpha)`` (other scales stay ATen)."""
+    values = dict(zip(("self", "alpha", "scale", "input_scale"), args)) | kwargs
+    if values.get("scale", 1) != 1 or values.get("input_scale", 1) != 1:
+        return None
+    return _Call("call_function", F.elu, (args[0], values.get("alpha", 1.0)), {})
+
+
 _TRANSLATIONS: dict[object, _Translate] = {
     aten.linear.default: _function(F.linear),
     aten.embedding.default: _embedding,
     aten.addmm.default: _function(torch.addmm),
+    aten.conv1d.default: _function(F.conv1d),
+    aten.conv1d.padding: _function(F.conv1d),
+    aten.conv2d.default: _function(F.conv2d),
+    aten.conv2d.padding: _function(F.conv2d),
+    aten.conv3d.default: _function(F.conv3d),
+    aten.conv3d.padding: _function(F.conv3d),
+    aten.convolution.default: _convolution,
     aten.layer_norm.default: _layer_norm,
+    aten.rms_norm.default: _function(F.rms_norm),
+    aten.repeat_interleave.self_int: _function(torch.repeat_interleave, drop=("output_size",)),
     aten.view.default: _method("view"),
     aten._unsafe_view.default: _method("view"),
     aten.reshape.default: _method("reshape"),
@@ -195,6 +270,49 @@ _TRANSLATIONS: dict[object, _Translate] = {
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.dropout.default: _dropout,
+    aten.batch_norm.default: _per_channel_norm(F.batch_norm, "training"),
+    aten._native_batch_norm_legit_no_training.default: _no_training,
+    aten.instance_norm.default: _per_channel_norm(F.instance_norm, "use_input_stats"),
+    aten.relu_.default: _function(F.relu),
+    aten.relu6.default: _function(F.relu6),
+    aten.hardtanh.default: _function(F.hardtanh),
+    aten.hardtanh_.default: _function(F.hardtanh),
+    aten.hardswish.default: _function(F.hardswish),
+    aten.hardswish_.default: _function(F.hardswish),
+    aten.hardsigmoid.default: _function(F.hardsigmoid),
+    aten.hardsigmoid_.default: _function(F.hardsigmoid),
+    aten.sigmoid_.default: _function(torch.sigmoid),
+    aten.tanh_.default: _function(torch.tanh),
+    aten.silu_.default: _function(F.silu),
+    aten.gelu_.default: _gelu,
+    aten.leaky_relu.default: _function(F.leaky_relu),
+    aten.leaky_relu_.default: _function(F.leaky_relu),
+    aten.elu.default: _elu,
+    aten.elu_.default: _elu,
+    aten.mish.default: _function(F.mish),
+    aten.mish_.default: _function(F.mish),
+    aten.softplus.default: _function(F.softplus),
+    aten.selu.default: _function(F.selu),
+    aten.celu.default: _function(F.celu),
+    aten.hardshrink.default: _function(F.hardshrink),
+    aten.log_sigmoid.default: _function(F.logsigmoid),
+    aten.rrelu.default: _rrelu,
+    aten.abs.default: _function(torch.abs),
+    aten.max_pool1d.default: _function(F.max_pool1d),
+    aten.max_pool2d.default: _function(F.max_pool2d),
+    aten.max_pool3d.default: _function(F.max_pool3d),
+    aten.avg_pool1d.default: _function(F.avg_pool1d),
+    aten.avg_pool2d.default: _function(F.avg_pool2d),
+    aten.avg_pool3d.default: _function(F.avg_pool3d),
+    aten.adaptive_avg_pool1d.default: _function(F.adaptive_avg_pool1d),
+    aten.adaptive_avg_pool2d.default: _function(F.adaptive_avg_pool2d),
+    aten.adaptive_avg_pool3d.default: _function(F.adaptive_avg_pool3d),
+    aten.add_.Tensor: _binary(operator.add),
+    aten.mul_.Tensor: _binary(operator.mul),
+    aten.roll.default: _function(torch.roll),
+    aten.channel_shuffle.default: _function(torch.channel_shuffle),
+    aten.native_channel_shuffle.default: _function(torch.channel_shuffle),
+    aten.index.Tensor: _index,
     aten.matmul.default: _function(torch.matmul),
     aten.scaled_dot_product_attention.default: _function(F.scaled_dot_product_attention),
 }
@@ -202,6 +320,10 @@ _TRANSLATIONS: dict[object, _Translate] = {
 
 _DROPPED = (aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten.sym_constrain_range_for_size.default)
 """Checks with no output that export records; not part of the computation."""
+
+_FIRST_OUTPUT = (aten._native_batch_norm_legit_no_training.default,)
+"""Ops that return a tuple, translated to a call that returns its output 0: only where every
+user is ``getitem(·, 0)``, which then reads the translated call itself."""
 
 
 class _Shape(NamedTuple):
@@ -252,6 +374,8 @@ def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx
             alias_nodes[owned[0]] = graph.get_attr(owned[0])
         return alias_nodes[owned[0]]
 
+    position = {node: i for i, node in enumerate(ep.graph.nodes)}
+    firsts: set[str] = set()  # _FIRST_OUTPUT nodes translated
     for node in ep.graph.nodes:
         if node.op == "placeholder":
             new = graph.get_attr(lifted[node.name]) if node.name in lifted else graph.placeholder(node.name)
@@ -263,14 +387,22 @@ def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx
             new = graph.get_attr(str(node.target))
         elif node.op == "call_function" and node.target in _DROPPED and not node.users:
             continue
+        elif node.target is operator.getitem and isinstance(node.args[0], fx.Node) and node.args[0].name in firsts:
+            env[node.name] = env[node.args[0].name]  # output 0 of a tuple op translated to it
+            shape = _shape_of(node.meta.get("val"))
+            if shape is not None:
+                env[node.name].meta["tensor_meta"] = _Shape(shape)
+            continue
         else:
             stack = node.meta.get("nn_module_stack") or {}
             module = str(list(stack.values())[-1][0]) if stack else ""
             args = load(node.args, module)
             kwargs = load(node.kwargs, module)
             assert isinstance(args, tuple) and isinstance(kwargs, dict)
-            translate = _TRANSLATIONS.get(node.target) if node.op == "call_function" else None
+            translate = _TRANSLATIONS.get(node.target) if node.op == "call_function" and _translatable(node, position) else None
             call = translate(args, kwargs) if translate is not None else None
+            if call is not None and node.target in _FIRST_OUTPUT:
+                firsts.add(node.name)
             if call is None:
                 call = _Call(node.op, node.target, args, kwargs)
             new = graph.create_node(call.op, call.target, call.args, call.kwargs)  # type: ignore[arg-type]
@@ -282,6 +414,45 @@ def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx
             new.meta["tensor_meta"] = _Shape(shape)
         env[node.name] = new
     return fx.GraphModule(holder, graph)
+
+
+def _translatable(node: fx.Node, position: Mapping[fx.Node, int]) -> bool:
+    """False where the torch-level call would hide what `node` does. Of an op in
+    ``_FIRST_OUTPUT`` only output 0 may be read. An op that writes its input in place
+    (``relu_``, ``x += y``) becomes its out-of-place form only where nothing reads that memory
+    after it (the input, views of it taken before, earlier in-place results on it) and the memory
+    is no view of another tensor's; otherwise it stays ATen, and blocks the channels that reach it."""
+    if node.target in _FIRST_OUTPUT and not all(user.target is operator.getitem and user.args[1] == 0 for user in node.users):
+        return False
+    if not _writes_input(node):
+        return True
+    base = node.args[0]
+    while isinstance(base, fx.Node) and _writes_input(base):
+        base = base.args[0]
+    if not isinstance(base, fx.Node) or base.op != "call_function" or _may_alias(base):
+        return False  # an input, a model tensor, a view, or an op that may return one
+    shared, frontier = {base}, [base]  # the tensors that share the written memory: views, in-place results
+    while frontier:
+        for user in frontier.pop().users:
+            if user is not node and user not in shared and _may_alias(user):
+                shared.add(user)
+                frontier.append(user)
+    return all(position[user] < position[node] for tensor in shared for user in tensor.users if user is not node)
+
+
+def _writes_input(node: fx.Node) -> bool:
+    """Whether `node` is an ATen op that writes its first argument in place."""
+    schema = getattr(node.target, "_schema", None)
+    arguments = schema.arguments if schema is not None else []
+    info = arguments[0].alias_info if arguments else None
+    return node.op == "call_function" and info is not None and info.is_write and bool(node.args)
+
+
+def _may_alias(node: fx.Node) -> bool:
+    """Whether `node`'s output may share memory with another tensor (a view, an in-place op's
+    result, an element of a returned tuple, any call that is no ATen op)."""
+    schema = getattr(node.target, "_schema", None)
+    return schema is None or any(ret.alias_info is not None for ret in schema.returns)
 
 
 def _entry(value: object) -> object:
@@ -350,13 +521,16 @@ def export_model(
     """``torch.export.export(model, args, kwargs, strict=False)``, or a PruneError from `caller`
     that says why and what to do."""
     try:
-        with torch.no_grad():
-            return torch.export.export(model, tuple(args), kwargs=dict(kwargs or {}), strict=False)
+        return torch.export.export(model, tuple(args), kwargs=dict(kwargs or {}), strict=False)
     except Exception as error:  # noqa: BLE001 - any export failure is reported the same way
         text = str(error).strip()
+        hint = (
+            "; forward returns an object torch.export cannot return (a Hugging Face model's cache: pass "
+            'example_kwargs={"use_cache": False})' if "not a known type" in text or "Cache" in text else ""
+        )
         raise PruneError(
-            f"{caller}: torch.export could not capture the model either ({type(error).__name__}: "
-            f"{text.splitlines()[0] if text else ''}); pass example inputs the model's forward takes "
+            f"{caller}: torch.export could not capture the model ({type(error).__name__}: "
+            f"{text.splitlines()[0] if text else ''}){hint}; pass example inputs the model's forward takes "
             "(`example_inputs`, `example_kwargs`), or an ExportedProgram you exported yourself"
         ) from None
 
@@ -367,11 +541,13 @@ def export_check(
     shapes: ExampleShapes | None,
     changes: Mapping[tuple[str, int], int | float],
     caller: str,
+    graph: fx.Graph | None = None,
 ) -> Callable[[], str | None]:
     """A check that the pruned copy's forward is the model's but for `changes`: the numbers
-    (sizes, eps) at (node, argument index) that pruning changes. Both are exported on the
-    example shapes (zeros) and their graphs compared node by node; the check returns None if
-    they agree, else what differs. The model is exported once, on the first call."""
+    (sizes, eps) at (node, argument index) that pruning changes. The copy is exported on the
+    example shapes (zeros) and its graph compared node by node with the model's (`graph`, the
+    one the groups were found in; else the model is exported too, once, on the first call);
+    the check returns None if they agree, else what differs."""
     original: list[fx.Graph] = []
 
     def graph_of(module: nn.Module) -> fx.Graph:
@@ -383,12 +559,14 @@ def export_check(
     def check() -> str | None:
         if shapes is None:
             return "the groups hold no example inputs to export the pruned copy with"
-        if not original:
-            original.append(graph_of(model))
         try:
             after = graph_of(pruned)
         except PruneError as error:
             return f"the pruned copy could not be exported again ({error})"
+        if graph is not None and not original and _differences(graph, after, changes) is None:
+            return None
+        if not original:  # exported otherwise (grad mode, other inputs): export the model as the copy was
+            original.append(graph_of(model))
         return _differences(original[0], after, changes)
 
     return check
@@ -399,7 +577,7 @@ def _differences(before: fx.Graph, after: fx.Graph, changes: Mapping[tuple[str, 
     if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
         return "the pruned model's forward exports to a different structure"
     for old, new in zip(old_nodes, new_nodes):
-        sizes = {index: int(value) for (name, index), value in changes.items() if name == old.name and index >= 0 and not isinstance(value, float)}
+        sizes = {index: int(value) for (name, index), value in changes.items() if name == old.name and not isinstance(value, float)}  # index ~i: a slice's start
         args, kwargs = with_sizes(old, sizes) if sizes else (old.args, dict(old.kwargs))
         floats = {index: value for (name, index), value in changes.items() if name == old.name and isinstance(value, float)}
         if floats:

@@ -9,7 +9,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 
 from .._errors import PruneError, prefixed
-from .._util.running import example_shapes
+from .._util.running import ExampleShapes, example_shapes
 from ._collect import collect
 from ._export import torch_level_graph
 from ._flow import FlowRule, RuleKey
@@ -79,11 +79,16 @@ def exported_groups(
     gm = torch_level_graph(ep, caller)
     groups = find_groups(gm, rules=rules, caller=caller, norms=norms, root=root, exported=True)
     inputs = ep.example_inputs
-    if inputs is None or not groups:
-        return groups
-    args, kwargs = inputs
-    shapes = example_shapes(args, kwargs)
-    return tuple(replace(group, example_shapes=shapes) for group in groups)
+    shapes = example_shapes(*inputs) if inputs is not None else None
+    return with_export(groups, gm, shapes)
+
+
+def with_export(groups: tuple[ChannelGroup, ...], gm: fx.GraphModule, shapes: ExampleShapes | None) -> tuple[ChannelGroup, ...]:
+    """`groups` found in the exported graph `gm`, holding a copy of it (apply compares the pruned
+    copy's graph with it) and the example shapes it was exported with."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    return tuple(replace(group, exported=graph, example_shapes=shapes or group.example_shapes) for group in groups)
 
 
 def find_groups(

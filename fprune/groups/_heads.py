@@ -50,8 +50,11 @@ def update_head_counts(
     about_heads = {k: v for k, v in usable.items() if "head" in k[1].lower() and "dim" not in k[1].lower() and "size" not in k[1].lower()}
     # every matching attribute; those named for heads; then each alone (an equal `dim` must stay)
     attempts = [usable, about_heads] + [{key: value} for key, value in usable.items()]
-    if verify is not None:
-        attempts.insert(0, {})  # the numbers may follow the shapes already
+    if verify is not None:  # the numbers may follow the shapes already; else the fewest attributes that work
+        by_name: dict[str, dict[tuple[str, str], int]] = {}  # one attribute name, in every module that has it
+        for key, value in usable.items():
+            by_name.setdefault(key[1], {})[key] = value
+        attempts = [{}, about_heads, *by_name.values(), usable]
     check = verify if verify is not None else lambda: verify_graph(model, pruned, new)
     problem: str | None = "no integer attribute of the module holds the number"
     for index, changes in enumerate(attempts):
@@ -67,6 +70,11 @@ def update_head_counts(
             return
         for (module_fqn, attr), old_value in originals.items():
             setattr(pruned.get_submodule(module_fqn) if module_fqn else pruned, attr, old_value)
+    if not new:  # nothing to rewrite: the export check of the copy itself failed
+        raise PruneError(
+            f"{caller}: the pruned copy, exported again on the example inputs, is not the model less the removed "
+            f"channels ({problem}); `ignore` the groups whose layers it names"
+        )
     raise PruneError(
         f"{caller}: pruning changes counts that forward writes into a view / reshape / split ({problem}); "
         "fprune could not find the module attributes they come from. Compute them from an attribute such as "

@@ -15,10 +15,10 @@ from ._scores import ignored, kept_at_level, round_kept, unit_count
 
 _NO_GROUPS = (
     "nothing to prune: no producer found (no Linear, Conv, ConvTranspose, Embedding, LSTM or "
-    "MultiheadAttention that fprune follows). A graph of ATen ops from torch.export "
-    "(ExportedProgram.module()) is not supported yet: trace the nn.Module itself with "
-    "torch.fx.symbolic_trace. For layers of your own (such as GPT-2's Conv1D), register a flow "
-    "rule (fprune.groups.default_flow_rules()) and pass it as rules="
+    "MultiheadAttention that fprune follows). A module unlifted from torch.export "
+    "(ExportedProgram.module()) is a graph of ATen ops: pass the ExportedProgram itself, or the "
+    "nn.Module. For layers of your own, register a flow rule "
+    "(fprune.groups.default_flow_rules()) and pass it as rules="
 )
 
 
@@ -95,9 +95,9 @@ def _no_producer(gm: fx.GraphModule, rules: Mapping[RuleKey, FlowRule]) -> str:
     if aten is not None:
         return (
             f"no producer found. The model is a graph of ATen ops (node `{aten.name}` calls {aten.target}), as "
-            "torch.export makes (ExportedProgram.module()); fprune's flow rules follow the modules and torch "
-            "functions of a torch.fx.symbolic_trace graph, so ATen graphs are not supported yet. Pass the "
-            "nn.Module itself (before torch.export)"
+            "torch.export makes (ExportedProgram.module()), whose weights are no longer named by the modules "
+            "that own them. Pass the ExportedProgram itself to channel_groups (its graph signature names them), "
+            "or the nn.Module itself to prune_channels (with example_inputs it exports the model where fx fails)"
         )
     modules = dict(gm.named_modules())
     tensors: dict[str, torch.Tensor] = dict(gm.named_parameters())

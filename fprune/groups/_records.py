@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from torch import fx
+
 from .._util.running import ExampleShapes
 
 Role = Literal["producer", "consumer", "carrier"]
@@ -57,7 +59,9 @@ class SizeLiteral:
 
     Attributes:
         node: the fx node name (a ``view`` / ``reshape``).
-        index: the position of the number among the node's size arguments.
+        index: the position of the number among the node's size arguments (a slice's end);
+            ``~i`` (negative) for the start of the slice at position i (an exported graph's
+            ``x[..., s:k]``, whose s counts the channels before it).
         value: the number in the original graph.
         heads: the group channel of one channel of each head it counts.
         factor: the number per head (1 for a head count, ``head_dim`` for a width).
@@ -103,6 +107,14 @@ class NormRescale:
         eps_node: the node that adds the eps as a number written in the graph ("" for an
             ``nn.RMSNorm`` call); in a GraphModule, the number there is rewritten.
         eps_index: the position of that number among the node's arguments.
+        offset: the norm multiplies by ``offset + weight`` (Gemma's ``x * (1 + w)``: 1.0); the
+            pruned copy's ``offset + weight`` is multiplied by ``sqrt(size / kept)``, so its
+            weight becomes ``(offset + w) * sqrt(size / kept) - offset``.
+        kept_dim: the dim of `weight` whose pruned size is the kept count: 0 for the norm's
+            own weight; 1 for the projection in front of an RMSNorm over the dims of each head
+            (Qwen3's ``q_proj`` before ``q_norm``): the whole projection is multiplied by
+            ``sqrt(size / kept)``, which makes the norm's eps ``eps * size / kept`` give what it
+            gave, so it can share one config eps with the hidden-size norms.
     """
 
     node: str
@@ -113,6 +125,8 @@ class NormRescale:
     attribute: str
     eps_node: str = ""
     eps_index: int = -1
+    offset: float = 0.0
+    kept_dim: int = 0
 
     def __str__(self) -> str:
         if self.attribute:
@@ -120,7 +134,8 @@ class NormRescale:
         else:  # found by value when pruning
             where = f"(the attribute of `{self.module or 'the model'}` that holds {self.eps!r})"
         return (
-            f"RMSNorm at `{self.node}` stays exact: the pruned copy's `{self.weight}` is multiplied by "
+            f"RMSNorm at `{self.node}` stays exact: the pruned copy's "
+            f"{f'{self.offset!r} + `{self.weight}`' if self.offset else f'`{self.weight}`'} is multiplied by "
             f"sqrt({self.size} / kept) and its eps {where} by {self.size} / kept"
         )
 
@@ -206,6 +221,9 @@ class ChannelGroup:
             ``"export"`` (a ``torch.export`` graph, whose sizes are numbers whatever computed
             them: :func:`fprune.apply_prune` exports the pruned copy again, on the example
             shapes, to check every size it changes).
+        exported: for ``graph == "export"``, the torch-level graph the groups were found in
+            (what apply compares the pruned copy's graph with; None: apply exports the model
+            again). Not compared.
     """
 
     size: int
@@ -220,6 +238,7 @@ class ChannelGroup:
     folds: tuple[BiasFold, ...] = ()
     example_shapes: ExampleShapes | None = field(default=None, compare=False, repr=False)
     graph: GraphKind = "fx"
+    exported: fx.Graph | None = field(default=None, compare=False, repr=False)
 
     @property
     def exact(self) -> bool:

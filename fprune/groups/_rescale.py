@@ -26,21 +26,22 @@ def float_attributes(owner: nn.Module, value: float) -> list[str]:
 
 def rescaled_weights(groups: Sequence[ChannelGroup], new_tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[NormRescale, int]]:
     """`new_tensors` with the weight of every exact RMSNorm that lost channels multiplied by
-    ``sqrt(size / kept)``, and the kept count of every RMSNorm of the groups (lost or not)."""
+    ``sqrt(size / kept)`` (for a norm that multiplies by ``offset + weight``, that sum), and
+    the kept count of every RMSNorm of the groups (lost or not)."""
     records: dict[NormRescale, int] = {}
     for group in groups:
         for record in group.rescales:
-            records[record] = new_tensors[record.weight].shape[0] if record.weight in new_tensors else record.size
-    factors: dict[str, float] = {}
+            records[record] = new_tensors[record.weight].shape[record.kept_dim] if record.weight in new_tensors else record.size
+    factors: dict[str, tuple[float, float]] = {}  # weight -> (factor, offset)
     for record, kept in records.items():
         factor = math.sqrt(record.size / kept)
-        if factors.setdefault(record.weight, factor) != factor:
+        if factors.setdefault(record.weight, (factor, record.offset)) != (factor, record.offset):
             raise PruneError(f"`{record.weight}` is the weight of two RMSNorms that lose different numbers of channels")
     tensors = dict(new_tensors)
     with torch.no_grad():
-        for fqn, factor in factors.items():
-            if factor != 1.0:
-                tensors[fqn] = new_tensors[fqn] * factor
+        for fqn, (factor, offset) in factors.items():
+            if factor != 1.0:  # (offset + w) * factor = offset + w': Gemma's x * (1 + w)
+                tensors[fqn] = (new_tensors[fqn] + offset) * factor - offset if offset else new_tensors[fqn] * factor
     return tensors, records
 
 

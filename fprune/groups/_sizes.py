@@ -39,7 +39,8 @@ def size_args(node: fx.Node) -> list[object]:
 def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.Argument, ...], dict[str, fx.node.Argument]]:
     """`node`'s (args, kwargs) with the size arguments at the given indices (as counted by
     :func:`size_args`) replaced; every index is replaced, in a size list as in loose sizes. A
-    slice there (an index tuple of ``x[:, :k]``) gets the new value as its end."""
+    slice there (an index tuple of ``x[:, :k]``) gets the new value as its end; at index ``~i``
+    (negative), the slice at i gets it as its start."""
     args, kwargs = list(node.args), dict(node.kwargs)
     slot = _size_slot(node)
     if slot is None:
@@ -50,8 +51,12 @@ def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.A
     if isinstance(current, (tuple, list)):
         values = list(current)
         for index, value in sizes.items():
-            old = values[index]  # a slice's end (``x[:, :k]``) is its size; start and step stay
-            values[index] = slice(old.start, value, old.step) if isinstance(old, slice) else value
+            old = values[index if index >= 0 else ~index]  # a slice's end (``x[:, :k]``) is its size; step stays
+            if index < 0:  # ~index: the start of the slice there (``x[..., s:k]`` in an exported graph)
+                assert isinstance(old, slice)
+                values[~index] = slice(value, old.stop, old.step)
+            else:
+                values[index] = slice(old.start, value, old.step) if isinstance(old, slice) else value
         new: fx.node.Argument = type(current)(values)
     else:
         (new,) = sizes.values()

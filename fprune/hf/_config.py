@@ -10,6 +10,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .._errors import PruneError
 
@@ -108,9 +109,37 @@ def solve_config(model: nn.Module, pruned: nn.Module) -> tuple[object, dict[str,
             setattr(base, name, found.pop())
         elif found:
             problems[name] = "the pruned copy's layers have different widths, which one config value cannot hold"
+    if not problems:  # a field with no dim of its own (Phi-3's kv heads, only in the fused qkv_proj)
+        _solve_shared(base, moves, now, target)
     if not problems and built_shapes(model, base) != target:
         problems["shapes"] = "the config cannot express the pruned shapes (a size the model derives from others)"
     return base, problems
+
+
+def _solve_shared(
+    base: object,
+    moves: Mapping[str, tuple[int, int, set[tuple[str, int, int]]]],
+    now: Mapping[str, tuple[int, ...]],
+    target: Mapping[str, tuple[int, ...]],
+) -> None:
+    """Set each field that every dim it moves shares with other fields (Phi-3's
+    ``num_key_value_heads``: ``qkv_proj`` is ``(heads + 2 * kv_heads) * head_dim``) from those dims,
+    taking the others' changes out as measured (``k * value`` each). Only a value every such dim
+    agrees on is set; the caller checks the config by building the class from it."""
+    for name, (value, step, dims) in moves.items():
+        if getattr(base, name) != value:
+            continue  # solved from a dim of its own
+        found: set[int] = set()
+        for key, dim, moved_size in dims:
+            rest = target.get(key, now[key])[dim] - now[key][dim]
+            for other, (other_value, other_step, other_dims) in moves.items():
+                moved = next((m for k, d, m in other_dims if (k, d) == (key, dim)), None)
+                if other != name and moved is not None:
+                    rest -= (moved - now[key][dim]) // other_step * (int(getattr(base, other)) - other_value)
+            k, remainder = divmod(moved_size - now[key][dim], step)
+            found.add(value + rest // k if not remainder and k > 0 and rest % k == 0 else -1)
+        if len(found) == 1 and (solved := found.pop()) > 0:
+            setattr(base, name, solved)
 
 
 def updated_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, float]) -> tuple[object, dict[str, str]]:
@@ -139,6 +168,7 @@ def update_hf_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, fl
     rebuild it, and make what the class derives from them agree (Gemma's embedding scale
     ``sqrt(hidden_size)``: folded into the embedding weights). Returns the fields left as they
     were, with why (:func:`fprune.hf.save_pretrained` refuses to save those)."""
+    sync_head_attributes(model, pruned)
     solved, problems = updated_config(model, pruned, eps)
     config = getattr(pruned, "config")
     for name in (*SIZE_FIELDS, "head_dim", *EPS_FIELDS):
@@ -152,9 +182,56 @@ def update_hf_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, fl
     return problems
 
 
+_HEAD_COUNTS = ("num_attention_heads", "num_heads")
+_HEAD_SIZES = ("attention_head_size", "head_dim", "head_size")
+_HEAD_WIDTHS = ("all_head_size",)
+_QUERIES = ("query", "q_proj", "q")
+
+
+def _int_attribute(module: nn.Module, names: tuple[str, ...]) -> tuple[str, int] | None:
+    for name in names:
+        value = vars(module).get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return name, value
+    return None
+
+
+def sync_head_attributes(model: nn.Module, pruned: nn.Module) -> None:
+    """The head counts an attention module of the pruned copy keeps as attributes, set to the
+    heads its query projection (a Linear child ``query`` / ``q_proj`` / ``q``) has now: BERT's
+    ``num_attention_heads`` and ``all_head_size``, ViT's ``num_attention_heads``, where forward
+    splits heads with -1 and never reads them (nothing in the graph records them). The head
+    size must be unchanged. Apply's re-export check then confirms that forward computes what
+    it did but for the sizes pruning changes."""
+    originals = dict(model.named_modules())
+    for name, module in pruned.named_modules():
+        original = originals.get(name)
+        count = _int_attribute(original, _HEAD_COUNTS) if original is not None else None
+        size = _int_attribute(original, _HEAD_SIZES) if original is not None else None
+        queries = [q for q in _QUERIES if isinstance(getattr(module, q, None), nn.Linear)]
+        if original is None or count is None or size is None or len(queries) != 1 or size[1] <= 0:
+            continue
+        query, before = getattr(module, queries[0]), getattr(original, queries[0])
+        width = count[1] * size[1]
+        if not isinstance(before, nn.Linear) or before.out_features != width or vars(module).get(size[0]) != size[1]:
+            continue
+        now = query.out_features
+        if now == width or now % size[1]:
+            continue
+        setattr(module, count[0], now // size[1])
+        for attribute in _HEAD_WIDTHS:
+            if vars(original).get(attribute) == width:
+                setattr(module, attribute, now)
+
+
 def _fold_embed_scale(pruned: nn.Module, config: object) -> None:
     """An embedding scaled by ``sqrt(hidden_size)`` at build time (Gemma's ``embed_scale``) gets
-    the value the pruned config gives, its weight scaled by old / new: the output stays."""
+    the value the pruned config gives, its weight scaled by old / new: the output stays.
+
+    A weight tied to the LM head (Gemma's ``tie_word_embeddings``) stays tied: the head's logits
+    would be old / new times larger, so the decoder's final norm, whose output the head reads,
+    is made to output new / old times as much (:func:`_scaled_norm_weight`). Where that norm is
+    not found, nothing is folded (the copy stays right; saved, it would reload different)."""
     try:
         with torch.device("meta"):
             fresh = type(pruned)(config)
@@ -167,9 +244,53 @@ def _fold_embed_scale(pruned: nn.Module, config: object) -> None:
         new = getattr(other, "scalar_embed_scale", None)
         if not isinstance(old, float) or not isinstance(new, float) or old == new or not isinstance(module, nn.Embedding):
             continue
+        weight = module.weight
+        sharing = [(m, k) for m in pruned.modules() for k, p in vars(m)["_parameters"].items() if p is weight]
+        final_norm: tuple[nn.Module, nn.Parameter, Tensor] | None = None
+        if len(sharing) > 1:  # tied: only to the LM head, whose input the final norm makes
+            head, get_decoder = getattr(pruned, "get_output_embeddings", lambda: None)(), getattr(pruned, "get_decoder", None)
+            norm = getattr(get_decoder(), "norm", None) if callable(get_decoder) else None
+            scaled = _scaled_norm_weight(norm, new / old) if isinstance(norm, nn.Module) else None
+            if not (isinstance(head, nn.Linear) and {id(m) for m, _ in sharing} == {id(module), id(head)} and scaled is not None):
+                continue
+            assert isinstance(norm, nn.Module) and isinstance(norm.weight, nn.Parameter) and scaled is not None
+            final_norm = norm, norm.weight, scaled
         with torch.no_grad():
-            module.weight = nn.Parameter(module.weight * (old / new), requires_grad=module.weight.requires_grad)
+            folded = nn.Parameter(weight * (old / new), requires_grad=weight.requires_grad)
+        for owner, key in sharing:
+            setattr(owner, key, folded)
+        if final_norm is not None:
+            norm, parameter, scaled = final_norm
+            norm.weight = nn.Parameter(scaled, requires_grad=parameter.requires_grad)
         setattr(module, "scalar_embed_scale", new)
         buffer = getattr(module, "embed_scale", None)
         if isinstance(buffer, Tensor):
             module.embed_scale = torch.tensor(new, dtype=buffer.dtype, device=buffer.device)
+
+
+def _scaled_norm_weight(norm: nn.Module, factor: float) -> Tensor | None:
+    """The weight that makes the RMSNorm `norm` output `factor` times what it outputs: it
+    multiplies by ``c + weight`` (c: 0, or Gemma's 1), found by running it on ones with the
+    weights 0 and 1; then ``(c + weight) * factor - c``, checked on a random input. None for a
+    norm that does not scale so."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 1 or weight.is_meta:
+        return None
+    probe = torch.ones(2, weight.shape[0], dtype=weight.dtype, device=weight.device)
+    check = torch.randn(2, weight.shape[0], generator=torch.Generator().manual_seed(0), dtype=weight.dtype).to(weight.device)
+    try:
+        with torch.no_grad():
+            zero, one = (functional_call(norm, {"weight": torch.full_like(weight, v)}, (probe,)) for v in (0.0, 1.0))
+            offsets = zero / (one - zero)
+            offset = float(offsets.flatten()[0])
+            if not torch.isfinite(offsets).all() or not torch.allclose(offsets, torch.full_like(offsets, offset)):
+                return None
+            scaled = (weight + offset) * factor - offset
+            expected = norm(check) * factor
+            got = functional_call(norm, {"weight": scaled}, (check,))
+    except Exception:  # noqa: BLE001 - a module that is not such a norm
+        return None
+    if not isinstance(got, Tensor) or not isinstance(expected, Tensor) or not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        return None
+    return scaled.detach()
+

@@ -33,7 +33,7 @@ def test_an_exported_program_is_refused_with_what_to_do() -> None:
     refusal(
         lambda: fprune.prune_channels(unlifted, 0.5, example_inputs=(_X,)),
         "prune_channels: nothing to prune", "no producer found", "graph of ATen ops", "aten.linear.default",
-        "torch.export", "not supported yet", "Pass the nn.Module itself",
+        "torch.export", "Pass the ExportedProgram itself", "the nn.Module itself",
     )  # fmt: skip
     assert fprune.prune_channels(model, 0.5, example_inputs=(_X,))[0].out_features == 4  # the nn.Module itself prunes
 

@@ -6,6 +6,9 @@ Both pipelines take a :class:`~tests.pipeline.fuzz_models.FuzzCase` and a choose
   0 and near 1, ``round_to``, global ranking, the output group included or not) or random
   keep-masks per group (keep-one, keep-all, drop-one, random; whole attention heads), then
   ``apply_prune(model, masks, groups)``;
+- ``groups/export``: the same on the groups found through ``torch.export.export(model, (x,),
+  strict=False)`` (in the model's train or eval mode; an export that fails is refused); apply
+  exports the pruned copy again to check the sizes it changed;
 - ``patterns``: ``match_patterns`` with the default patterns, masks from ``saliency_mask`` /
   ``fpgm_mask`` or random, ``prune_bias`` True, False or per tensor, then ``apply_prune``.
 
@@ -42,11 +45,12 @@ __all__ = [
     "STATUSES",
     "Stats",
     "reason_of",
+    "run_export",
     "run_pipeline",
 ]
 
 LEVELS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
-PIPELINES = ("groups/group_masks", "groups/random", "patterns")
+PIPELINES = ("groups/group_masks", "groups/random", "groups/export", "patterns")
 RTOL = 1e-9
 ATOL = 1e-10
 
@@ -341,6 +345,32 @@ def run_groups(case: FuzzCase, choose: Chooser, *, masks_from: str) -> Outcome:
     return guard.check(_compare(case, guard.pipeline, model, pruned, masks, groups, True))
 
 
+def run_export(case: FuzzCase, choose: Chooser) -> Outcome:
+    """The channel-group pipeline on ``channel_groups`` of the exported model: masks from
+    ``group_masks`` or random, as the other group pipelines choose them, applied to the model."""
+    guard = _Guard(case, "groups/export")
+    try:
+        program = torch.export.export(case.model, (case.x,), strict=False)
+    except Exception as error:  # noqa: BLE001 - whatever export raises, the case is refused
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return guard.check(Outcome(guard.pipeline, "refused", f"torch.export failed: {type(error).__name__}: {reason_of(first)}", str(error)))
+    try:
+        groups = fprune.channel_groups(program)
+        if choose.chance(0.5):
+            masks = fprune.group_masks(
+                case.model, groups, choose.choice(LEVELS), round_to=choose.choice([1, 2, 4]), global_ranking=choose.chance(0.2)
+            )
+        else:
+            masks = random_group_masks(case.model, groups, choose)
+        pruned = fprune.apply_prune(case.model, masks, groups)
+    except fprune.PruneError as error:
+        return guard.refused(error)
+    outcome = guard.check(Outcome(guard.pipeline, "exact"))
+    if outcome.status != "exact":
+        return outcome
+    return guard.check(_compare(case, guard.pipeline, case.model, pruned, masks, groups, True))
+
+
 def run_patterns(case: FuzzCase, choose: Chooser) -> Outcome:
     """The pattern pipeline: match_patterns, masks per match, apply_prune with prune_bias
     (True, False, or per weight); at times on the traced GraphModule."""
@@ -367,4 +397,6 @@ def run_pipeline(pipeline: str, case: FuzzCase, choose: Chooser) -> Outcome:
     """One of `PIPELINES` on `case`, masks chosen by `choose`."""
     if pipeline == "patterns":
         return run_patterns(case, choose)
+    if pipeline == "groups/export":
+        return run_export(case, choose)
     return run_groups(case, choose, masks_from=pipeline.partition("/")[2])

@@ -37,7 +37,7 @@ from .fuzz_models import Chooser, DrawChooser, RandomChooser, build_case
 from .fuzz_pipelines import PIPELINES, STATS, run_pipeline
 from ..purity import changes, snapshot
 
-NORMAL_EXAMPLES = {"groups/group_masks": 130, "groups/random": 140, "patterns": 130}
+NORMAL_EXAMPLES = {"groups/group_masks": 130, "groups/random": 140, "groups/export": 60, "patterns": 130}
 LONG_EXAMPLES = 2000
 
 

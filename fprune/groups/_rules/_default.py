@@ -35,7 +35,7 @@ from ._elementwise import (
     keep_rule,
     merge_elementwise_rule,
 )
-from ._functional import addmm_rule, embedding_call_rule, linear_call_rule
+from ._functional import addmm_rule, conv_call_rule, embedding_call_rule, linear_call_rule
 from ._layers import (
     batch_norm_call_rule,
     batchnorm_rule,
@@ -69,9 +69,10 @@ from ._norms import (
     layer_norm_rule,
     per_channel_norm,
     pow_rule,
+    rms_norm_call_rule,
     rms_norm_module_rule,
 )
-from ._rotary import neg_rule
+from ._rotary import head_rsqrt_rule, neg_rule
 from ._vit import roll_rule, unbind_rule
 from ._wrapped import stochastic_depth_rule
 
@@ -171,4 +172,11 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         rules[merge] = merge_elementwise_rule
     rules[nn.Softmax] = softmax_module_rule
     rules["repeat"] = repeat_heads_rule
+    rules[F.rms_norm] = rms_norm_call_rule  # nn.RMSNorm as torch.export records it
+    rules[F.conv1d] = conv_call_rule  # on model tensors, as torch.export records an nn.Conv1d
+    rules[F.conv2d] = conv_call_rule  # on model tensors, as torch.export records an nn.Conv2d
+    rules[F.conv3d] = conv_call_rule  # on model tensors, as torch.export records an nn.Conv3d
+    rules.update(dict.fromkeys((torch.rsqrt, "rsqrt"), head_rsqrt_rule))  # Qwen3's RMSNorm over each head
+    rules["type_as"] = keep_rule  # a cast: of the other tensor only its dtype is read (Gemma's RMSNorm)
+    rules[torch.abs] = elementwise_call_rule  # aten.abs in an exported graph (elementwise, abs(0) = 0)
     return rules

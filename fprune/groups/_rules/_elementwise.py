@@ -322,6 +322,11 @@ def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> 
     heads = fa if isinstance(fa, HeadAxis) else fb
     other, other_flow = (b, fb) if heads is fa else (a, fa)
     assert isinstance(heads, HeadAxis)
+    if isinstance(fa, HeadAxis) and isinstance(fb, HeadAxis) and (fa.inner_dim is None) != (fb.inner_dim is None):
+        from ._rotary import head_scale  # noqa: PLC0415 - _rotary imports this module
+
+        if (scaled := head_scale(ctx, fa, fb)) is not None:  # q * rsqrt(mean of squares of each head + eps)
+            return scaled
     if isinstance(other_flow, HeadAxis) and ctx.node.target not in _DIVISIONS:  # rotary: q * cos + rotate_half(q) * sin
         return _merge_two_heads(ctx, heads, other_flow)
     if other_flow is not None:
@@ -359,8 +364,12 @@ def viewed_channel_tensor(ctx: FlowContext, other: object, axis: Axis, additive:
     its entries line up with the channels and every other dim has size 1. It goes with the
     channels (a carrier, sliced with them), like ``x.mul(gamma)`` on the channels' own dim; the
     views follow the slicing if they write the channel count as -1. Returns None if `other`
-    is no such view (the caller goes on)."""
-    found = _viewed_tensor(ctx, other)
+    is no such view (the caller goes on). Casts are seen through, and in a product a number
+    added to the tensor (Gemma's ``x * (1.0 + w.float())``) where the removed channels are zero:
+    they stay zero whatever multiplies them (not where they are not: masked, the factor is the
+    number there, not 0)."""
+    offset = not (additive or ctx.node.target in _DIVISIONS or axis.nonzero)
+    found = _viewed_tensor(ctx, _unoffset(other) if offset else other)
     if found is None or axis.inner != 1 or axis.outer != 1:
         return None
     fqn, tensor, written = found
@@ -402,12 +411,26 @@ def _viewed_tensor(ctx: FlowContext, value: object) -> tuple[str, Tensor, list[t
                 written.append((value.name, tuple(sizes)))
         elif not (
             value.op == "call_method" and value.target == "unsqueeze"
+            or value.op == "call_method" and value.target in _CASTS and not any(isinstance(a, torch.fx.Node) for a in value.args[1:])
             or value.op == "call_function" and value.target is torch.unsqueeze
             or value.op == "call_function" and value.target is operator.getitem and _adds_dims_only(value.args[1])
         ):
             return None
         value = value.args[0]
     return None
+
+
+_CASTS = ("to", "float", "double", "half", "bfloat16", "type")
+
+
+def _unoffset(value: object) -> object:
+    """w for ``c + w`` / ``w + c`` with a number c; else `value`."""
+    if isinstance(value, torch.fx.Node) and value.target in (operator.add, torch.add, "add") and len(value.args) == 2 and not value.kwargs:
+        a, b = value.args
+        for number, tensor in ((a, b), (b, a)):
+            if _is_number(number) and isinstance(tensor, torch.fx.Node):
+                return tensor
+    return value
 
 
 def _adds_dims_only(index: object) -> bool:

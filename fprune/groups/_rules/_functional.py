@@ -5,11 +5,12 @@ module's own forward. The weight must be a model tensor (a ``get_attr``), named 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import fx
 
 from ..._errors import PruneError
-from .._flow import Flow, FlowContext, handles_nonzero
-from ._layers import linear_flow
+from .._flow import Axis, Flow, FlowContext, handles_nonzero
+from ._layers import fold_constant, linear_flow
 from ._layout import input_axis
 
 
@@ -22,6 +23,8 @@ def _weight(ctx: FlowContext, value: object, what: str, ndim: int) -> tuple[str,
     fqn, tensor = found
     if tensor.dim() != ndim:
         raise PruneError(f"{what} `{ctx.node.name}` takes a {tensor.dim()}-D weight `{fqn}`")
+    if isinstance(value, fx.Node) and len(value.users) > 1:  # as a module called twice in a traced graph
+        raise PruneError(f"`{fqn}` is read by {len(value.users)} calls in forward (a layer called more than once), and fprune prunes only layers called once")
     return fqn, tuple(tensor.shape)
 
 
@@ -58,3 +61,53 @@ def embedding_call_rule(ctx: FlowContext) -> Flow:
     if ctx.input(0) is not None:
         ctx.block(ctx.input(0), f"`{ctx.node.name}` looks up rows by the values of these channels")
     return ctx.produce(weight, 1, dim)
+
+
+_CONV_DIMS: dict[object, int] = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+
+
+@handles_nonzero
+def conv_call_rule(ctx: FlowContext) -> Flow:
+    """``F.conv1d / conv2d / conv3d(x, weight, bias, stride, padding, dilation, groups)`` on model
+    tensors with ``groups == 1`` (a ViT's patch embedding, as torch.export records an nn.Conv2d):
+    as the module, the weight reads the input channels along dim 1 and makes the output channels
+    along dim 0, the bias goes with them. Any other ``groups`` raises (its channels are blocked)."""
+    spatial = _CONV_DIMS[ctx.node.target]
+    what = f"F.conv{spatial}d"
+    weight, shape = _weight(ctx, ctx.arg(1, "weight"), what, spatial + 2)
+    bias = _bias(ctx, ctx.arg(2, "bias"), what)
+    groups = ctx.arg(6, "groups", 1)
+    if groups != 1:
+        raise PruneError(f"{what} `{ctx.node.name}` with groups={groups}: only convs with groups=1 are followed when called as a function")
+    channel_dim = -(spatial + 1)
+    axis = input_axis(ctx)
+    out_shape = ctx.shape()
+    ndim = len(out_shape) if out_shape is not None else axis.ndim if axis is not None else None
+    if axis is not None:
+        if axis.dim != channel_dim or axis.inner != 1 or axis.outer != 1:
+            raise PruneError(f"{what} `{ctx.node.name}` reads channels on dim {channel_dim}, but they are on dim {axis.dim}")
+        if len(axis.ids) != shape[1]:
+            raise PruneError(f"{what} `{ctx.node.name}` has {shape[1]} input channels, but {len(axis.ids)} channels reach it")
+        ctx.consume(weight, 1, axis)
+        fold_constant(ctx, axis, bool(bias), _padded(ctx, shape[2:]), weight=weight, bias=bias)
+    out = ctx.produce(weight, 0, shape[0], ndim=ndim, out_dim=channel_dim)
+    if bias:
+        ctx.carry(bias, 0, Axis(0, out.ids))
+    return out
+
+
+def _padded(ctx: FlowContext, kernel: tuple[int, ...]) -> str:
+    """Why a functional conv cannot fold a constant input into its bias ("" if it can): zero
+    padding gives its border outputs less of it."""
+    padding = ctx.arg(4, "padding", 0)
+    dilation = ctx.arg(5, "dilation", 1)
+    if padding == "valid":
+        return ""
+    if padding == "same":
+        dilations = dilation if isinstance(dilation, (list, tuple)) else [dilation] * len(kernel)
+        padded = any((k - 1) * d for k, d in zip(kernel, dilations) if isinstance(d, int))
+    elif isinstance(padding, (list, tuple)):
+        padded = any(p != 0 for p in padding)
+    else:
+        padded = padding != 0
+    return f"its zero padding ({padding}) gives border outputs less of it" if padded else ""

@@ -14,7 +14,7 @@ from ..._errors import PruneError
 from .._flow import Axis, Flow, FlowContext, HeadAxis, flatten_axis, handles_nonzero, tracks_constant
 from .._sizes import size_args
 from ._attention import expand_heads
-from ._rotary import head_cat, head_expand, head_slice, head_unsqueeze, repeat_view
+from ._rotary import head_cat, head_expand, head_slice, head_statistic, head_unsqueeze, repeat_view
 from ._vit import cat_parameters, check_merge_width, fused_heads_view, heads_batch_view, index_off_channels
 
 
@@ -421,6 +421,8 @@ def _static_shape(ctx: FlowContext, value: object, ndim: int) -> tuple[int, ...]
 
 def reduce_mean_rule(ctx: FlowContext) -> Flow:
     """mean / sum / amax / amin over dims other than the channels' (zeros stay zeros)."""
+    if isinstance(heads := ctx.input(0), HeadAxis):  # Qwen3's RMSNorm over the dims of each head
+        return head_statistic(ctx, heads)
     axis = input_axis(ctx)
     if axis is None:
         return None
@@ -705,7 +707,11 @@ def channel_slice(ctx: FlowContext) -> Flow | None:
     other index. The positions from k on are dropped; the kept ones stay prunable, with k a
     :class:`~fprune.groups.SizeLiteral` (``self.oup`` in forward) that pruning rewrites to the
     number of kept channels among the first k. A slice to the end or past it (k >= the width)
-    stays right as it is. A start, a step or an end counted from the end block."""
+    stays right as it is. In an exported graph (every size a number) a start s is followed
+    alike: ``x[..., s:k]``, the pieces of a fused projection cut at literal positions, keeps
+    the channels from s to k, with s a literal (at index ``~dim``) that pruning rewrites to
+    the kept count of the channels before it. A step, an end counted from the end, and a
+    start elsewhere block."""
     source, index = ctx.input(0), ctx.node.args[1] if len(ctx.node.args) > 1 else None
     if not isinstance(source, Axis) or not isinstance(index, tuple) or source.inner != 1 or source.outer != 1:
         return None
@@ -720,15 +726,17 @@ def channel_slice(ctx: FlowContext) -> Flow | None:
     name = ctx.node.name
     if entry.step is not None and entry.step != 1:
         raise PruneError(f"`{name}` slices the channels with step {entry.step!r}: pruning would change which channels it takes")
-    if entry.start is not None and entry.start != 0:
+    start = 0 if entry.start is None else entry.start
+    if start != 0 and not (ctx.exported and isinstance(start, int) and not isinstance(start, bool) and 0 < start < len(axis.ids)):
         raise PruneError(f"`{name}` slices the channels from position {entry.start!r}, which pruning would move")
     stop = len(axis.ids) if entry.stop is None else entry.stop
-    if not isinstance(stop, int) or isinstance(stop, bool) or stop <= 0:
+    if not isinstance(stop, int) or isinstance(stop, bool) or stop <= start:
         raise PruneError(
             f"`{name}` slices the channels up to {stop!r}; only a positive end written in forward as a number or a "
             "module attribute (x[:, :self.oup]) is followed"
         )
-    if stop >= len(axis.ids):
-        return axis
-    ctx.literal(channel, stop, axis.ids[:stop], 1)
-    return replace(axis, ids=axis.ids[:stop])
+    if start:  # an exported graph's piece of the channels (Phi-3's fused qkv[..., q : q + kv]): its start follows too
+        ctx.literal(~channel, start, axis.ids[:start], 1)  # the kept count of the channels before it
+    if stop < len(axis.ids):
+        ctx.literal(channel, stop, axis.ids[:stop], 1)
+    return axis if not start and stop >= len(axis.ids) else replace(axis, ids=axis.ids[start:stop])

@@ -22,12 +22,14 @@ import operator
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..._errors import PruneError
-from .._flow import Axis, Flow, FlowContext
+from .._flow import Axis, Flow, FlowContext, HeadAxis
 from .._records import NormRescale
 from .._rescale import float_attributes
+from ._rotary import head_pow
 
 _OPTION = 'norms="renormalize" prunes it anyway (its statistics over the kept channels: not output-exact)'
 _CASTS = ("to", "float", "double", "half", "bfloat16", "type")
@@ -217,6 +219,8 @@ def layer_norm_call_rule(ctx: FlowContext) -> Flow:
     shape = ctx.arg(1, "normalized_shape")
     if not isinstance(shape, (tuple, list)) or list(shape) != [len(axis.ids)]:
         raise PruneError(f"{what} normalizes over {shape!r}, not over the {len(axis.ids)} channels alone")
+    if ctx.exported:  # export writes the module's normalized_shape as a number: it follows the kept channels
+        ctx.literal(0, len(axis.ids), axis.ids, 1)
     weight, bias = ctx.arg(2, "weight"), ctx.arg(3, "bias")
     if weight is None:
         raise PruneError(f"{what} has no affine weight: fprune resizes a norm through its weight; {_OPTION} only with one")
@@ -270,8 +274,10 @@ def pow_rule(ctx: FlowContext) -> Flow:
     0 stays 0 (an RMSNorm's square)."""
     from ._layout import input_axis
 
-    axis = input_axis(ctx)
     exponent = ctx.arg(1, "exponent")
+    if isinstance(heads := ctx.input(0), HeadAxis):  # Qwen3's RMSNorm over the dims of each head
+        return head_pow(ctx, heads, exponent)
+    axis = input_axis(ctx)
     if axis is None:
         if ctx.input(1) is not None:
             raise PruneError(f"`{ctx.node.name}` raises a number to the power of the channels")
@@ -364,11 +370,11 @@ def rms_statistic(ctx: FlowContext, axis: Axis, dims: set[int]) -> bool:
     try:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
             raise PruneError(f"{what} adds an eps that is not a number written in forward ({eps!r}): fprune cannot rescale it")
-        weight = _weight_after(ctx, normed, size, what)
+        weight, offset = _weight_after(ctx, normed, size, what)
         module = owner[0] if owner else ""
         attribute = _eps_attribute(ctx.root, module, float(eps), what) if ctx.root is not None else ""
         index = 1 if add.args[0] is node else 0
-        ctx.rescale(NormRescale(node.name, weight, size, float(eps), module, attribute, add.name, index), axis)
+        ctx.rescale(NormRescale(node.name, weight, size, float(eps), module, attribute, add.name, index, offset), axis)
     except PruneError as error:
         if ctx.norms == "block":
             raise PruneError(f"{error}; {_OPTION}") from None
@@ -376,8 +382,9 @@ def rms_statistic(ctx: FlowContext, axis: Axis, dims: set[int]) -> bool:
     return True
 
 
-def _weight_after(ctx: FlowContext, normed: fx.Node, size: int, what: str) -> str:
-    """The FQN of the 1-D weight that multiplies the normalized `normed` (after any casts)."""
+def _weight_after(ctx: FlowContext, normed: fx.Node, size: int, what: str) -> tuple[str, float]:
+    """The FQN of the 1-D weight that multiplies the normalized `normed` (after any casts), and
+    the number added to it first (Gemma's ``x * (1.0 + w.float())``: 1.0; else 0.0)."""
     node = normed
     while True:
         user = _only_user(node)
@@ -388,6 +395,7 @@ def _weight_after(ctx: FlowContext, normed: fx.Node, size: int, what: str) -> st
             continue
         break
     weight = _other(user, node) if _call(user, (operator.mul, torch.mul), ("mul",)) else None
+    weight, offset = _offset_weight(weight)
     found = ctx.attr(weight)
     if found is None or not isinstance(weight, fx.Node):
         raise PruneError(f"{what} is not multiplied by a weight of the model, which would carry the rescale")
@@ -399,7 +407,21 @@ def _weight_after(ctx: FlowContext, normed: fx.Node, size: int, what: str) -> st
     gm = ctx.node.graph.owning_module
     if gm is not None and sum(t is tensor for t in _named_tensors(gm).values()) > 1:
         raise PruneError(f"{what}: its weight `{fqn}` is tied to another tensor, which a rescale would change too")
-    return fqn
+    return fqn, offset
+
+
+def _offset_weight(factor: object) -> tuple[object, float]:
+    """(w, c) if `factor` is ``c + w`` / ``w + c`` with a number c != 0 and w a tensor seen through
+    casts, each step used there alone (Gemma's ``1.0 + self.weight.float()``); else (factor, 0.0)."""
+    if not isinstance(factor, fx.Node) or not _call(factor, (operator.add, torch.add), ("add",)) or len(factor.args) != 2 or factor.kwargs:
+        return factor, 0.0
+    a, b = factor.args
+    number, tensor = (a, b) if isinstance(b, fx.Node) else (b, a)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number == 0 or not isinstance(tensor, fx.Node):
+        return factor, 0.0
+    while tensor.op == "call_method" and tensor.target in _CASTS and len(tensor.users) == 1 and isinstance(tensor.args[0], fx.Node):
+        tensor = tensor.args[0]
+    return tensor, float(number)
 
 
 def _named_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -419,3 +441,82 @@ def _eps_attribute(root: nn.Module, module: str, eps: float, what: str) -> str:
         found = f"{len(names)} attributes of `{module or type(root).__name__}` hold it ({', '.join(names)})" if names else "no attribute holds it"
         raise PruneError(f"{what} adds eps={eps!r}, which fprune must rescale, but {found}: it cannot be traced to exactly one")
     return names[0]
+
+
+def rms_norm_call_rule(ctx: FlowContext) -> Flow:
+    """``F.rms_norm(x, shape, weight, eps)`` in an ``nn.RMSNorm`` (as torch.export records the
+    module): exact with the module's weight, rescaled with its eps, as the module rule."""
+    axis = _axis(ctx)
+    if axis is None:
+        return None
+    owner = _owner(ctx)
+    if owner is None or not issubclass(owner[1], nn.RMSNorm):
+        raise PruneError(f"`{ctx.node.name}`: F.rms_norm outside an nn.RMSNorm is not followed")
+    fqn = owner[0]
+    what = f"RMSNorm `{fqn}`"
+    _last_dim(axis, what)
+    shape = ctx.arg(1, "normalized_shape")
+    if not isinstance(shape, (list, tuple)) or tuple(shape) != (len(axis.ids),):
+        raise PruneError(f"{what} normalizes over the dims {shape}, not over the {len(axis.ids)} channels alone")
+    weight, eps = ctx.arg(2, "weight"), ctx.arg(3, "eps")
+    if weight is None:
+        raise PruneError(
+            f"{what} has no weight (elementwise_affine=False): pruning changes the scale of its output "
+            "(its mean of squares runs over fewer channels) and there is no weight to rescale"
+        )
+    _own_tensor(ctx, weight, f"{fqn}.weight", what)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise PruneError(f"{what} has eps=None (the dtype's eps at run time), which fprune cannot rescale in this graph")
+    ctx.carry(f"{fqn}.weight", 0, Axis(0, axis.ids), fqn=f"{fqn}.weight")
+    ctx.rescale(NormRescale(ctx.node.name, f"{fqn}.weight", len(axis.ids), float(eps), fqn, "eps", ctx.node.name, 3), axis)
+    return axis
+
+
+def head_norm_rescale(ctx: FlowContext) -> None:
+    """At the ``mean`` of an RMSNorm over the dims of each head (Qwen3's ``q_norm``, applied to
+    ``q_proj(x).view(B, T, H, D)``): record, on the hidden channels the projection reads, that
+    the pruned copy multiplies the whole projection by ``sqrt(size / kept)`` and the norm's eps
+    by ``size / kept`` (:class:`NormRescale` with ``kept_dim=1``). Exact either way (the norm of
+    ``a * q`` with eps ``a^2 * eps`` is the norm of q with eps), and it lets the norm share one
+    eps with the hidden-size norms, as a Hugging Face config holds it (``rms_norm_eps``).
+
+    Records nothing where the pattern is not exactly this (a bias, a projection or an input
+    used elsewhere, no single eps attribute): the heads stay exact; only such a config could
+    not describe the copy."""
+    node = ctx.node
+    square = node.args[0] if node.args else None
+    root = _squared(square) if isinstance(square, fx.Node) else None
+    add = _only_user(node)
+    if not isinstance(root, fx.Node) or add is None or not _call(add, (operator.add, torch.add), ("add",)):
+        return
+    eps = _other(add, node)
+    scale = _only_user(add)
+    normed = _only_user(scale) if scale is not None and _call(scale, (torch.rsqrt,), ("rsqrt",)) else None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or normed is None or set(root.users) != {square, normed}:
+        return
+    if not _call(normed, (operator.mul, torch.mul), ("mul",)):
+        return
+    projection = root
+    while projection.op == "call_method" and projection.target in ("view", "reshape", *_CASTS) and isinstance(projection.args[0], fx.Node):
+        projection = projection.args[0]
+        if len(projection.users) != 1:
+            return
+    if not _call(projection, (F.linear,)) or len(projection.args) not in (2, 3) or projection.kwargs or projection.args[2:] not in ((), (None,)):
+        return
+    weight_node, hidden = projection.args[1], ctx.flow(projection.args[0])
+    found = ctx.attr(weight_node)
+    owner = _owner(ctx)
+    if found is None or owner is None or not isinstance(weight_node, fx.Node) or not isinstance(hidden, Axis) or hidden.inner != 1 or hidden.outer != 1:
+        return
+    fqn, weight = found
+    gm = node.graph.owning_module
+    if weight.dim() != 2 or weight.shape[1] != len(hidden.ids) or len(weight_node.users) != 1:
+        return
+    if gm is not None and sum(t is weight for t in _named_tensors(gm).values()) > 1:
+        return
+    try:  # without the model (an exported program), apply finds it by value in the copy
+        attribute = _eps_attribute(ctx.root, owner[0], float(eps), f"the RMSNorm at `{node.name}`") if ctx.root is not None else ""
+    except PruneError:
+        return
+    index = 1 if add.args[0] is node else 0
+    ctx.rescale(NormRescale(node.name, fqn, len(hidden.ids), float(eps), owner[0], attribute, add.name, index, 0.0, 1), hidden)

@@ -9,6 +9,11 @@ channels within it: rotary pairs are never split.
 
 from __future__ import annotations
 
+import operator
+
+import torch
+from torch import fx
+
 from ..._errors import PruneError
 from .._flow import Flow, FlowContext, HeadAxis
 from .._sizes import size_args
@@ -128,3 +133,78 @@ def repeat_view(
         ctx.literal(head, size, heads, n_rep)
     return out
 
+
+
+# --- an RMSNorm over the dims of each head (Qwen3's q_norm / k_norm) -----------------------------
+#
+# ``x * rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w`` on the heads (B, T, H, D): the statistic
+# is per head, over that head's own dims, which are never pruned (heads go whole), so each kept
+# head computes what it did; `w` (one entry per dim of a head) is shared by all heads and stays.
+# A removed head is zero in the masked model: its mean of squares is 0, rsqrt(0 + eps) finite
+# (eps > 0), and the product 0 again. The mean gives "one value per head": a HeadAxis whose
+# inner_dim is None, with size 1 on the heads' inner dim.
+
+
+def head_pow(ctx: FlowContext, heads: HeadAxis, exponent: object) -> HeadAxis:
+    """``q.pow(p)`` on the dims of each head, a number ``p > 0``: elementwise, 0 stays 0."""
+    if heads.inner_dim is None:
+        raise PruneError(f"`{ctx.node.name}` raises per-head values to a power")
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
+        raise PruneError(f"`{ctx.node.name}` raises attention heads to the power {exponent!r}: only a number > 0 keeps 0 at 0")
+    return heads
+
+
+def head_statistic(ctx: FlowContext, heads: HeadAxis) -> HeadAxis:
+    """``q.mean(-1, keepdim=True)`` over the dims of each head: one value per head (0 for a removed
+    one). Any other reduction of heads blocks."""
+    node = ctx.node
+    dims = ctx.arg(1, "dim")
+    dim_list = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else None
+    if (
+        node.target not in (torch.mean, "mean") or heads.inner_dim is None or dim_list is None or len(dim_list) != 1
+        or not isinstance(dim_list[0], int) or dim_list[0] % heads.ndim != heads.inner_dim % heads.ndim
+        or ctx.arg(2, "keepdim", False) is not True or ctx.arg(3, "dtype") is not None
+    ):  # fmt: skip
+        raise PruneError(f"`{node.name}` reduces attention heads other than by a mean over the dims of each head (keepdim)")
+    from ._norms import head_norm_rescale  # noqa: PLC0415 - _norms imports this module
+
+    head_norm_rescale(ctx)  # its eps may move with the hidden size's, the projection before it rescaled
+    return HeadAxis(heads.head_dim, None, heads.heads, heads.ndim)
+
+
+def head_rsqrt_rule(ctx: FlowContext) -> Flow:
+    """``rsqrt(m + eps)`` of a per-head mean of squares ``m`` (:func:`head_statistic` of
+    ``q.pow(2)``) with a number ``eps > 0``: finite for a removed head. rsqrt of anything else
+    that holds channels blocks (rsqrt(0) is inf)."""
+    flow = ctx.input(0)
+    if flow is None:
+        return None
+    node, arg = ctx.node, ctx.node.args[0] if ctx.node.args else None
+    if isinstance(flow, HeadAxis) and flow.inner_dim is None and len(node.args) == 1 and not node.kwargs and isinstance(arg, fx.Node):
+        if arg.target in (operator.add, torch.add, "add") and len(arg.args) == 2 and not arg.kwargs:
+            a, b = arg.args
+            mean, eps = (a, b) if isinstance(a, fx.Node) else (b, a)
+            if (
+                isinstance(mean, fx.Node) and mean.target in (torch.mean, "mean") and isinstance(ctx.flow(mean), HeadAxis)
+                and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0
+                and isinstance(square := mean.args[0], fx.Node) and square.target in (torch.pow, operator.pow, "pow")
+                and square.args[1:] == (2,)
+            ):  # fmt: skip
+                return flow
+    raise PruneError(f"`{node.name}` takes rsqrt of channels (rsqrt(0) is inf); only an RMSNorm's rsqrt(mean of squares + eps > 0) of each head is followed")
+
+
+def head_scale(ctx: FlowContext, a: HeadAxis, b: HeadAxis) -> HeadAxis | None:
+    """Heads times one value per head (a product; the per-head tensor of size 1 on the heads'
+    inner dim, from the same heads, position by position): the heads. None for any other pair
+    (the caller goes on)."""
+    heads, per_head = (a, b) if b.inner_dim is None else (b, a)
+    if ctx.node.target not in (operator.mul, torch.mul, "mul") or heads.inner_dim is None or per_head.inner_dim is not None:
+        return None
+    if (heads.head_dim, heads.ndim) != (per_head.head_dim, per_head.ndim) or heads.heads != per_head.heads:
+        return None
+    other = ctx.node.args[1] if heads is a else ctx.node.args[0]
+    shape = ctx.shape(other)
+    if shape is None or len(shape) != heads.ndim or shape[heads.inner_dim] != 1:
+        return None
+    return heads
