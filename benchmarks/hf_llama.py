@@ -57,6 +57,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from .memory import _status_mib
+
 ROOT = Path(__file__).resolve().parent.parent
 LEVEL = 0.5
 SEQUENCE = 16
@@ -72,14 +74,6 @@ _F = TypeVar("_F", bound=Callable[..., object])
 
 
 # ---------------------------------------------------------------- memory probes
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _reset_hwm() -> None:

@@ -4,6 +4,7 @@ compare it with the masked model (``masked_parameters``) on the example input.""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +19,18 @@ def groups_with_shapes(model: nn.Module, x: Tensor) -> tuple[ChannelGroup, ...]:
     return fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
 
 
-def prune_exactly(model: nn.Module, x: Tensor, level: float = 0.5) -> tuple[nn.Module, tuple[ChannelGroup, ...]]:
+def prune_exactly(
+    model: nn.Module,
+    x: Tensor,
+    level: float = 0.5,
+    *,
+    find: Callable[[nn.Module, Tensor], tuple[ChannelGroup, ...]] = groups_with_shapes,
+) -> tuple[nn.Module, tuple[ChannelGroup, ...]]:
     """The float64 copy of `model` pruned at `level` (some group must lose channels) and its
-    groups, after checking that it computes what the masked model computes; `model` is left
-    as it was."""
+    groups (found by `find`: through the fx trace by default), after checking that it computes
+    what the masked model computes; `model` is left as it was."""
     model, x = copy.deepcopy(model).double(), x.double() if x.is_floating_point() else x  # token ids stay integers
-    groups = groups_with_shapes(model, x)
+    groups = find(model, x)
     masks = fprune.group_masks(model, groups, level)
     assert masks, fprune.explain(groups)
     pruned = fprune.apply_prune(model, masks, groups)

@@ -20,6 +20,7 @@ import fprune
 from fprune.groups import ChannelGroup
 from fprune.groups._export import torch_level_graph
 
+from ..exact import prune_exactly
 from .. import vision_zoo, zoo, zoo_cnn_layout, zoo_convnext, zoo_grouped, zoo_llama, zoo_vit
 
 Builder = Callable[[], tuple[nn.Module, Tensor]]
@@ -101,27 +102,13 @@ def test_every_model_that_differs_still_exports_some_prunable_groups_or_says_why
     assert set(DIFFERS) <= names and SKIPPED <= names
 
 
-def prune_through_export(model: nn.Module, x: Tensor, level: float = 0.5) -> tuple[nn.Module, tuple[ChannelGroup, ...]]:
-    """As ``tests.exact.prune_exactly``, with the groups found through torch.export: the float64
-    copy pruned at `level` computes what the masked model computes; `model` is left unchanged."""
-    model, x = copy.deepcopy(model).double(), x.double() if x.is_floating_point() else x
-    groups = exported(model, x)
-    masks = fprune.group_masks(model, groups, level)
-    assert masks, fprune.explain(groups)
-    pruned = fprune.apply_prune(model, masks, groups)
-    with torch.no_grad():
-        expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
-        torch.testing.assert_close(pruned(x), expected, rtol=1e-9, atol=1e-10)
-    return pruned, groups
-
-
 @pytest.mark.parametrize(
     "case", ["zoo/resnet18", "zoo/mobilenetv2", "zoo_llama/llama", pytest.param("zoo_cnn_layout/ghostnet", marks=pytest.mark.slow)]
 )
 def test_pruning_through_the_exported_groups_is_exact(case: str) -> None:
     model, x = build(case)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned, groups = prune_through_export(model, x)
+    pruned, groups = prune_exactly(model, x, find=exported)
     assert all(g.graph == "export" for g in groups)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

@@ -4,14 +4,18 @@ the config follows, and save_pretrained / from_pretrained gives the same model."
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
+from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import fprune
 
 from .exact import config as hf_config
-from .exact import prune_hf_exactly, round_trip, tiny
+from .exact import exported_groups, logits, prune_hf_exactly, round_trip, tiny
 
 _KW = {"use_cache": False}
 
@@ -53,3 +57,24 @@ def test_prune_channels_exports_a_model_fx_cannot_trace() -> None:
     pruned = fprune.prune_channels(model, 0.5, example_inputs=(ids,), example_kwargs=_KW)
     assert hf_config(pruned).intermediate_size == 24 and hf_config(model).intermediate_size == 48
     assert isinstance(pruned, LlamaForCausalLM)
+
+
+def test_layers_pruned_to_different_widths_run_exactly_but_are_not_saved() -> None:
+    model, ids = _llama(), _ids()
+    groups = exported_groups(model, (ids,), _KW)
+    masks = fprune.group_masks(model, groups, 0.5)
+    first = "model.layers.0.mlp.gate_proj.weight"
+    masks[first] = torch.ones_like(masks[first])  # layer 0 keeps its MLP, layer 1 loses half
+    pruned = fprune.apply_prune(model, masks, groups)
+    assert pruned.model.layers[0].mlp.up_proj.out_features == 48 and pruned.model.layers[1].mlp.up_proj.out_features == 24
+    assert hf_config(pruned).intermediate_size == 48  # no one value holds both: left as it was
+    with torch.no_grad():
+        torch.testing.assert_close(
+            logits(pruned(ids, **_KW)),
+            logits(functional_call(model, fprune.masked_parameters(model, masks, groups), (ids,), _KW)),
+            rtol=1e-6, atol=1e-6,
+        )  # fmt: skip
+    with tempfile.TemporaryDirectory() as path:
+        with pytest.raises(fprune.PruneError, match="save_pretrained: .* does not describe its pruned shapes"):
+            fprune.hf.save_pretrained(pruned, path)
+        assert not os.listdir(path)  # nothing written
