@@ -35,7 +35,8 @@ def prune_optimizer_state(
     restarting the optimizer: a step on the pruned copy changes each kept entry exactly as a
     step on the masked model (``masked_parameters``) changes it (but for weight decay on a bias
     that ``apply_prune`` folded a constant into: the decay sees the folded value; and for the
-    weight of an RMSNorm that ``apply_prune`` rescales, ``ChannelGroup.rescales``: its entries are
+    weight of an RMSNorm that ``apply_prune`` rescales, ``ChannelGroup.rescales``, and of the
+    query / key projections rescaled with a per-head norm's eps (Qwen3): its entries are
     the masked ones times ``sqrt(size / kept)``, so its gradient is divided by that factor and a
     step moves it differently, though the outputs stay equal; its state is sliced as it is).
 

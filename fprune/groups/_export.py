@@ -13,10 +13,12 @@ stacks and shapes kept. Ops it does not map stay ATen calls: a rule keyed by the
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import operator
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -515,13 +517,31 @@ def _submodule(holder: nn.Module, path: str) -> nn.Module:
     return owner
 
 
+_TORCH_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """torch's loggers that print tracebacks while an export fails, at CRITICAL inside."""
+    loggers = [logging.getLogger(name) for name in _TORCH_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def export_model(
     model: nn.Module, args: Sequence[object], kwargs: Mapping[str, object] | None, caller: str
 ) -> ExportedProgram:
     """``torch.export.export(model, args, kwargs, strict=False)``, or a PruneError from `caller`
     that says why and what to do."""
     try:
-        return torch.export.export(model, tuple(args), kwargs=dict(kwargs or {}), strict=False)
+        with _quiet_torch_logs():  # a failure is this function's PruneError, not torch's tracebacks on stderr
+            return torch.export.export(model, tuple(args), kwargs=dict(kwargs or {}), strict=False)
     except Exception as error:  # noqa: BLE001 - any export failure is reported the same way
         text = str(error).strip()
         hint = (
@@ -574,14 +594,39 @@ def export_check(
 
 def _differences(before: fx.Graph, after: fx.Graph, changes: Mapping[tuple[str, int], int | float]) -> str | None:
     old_nodes, new_nodes = list(before.nodes), list(after.nodes)
-    if [(n.name, n.op, n.target) for n in old_nodes] != [(n.name, n.op, n.target) for n in new_nodes]:
+    renamed = {new.name: old.name for old, new in zip(old_nodes, new_nodes)}  # names shift after a filled slice
+    if len(old_nodes) != len(new_nodes) or not all(
+        (old.op, old.target) == (new.op, new.target) or _filled_slice(old, new, changes, renamed) for old, new in zip(old_nodes, new_nodes)
+    ):
         return "the pruned model's forward exports to a different structure"
     for old, new in zip(old_nodes, new_nodes):
+        if (old.op, old.target) != (new.op, new.target):
+            continue  # a filled slice: its input checked
         sizes = {index: int(value) for (name, index), value in changes.items() if name == old.name and not isinstance(value, float)}  # index ~i: a slice's start
         args, kwargs = with_sizes(old, sizes) if sizes else (old.args, dict(old.kwargs))
         floats = {index: value for (name, index), value in changes.items() if name == old.name and isinstance(value, float)}
         if floats:
             args = tuple(floats.get(i, a) for i, a in enumerate(args))
-        if _names(new.args) != _names(args) or _names(new.kwargs) != _names(kwargs):
-            return f"`{old.name}` has arguments {_names(new.args)} {_names(new.kwargs)}, expected {_names(args)} {_names(kwargs)}"
+        if _names(new.args, renamed) != _names(args) or _names(new.kwargs, renamed) != _names(kwargs):
+            return f"`{old.name}` has arguments {_names(new.args, renamed)} {_names(new.kwargs, renamed)}, expected {_names(args)} {_names(kwargs)}"
     return None
+
+
+def _filled_slice(old: fx.Node, new: fx.Node, changes: Mapping[tuple[str, int], int | float], renamed: Mapping[str, str]) -> bool:
+    """`old` is a slice ``x[:, :k]`` whose end pruning changes (in `changes`) and `new` the same
+    tensor whole: the kept channels fill the slice, and export writes it as an alias."""
+    if not (old.target is operator.getitem and new.op == "call_method" and new.target == "contiguous"):
+        return False
+    if not any(name == old.name for name, _ in changes) or not new.args or not isinstance(new.args[0], fx.Node):
+        return False
+    source = new.args[0]
+    shapes = [n.meta.get("tensor_meta") for n in (new, source)]
+    if _names(old.args[0]) != _names(source, renamed) or shapes[0] is None or shapes[0] != shapes[1]:
+        return False
+    sizes = {index: int(value) for (name, index), value in changes.items() if name == old.name and not isinstance(value, float)}
+    index = with_sizes(old, sizes)[0][1]  # the slices as pruning expects them: each must take its whole dim
+    shape = shapes[0].shape
+    return isinstance(index, tuple) and len(index) <= len(shape) and all(
+        isinstance(i, slice) and i.start in (None, 0) and i.step in (None, 1) and (i.stop is None or isinstance(i.stop, int) and i.stop >= shape[d])
+        for d, i in enumerate(index)
+    )

@@ -6,17 +6,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 # --- size arguments: where a view / reshape / split writes its sizes ----------------------------
 
 _SIZE_KEYWORDS = ("shape", "size", "split_size_or_sections", "split_size")
 _SPLITS: tuple[object, ...] = (torch.split, "split")
+_CONVS: tuple[object, ...] = (F.conv1d, F.conv2d, F.conv3d)  # their size: `groups` (a depthwise conv's channel count)
 
 
 def _size_slot(node: fx.Node) -> tuple[str | int, object] | None:
     """Where `node` holds its sizes: ("kw", keyword) or (index, value) of one argument that is a
-    list or a number, or None when the sizes are the positional arguments after the tensor."""
+    list or a number, or None when the sizes are the positional arguments after the tensor. A
+    conv's one size is its ``groups`` (argument 6)."""
+    if node.target in _CONVS:
+        return ("groups", node.kwargs["groups"]) if "groups" in node.kwargs else (6, node.args[6] if len(node.args) > 6 else 1)
     for key in _SIZE_KEYWORDS:
         if key in node.kwargs:
             return key, node.kwargs[key]
@@ -64,4 +69,18 @@ def with_sizes(node: fx.Node, sizes: Mapping[int, int]) -> tuple[tuple[fx.node.A
         kwargs[where] = new
     else:
         args[where] = new
+    if node.target in _CONVS:  # as torch.export writes it: without trailing defaults (groups=1 when one channel stays)
+        while len(args) > 2 and _is_conv_default(len(args) - 1, args[-1]):
+            args.pop()
     return tuple(args), kwargs
+
+
+_CONV_DEFAULTS: dict[int, object] = {2: None, 3: 1, 4: 0, 5: 1, 6: 1}
+"""F.conv's default bias, stride, padding, dilation, groups, by argument index."""
+
+
+def _is_conv_default(index: int, value: object) -> bool:
+    default = _CONV_DEFAULTS.get(index, ...)
+    if isinstance(value, (list, tuple)):
+        return all(v == default for v in value)
+    return value is default if default is None else (isinstance(value, int) and value == default)

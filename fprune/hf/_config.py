@@ -6,13 +6,11 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._errors import PruneError
 
 SIZE_FIELDS: tuple[str, ...] = ("hidden_size", "intermediate_size", "n_inner", "num_key_value_heads", "num_attention_heads")
 """Config sizes pruning can change, in the order they are solved (hidden size first: the others'
@@ -20,12 +18,6 @@ shapes may be products with it)."""
 
 EPS_FIELDS: tuple[str, ...] = ("rms_norm_eps",)
 """Config eps of exact RMSNorms, rescaled with the hidden size."""
-
-
-class Config(Protocol):
-    """What fprune uses of a ``transformers.PretrainedConfig``."""
-
-    def to_dict(self) -> dict[str, object]: ...
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -151,16 +143,6 @@ def updated_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, floa
         if isinstance(value, float) and value in eps:
             setattr(config, name, eps[value])
     return config, problems
-
-
-def check_config(caller: str, problems: Mapping[str, str]) -> None:
-    if problems:
-        what = "; ".join(f"`{k}`: {v}" for k, v in problems.items())
-        raise PruneError(
-            f"{caller}: the pruned model's config cannot describe it ({what}); saved, it would reload with other "
-            "shapes. Prune every layer alike (group_masks without global_ranking keeps the same width in each) "
-            "or keep the model as a Python object (torch.save of the module)"
-        )
 
 
 def update_hf_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, float]) -> dict[str, str]:

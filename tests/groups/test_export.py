@@ -140,3 +140,45 @@ def test_an_export_failure_says_what_to_pass() -> None:
         lambda: fprune.prune_channels(Cache(), 0.5, example_inputs=(torch.randn(2, 4),), graph="export"),
         "prune_channels: torch.export could not capture the model", "example_kwargs",
     )
+
+
+def test_exported_depthwise_and_grouped_convs_prune_exactly() -> None:
+    """``F.conv2d`` with groups in an exported graph, as the nn.Conv rule prunes it: a depthwise
+    conv's filter goes with its channels (its ``groups``, the channel count, a literal the re-export
+    checks, down to 1), a grouped conv's in-group positions are tied (its ``groups`` stays)."""
+
+    class Convs(nn.Module):
+        def __init__(self, grouped: bool) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2) if grouped else nn.Identity()
+            self.c = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.c(torch.relu(self.g(torch.relu(self.dw(torch.relu(self.a(x)))))))
+            return out
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    for grouped, keep in [(True, [0, 2, 4, 6]), (True, [1, 5]), (False, [3])]:
+        model = Convs(grouped).double().eval()
+        groups = fprune.channel_groups(torch.export.export(model, (x,), strict=False))
+        (into,) = [g for g in groups if g.producers == ("a.weight",)]
+        assert into.prunable, fprune.explain(groups)
+        assert {(m.fqn, m.role) for m in into.members} >= {("dw.weight", "carrier"), ("dw.bias", "carrier")}
+        assert [(lit.node, lit.index, lit.value) for lit in into.literals] == [("conv2d_1", 0, 8)]  # dw's groups
+        if grouped:
+            assert set(into.units) == {(j, j + 4) for j in range(4)}  # g reads position j of both groups
+            (out,) = [g for g in groups if g.producers == ("g.weight",)]
+            assert out.prunable and set(out.units) == {(k, k + 4) for k in range(4)}
+        mask = torch.zeros(8, dtype=torch.bool)
+        mask[keep] = True
+        masks = {"a.weight": mask}
+        pruned = fprune.apply_prune(model, masks, groups)
+        assert isinstance(pruned.dw, nn.Conv2d) and pruned.dw.groups == pruned.dw.in_channels == pruned.dw.out_channels == len(keep)
+        if grouped:
+            assert isinstance(pruned.g, nn.Conv2d) and pruned.g.groups == 2 and pruned.g.in_channels == len(keep)
+        with torch.no_grad():
+            expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (x,))
+            torch.testing.assert_close(pruned(x), expected, rtol=1e-10, atol=1e-10)

@@ -231,8 +231,8 @@ def test_exported_convs_prune_exactly(decomposed: bool) -> None:
         torch.testing.assert_close(pruned(x), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_exported_grouped_conv_blocks_with_a_reason() -> None:
+def test_exported_grouped_conv_ties_in_group_positions() -> None:
     model, x = _Convs(2).eval(), torch.randn(2, 3, 9, 9)
     groups = fprune.channel_groups(torch.export.export(model, (x,), strict=False))
     (into,) = [g for g in groups if "a.weight" in g.producers]
-    assert not into.prunable and "groups=2" in into.blockers[0].reason
+    assert into.prunable and set(into.units) == {(j, j + 4) for j in range(4)}  # more in tests/groups/test_export.py

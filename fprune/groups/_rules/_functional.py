@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..._errors import PruneError
-from .._flow import Axis, Flow, FlowContext, handles_nonzero
-from ._layers import fold_constant, linear_flow
+from .._flow import Flow, FlowContext, handles_nonzero
+from ._layers import conv_flow, linear_flow
 from ._layout import input_axis
 
 
@@ -69,30 +69,25 @@ _CONV_DIMS: dict[object, int] = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 @handles_nonzero
 def conv_call_rule(ctx: FlowContext) -> Flow:
     """``F.conv1d / conv2d / conv3d(x, weight, bias, stride, padding, dilation, groups)`` on model
-    tensors with ``groups == 1`` (a ViT's patch embedding, as torch.export records an nn.Conv2d):
-    as the module, the weight reads the input channels along dim 1 and makes the output channels
-    along dim 0, the bias goes with them. Any other ``groups`` raises (its channels are blocked)."""
+    tensors (as torch.export records an nn.Conv): as the module (:func:`conv_flow`), with groups
+    (grouped convs by in-group position, depthwise ones carrying their filters). A depthwise
+    conv's ``groups`` is its channel count, a number in the call: it is recorded as a literal
+    (the kept channels), which apply checks by exporting the pruned copy again."""
     spatial = _CONV_DIMS[ctx.node.target]
-    what = f"F.conv{spatial}d"
-    weight, shape = _weight(ctx, ctx.arg(1, "weight"), what, spatial + 2)
-    bias = _bias(ctx, ctx.arg(2, "bias"), what)
+    what = f"F.conv{spatial}d `{ctx.node.name}`"
+    weight, shape = _weight(ctx, ctx.arg(1, "weight"), f"F.conv{spatial}d", spatial + 2)
+    bias = _bias(ctx, ctx.arg(2, "bias"), f"F.conv{spatial}d")
     groups = ctx.arg(6, "groups", 1)
-    if groups != 1:
-        raise PruneError(f"{what} `{ctx.node.name}` with groups={groups}: only convs with groups=1 are followed when called as a function")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise PruneError(f"{what} takes groups={groups!r}, not a number fprune can follow")
     channel_dim = -(spatial + 1)
     axis = input_axis(ctx)
     out_shape = ctx.shape()
     ndim = len(out_shape) if out_shape is not None else axis.ndim if axis is not None else None
-    if axis is not None:
-        if axis.dim != channel_dim or axis.inner != 1 or axis.outer != 1:
-            raise PruneError(f"{what} `{ctx.node.name}` reads channels on dim {channel_dim}, but they are on dim {axis.dim}")
-        if len(axis.ids) != shape[1]:
-            raise PruneError(f"{what} `{ctx.node.name}` has {shape[1]} input channels, but {len(axis.ids)} channels reach it")
-        ctx.consume(weight, 1, axis)
-        fold_constant(ctx, axis, bool(bias), _padded(ctx, shape[2:]), weight=weight, bias=bias)
-    out = ctx.produce(weight, 0, shape[0], ndim=ndim, out_dim=channel_dim)
-    if bias:
-        ctx.carry(bias, 0, Axis(0, out.ids))
+    channels = (shape[1] * groups, shape[0])
+    out = conv_flow(ctx, axis, weight, bias, channels, groups, channel_dim, ndim, _padded(ctx, shape[2:]), what)
+    if axis is not None and 1 < groups == channels[0] == channels[1]:  # depthwise: `groups` counts the channels
+        ctx.literal(0, groups, axis.ids, 1)  # (index 0 of the conv's sizes: its groups argument, see _sizes)
     return out
 
 

@@ -74,29 +74,66 @@ def conv_rule(ctx: FlowContext) -> Flow:
             ctx.consume("weight", 0, axis)
             fold_constant(ctx, axis, False, "a transposed conv spreads it unevenly over its output positions")
         out = ctx.produce("weight", 1, module.out_channels, ndim=ndim, out_dim=channel_dim)
-    elif module.groups == 1:
-        if axis is not None:
-            _check_conv_input(ctx, axis, channel_dim, module.in_channels)
-            ctx.consume("weight", 1, axis)
-            fold_constant(ctx, axis, module.bias is not None, _zero_padded(module))
-        out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
-    elif module.groups == module.in_channels == module.out_channels and axis is not None:
-        # depthwise: output channel c reads only input channel c; its filter goes with it (and
-        # makes a removed channel 0 again, whatever it held: masked_parameters zeroes the filter)
-        _check_conv_input(ctx, axis, channel_dim, module.in_channels)
-        out = Axis(channel_dim, axis.ids, ndim=ndim)
-        ctx.carry("weight", 0, Axis(0, axis.ids))
-        if module.bias is not None:
-            ctx.carry("bias", 0, Axis(0, axis.ids))
-        return out
     else:
-        out = _grouped_conv(ctx, module, axis, channel_dim, ndim)
+        bias = "bias" if module.bias is not None else ""
+        channels = (module.in_channels, module.out_channels)
+        return conv_flow(ctx, axis, "weight", bias, channels, module.groups, channel_dim, ndim, _zero_padded(module), f"`{ctx.module_fqn}`")
     if module.bias is not None:
         ctx.carry("bias", 0, Axis(0, out.ids))
     return out
 
 
-def _grouped_conv(ctx: FlowContext, module: _ConvNd, axis: Axis | None, channel_dim: int, ndim: int) -> Axis:
+def conv_flow(
+    ctx: FlowContext,
+    axis: Axis | None,
+    weight: str,
+    bias: str,
+    channels: tuple[int, int],
+    groups: int,
+    channel_dim: int,
+    ndim: int | None,
+    unfoldable: str,
+    what: str,
+) -> Axis:
+    """A non-transposed conv (an nn.Conv module, or ``F.conv2d`` on model tensors) reading the
+    channels of `axis` on `channel_dim`: `weight` (this module's tensor name, or a model FQN) of
+    shape [out, in / groups, *k] (`channels`: in, out), `bias` ("" if none), `unfoldable`
+    why a constant input cannot fold into the bias ("" if it can). ``groups == 1``: the weight
+    reads the input along dim 1 and makes the output along dim 0. Depthwise (groups == in ==
+    out): the filter is a carrier of the input channels, which pass. Other groups: by in-group
+    position (:func:`_grouped_conv`)."""
+    in_channels, out_channels = channels
+    if groups == 1:
+        if axis is not None:
+            _check_conv_input(ctx, axis, channel_dim, in_channels, what)
+            ctx.consume(weight, 1, axis)
+            fold_constant(ctx, axis, bool(bias), unfoldable, weight=weight, bias=bias)
+        out = ctx.produce(weight, 0, out_channels, ndim=ndim, out_dim=channel_dim)
+    elif groups == in_channels == out_channels and axis is not None:
+        # depthwise: output channel c reads only input channel c; its filter goes with it (and
+        # makes a removed channel 0 again, whatever it held: masked_parameters zeroes the filter)
+        _check_conv_input(ctx, axis, channel_dim, in_channels, what)
+        out = Axis(channel_dim, axis.ids, ndim=ndim)
+        ctx.carry(weight, 0, Axis(0, axis.ids))
+    else:
+        out = _grouped_conv(ctx, axis, weight, bias, channels, groups, channel_dim, ndim, unfoldable, what)
+    if bias:
+        ctx.carry(bias, 0, Axis(0, out.ids))
+    return out
+
+
+def _grouped_conv(
+    ctx: FlowContext,
+    axis: Axis | None,
+    weight: str,
+    bias: str,
+    channels: tuple[int, int],
+    groups: int,
+    channel_dim: int,
+    ndim: int | None,
+    unfoldable: str,
+    what: str,
+) -> Axis:
     """A conv with ``1 < groups`` (not depthwise), as Torch-Pruning prunes it: by in-group position.
 
     Input channel ``G * (in / groups) + j`` is position j of group G; weight column j reads
@@ -104,16 +141,16 @@ def _grouped_conv(ctx: FlowContext, module: _ConvNd, axis: Axis | None, channel_
     together) and the column goes with group 0's channel j. Output rows likewise: position k
     of every group is one unit. Every group then keeps the same positions, and the pruned
     conv, with the same `groups`, computes what the masked one does."""
-    groups = module.groups
-    per_in = module.in_channels // groups
-    name = f"grouped conv `{ctx.module_fqn}` (groups={groups}, {module.in_channels} -> {module.out_channels} channels)"
+    in_channels, out_channels = channels
+    per_in = in_channels // groups
+    name = f"grouped conv {what} (groups={groups}, {in_channels} -> {out_channels} channels)"
     if axis is not None:
-        _check_conv_input(ctx, axis, channel_dim, module.in_channels)
+        _check_conv_input(ctx, axis, channel_dim, in_channels, what)
         if _tie_positions(ctx, axis, groups, f"{name} reads one input channel per group"):
             consumed = replace(axis, ids=axis.ids[:per_in], inner=1, outer=1)
-            ctx.consume("weight", 1, consumed)
-            fold_constant(ctx, consumed, module.bias is not None, _zero_padded(module))
-    out = ctx.produce("weight", 0, module.out_channels, ndim=ndim, out_dim=channel_dim)
+            ctx.consume(weight, 1, consumed)
+            fold_constant(ctx, consumed, bool(bias), unfoldable, weight=weight, bias=bias)
+    out = ctx.produce(weight, 0, out_channels, ndim=ndim, out_dim=channel_dim)
     _tie_positions(ctx, out, groups, f"{name} makes one output channel per group")
     return out
 
@@ -169,11 +206,12 @@ def _zero_padded(module: _ConvNd) -> str:
     return f"its zero padding ({module.padding}) gives border outputs less of it" if padded else ""
 
 
-def _check_conv_input(ctx: FlowContext, axis: Axis, channel_dim: int, in_channels: int) -> None:
+def _check_conv_input(ctx: FlowContext, axis: Axis, channel_dim: int, in_channels: int, what: str = "") -> None:
+    what = what or f"`{ctx.module_fqn}`"
     if axis.dim != channel_dim or axis.inner != 1 or axis.outer != 1:
-        raise PruneError(f"`{ctx.module_fqn}` reads channels on dim {channel_dim}, but they are on dim {axis.dim}")
+        raise PruneError(f"{what} reads channels on dim {channel_dim}, but they are on dim {axis.dim}")
     if len(axis.ids) != in_channels:
-        raise PruneError(f"`{ctx.module_fqn}` has in_channels={in_channels}, but {len(axis.ids)} channels reach it")
+        raise PruneError(f"{what} has in_channels={in_channels}, but {len(axis.ids)} channels reach it")
 
 
 def embedding_rule(ctx: FlowContext) -> Flow:
