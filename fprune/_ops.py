@@ -35,6 +35,10 @@ ACTIVATION_METHODS: tuple[OpKey, ...] = ("relu", "sigmoid", "tanh")
 DROPOUT_MODULES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 """Dropout modules: the identity in eval mode."""
 
+CAST_METHODS: tuple[str, ...] = ("to", "float", "double", "half", "bfloat16", "type")
+"""Tensor methods that change only the dtype (``x.to(torch.float32)``, ``x.float()``): the
+values' channels stay where they are."""
+
 DROPOUT_FUNCTIONS: tuple[Callable[..., object], ...] = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
 """Dropout functions: the identity with ``training=False``."""
 

@@ -14,6 +14,7 @@ from ..._ops import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
     ACTIVATION_MODULES,
+    CAST_METHODS,
     DROPOUT_FUNCTIONS,
     DROPOUT_MODULES,
     POOLS,
@@ -34,6 +35,7 @@ from ._elementwise import (
     fresh_tensor_rule,
     keep_rule,
     merge_elementwise_rule,
+    neg_rule,
 )
 from ._functional import addmm_rule, conv_call_rule, embedding_call_rule, linear_call_rule
 from ._layers import (
@@ -72,7 +74,7 @@ from ._norms import (
     rms_norm_call_rule,
     rms_norm_module_rule,
 )
-from ._rotary import head_rsqrt_rule, neg_rule
+from ._rotary import head_rsqrt_rule
 from ._vit import roll_rule, unbind_rule
 from ._wrapped import stochastic_depth_rule
 
@@ -130,7 +132,7 @@ def default_flow_rules() -> dict[RuleKey, FlowRule]:
         "expand": expand_rule,
         "expand_as": expand_rule,
         **dict.fromkeys((torch.sum, "sum", torch.amax, "amax", torch.amin, "amin"), reduce_mean_rule),
-        **dict.fromkeys(("clone", torch.clone, "detach", "to", "type", "float", "double", "half", "bfloat16"), keep_rule),
+        **dict.fromkeys(("clone", torch.clone, "detach", *CAST_METHODS), keep_rule),
         **dict.fromkeys((F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), interpolate_rule),
         **dict.fromkeys(("unsqueeze", torch.unsqueeze), unsqueeze_rule),
         **dict.fromkeys((nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle), channel_shuffle_rule),

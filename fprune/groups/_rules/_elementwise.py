@@ -19,6 +19,7 @@ from ..._ops import (
     ADAPTIVE_POOL_MODULES,
     AVG_POOL_FUNCTIONS,
     AVG_POOL_MODULES,
+    CAST_METHODS,
     DROPOUT_FUNCTIONS,
     DROPOUT_MODULES,
     MAX_POOL_FUNCTIONS,
@@ -26,6 +27,7 @@ from ..._ops import (
 )
 from .._flow import Axis, Flow, FlowContext, HeadAxis, handles_nonzero, tracks_constant
 from .._sizes import size_args
+from ._rotary import head_scale
 from ._vit import per_head_table
 
 
@@ -152,6 +154,14 @@ def elementwise_call_rule(ctx: FlowContext) -> Flow:
         _zero_preserving(apply, f"x.{target}()" if isinstance(target, str) else getattr(target, "__name__", str(target)))
 
     return _activation_output(ctx, axis, check, None if target is F.rrelu else apply)  # rrelu may draw slopes
+
+
+def neg_rule(ctx: FlowContext) -> Flow:
+    """``-x`` (rotate_half): zeros stay zero; heads and channels keep their place."""
+    flow = ctx.input(0)
+    if flow is None or isinstance(flow, HeadAxis):
+        return flow
+    return elementwise_call_rule(ctx)
 
 
 @tracks_constant
@@ -323,8 +333,6 @@ def _merge_heads(ctx: FlowContext, a: object, b: object, fa: Flow, fb: Flow) -> 
     other, other_flow = (b, fb) if heads is fa else (a, fa)
     assert isinstance(heads, HeadAxis)
     if isinstance(fa, HeadAxis) and isinstance(fb, HeadAxis) and (fa.inner_dim is None) != (fb.inner_dim is None):
-        from ._rotary import head_scale  # noqa: PLC0415 - _rotary imports this module
-
         if (scaled := head_scale(ctx, fa, fb)) is not None:  # q * rsqrt(mean of squares of each head + eps)
             return scaled
     if isinstance(other_flow, HeadAxis) and ctx.node.target not in _DIVISIONS:  # rotary: q * cos + rotate_half(q) * sin
@@ -411,16 +419,13 @@ def _viewed_tensor(ctx: FlowContext, value: object) -> tuple[str, Tensor, list[t
                 written.append((value.name, tuple(sizes)))
         elif not (
             value.op == "call_method" and value.target == "unsqueeze"
-            or value.op == "call_method" and value.target in _CASTS and not any(isinstance(a, torch.fx.Node) for a in value.args[1:])
+            or value.op == "call_method" and value.target in CAST_METHODS and not any(isinstance(a, torch.fx.Node) for a in value.args[1:])
             or value.op == "call_function" and value.target is torch.unsqueeze
             or value.op == "call_function" and value.target is operator.getitem and _adds_dims_only(value.args[1])
         ):
             return None
         value = value.args[0]
     return None
-
-
-_CASTS = ("to", "float", "double", "half", "bfloat16", "type")
 
 
 def _unoffset(value: object) -> object:

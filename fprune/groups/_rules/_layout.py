@@ -421,8 +421,12 @@ def _static_shape(ctx: FlowContext, value: object, ndim: int) -> tuple[int, ...]
 
 def reduce_mean_rule(ctx: FlowContext) -> Flow:
     """mean / sum / amax / amin over dims other than the channels' (zeros stay zeros)."""
+    from ._norms import head_norm_rescale, rms_statistic  # noqa: PLC0415 - norms written out (_norms imports this module)
+
     if isinstance(heads := ctx.input(0), HeadAxis):  # Qwen3's RMSNorm over the dims of each head
-        return head_statistic(ctx, heads)
+        statistic = head_statistic(ctx, heads)
+        head_norm_rescale(ctx)  # its eps may move with the hidden size's, the projection before it rescaled
+        return statistic
     axis = input_axis(ctx)
     if axis is None:
         return None
@@ -438,7 +442,6 @@ def reduce_mean_rule(ctx: FlowContext) -> Flow:
     norm = {d % ndim for d in dim_list if isinstance(d, int)}
     channel = axis.dim % ndim
     if channel in norm:
-        from ._norms import rms_statistic  # noqa: PLC0415 - an RMSNorm's mean of squares is exact (_norms imports this module)
         if rms_statistic(ctx, axis, norm):
             return None
         raise PruneError("a reduction over the channel dim")

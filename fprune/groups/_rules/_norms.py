@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..._errors import PruneError
+from ..._ops import CAST_METHODS
 from .._flow import Axis, Flow, FlowContext, HeadAxis
 from .._records import NormRescale
 from .._rescale import float_attributes
 from ._rotary import head_pow
 
 _OPTION = 'norms="renormalize" prunes it anyway (its statistics over the kept channels: not output-exact)'
-_CASTS = ("to", "float", "double", "half", "bfloat16", "type")
 _MULS: tuple[object, ...] = (operator.mul, torch.mul, "mul")
 _ADDS: tuple[object, ...] = (operator.add, torch.add, "add")
 _DIVS: tuple[object, ...] = (operator.truediv, torch.div, "div")
@@ -300,7 +300,7 @@ def _call(node: object, functions: Sequence[object], methods: Sequence[str] = ()
 
 def _uncast(node: object) -> object:
     """`node` before any dtype casts (``.to(torch.float32)``, ``.float()``)."""
-    while isinstance(node, fx.Node) and node.op == "call_method" and node.target in _CASTS:
+    while isinstance(node, fx.Node) and node.op == "call_method" and node.target in CAST_METHODS:
         node = node.args[0]
     return node
 
@@ -390,7 +390,7 @@ def _weight_after(ctx: FlowContext, normed: fx.Node, size: int, what: str) -> tu
         user = _only_user(node)
         if user is None:
             raise PruneError(f"{what} is not followed by its weight alone, which would carry the rescale")
-        if user.op == "call_method" and user.target in _CASTS and user.args[0] is node:
+        if user.op == "call_method" and user.target in CAST_METHODS and user.args[0] is node:
             node = user
             continue
         break
@@ -419,7 +419,7 @@ def _offset_weight(factor: object) -> tuple[object, float]:
     number, tensor = (a, b) if isinstance(b, fx.Node) else (b, a)
     if isinstance(number, bool) or not isinstance(number, (int, float)) or number == 0 or not isinstance(tensor, fx.Node):
         return factor, 0.0
-    while tensor.op == "call_method" and tensor.target in _CASTS and len(tensor.users) == 1 and isinstance(tensor.args[0], fx.Node):
+    while tensor.op == "call_method" and tensor.target in CAST_METHODS and len(tensor.users) == 1 and isinstance(tensor.args[0], fx.Node):
         tensor = tensor.args[0]
     return tensor, float(number)
 
@@ -497,7 +497,7 @@ def head_norm_rescale(ctx: FlowContext) -> None:
     if not _call(normed, (operator.mul, torch.mul), ("mul",)):
         return
     projection = root
-    while projection.op == "call_method" and projection.target in ("view", "reshape", *_CASTS) and isinstance(projection.args[0], fx.Node):
+    while projection.op == "call_method" and projection.target in ("view", "reshape", *CAST_METHODS) and isinstance(projection.args[0], fx.Node):
         projection = projection.args[0]
         if len(projection.users) != 1:
             return

@@ -17,7 +17,6 @@ from torch import fx
 from ..._errors import PruneError
 from .._flow import Flow, FlowContext, HeadAxis
 from .._sizes import size_args
-from ._elementwise import elementwise_call_rule
 
 
 def _is_full(index: object) -> bool:
@@ -62,14 +61,6 @@ def head_cat(ctx: FlowContext, flows: list[Flow], dim: int) -> HeadAxis:
     if dim % first.ndim != first.inner_dim % first.ndim:
         raise PruneError("torch.cat of attention heads along a dim other than the dims of a head")
     return HeadAxis(first.head_dim, first.inner_dim, tuple(tuple(i for p in parts for i in p.heads[h]) for h in range(len(first.heads))), first.ndim)
-
-
-def neg_rule(ctx: FlowContext) -> Flow:
-    """``-x``: zeros stay zero; heads and channels keep their place."""
-    flow = ctx.input(0)
-    if flow is None or isinstance(flow, HeadAxis):
-        return flow
-    return elementwise_call_rule(ctx)
 
 
 def head_unsqueeze(ctx: FlowContext, heads: HeadAxis, dim: object) -> HeadAxis:
@@ -166,9 +157,6 @@ def head_statistic(ctx: FlowContext, heads: HeadAxis) -> HeadAxis:
         or ctx.arg(2, "keepdim", False) is not True or ctx.arg(3, "dtype") is not None
     ):  # fmt: skip
         raise PruneError(f"`{node.name}` reduces attention heads other than by a mean over the dims of each head (keepdim)")
-    from ._norms import head_norm_rescale  # noqa: PLC0415 - _norms imports this module
-
-    head_norm_rescale(ctx)  # its eps may move with the hidden size's, the projection before it rescaled
     return HeadAxis(heads.head_dim, None, heads.heads, heads.ndim)
 
 
