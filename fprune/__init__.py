@@ -11,6 +11,7 @@ torch.ao's ``prepare / step / prune`` workflow lives in :mod:`fprune.sparsifier`
 import typing as _typing
 import warnings as _warnings
 
+from . import calibrate as calibrate
 from . import groups as groups
 from . import hf as hf
 from . import patterns as patterns
@@ -31,6 +32,8 @@ from ._masks import saliency_mask as saliency_mask
 from ._masks import select_kept as select_kept
 from ._optim import prune_optimizer_state as prune_optimizer_state
 from ._prune_channels import prune_channels as prune_channels
+from .calibrate import Statistics as Statistics
+from .calibrate import collect_statistics as collect_statistics
 from .groups import ChannelGroup as ChannelGroup
 from .groups import channel_groups as channel_groups
 from .groups import explain as explain

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ._errors import PruneError, prefixed
 from ._util.checks import check_model, names_by_tensor, trace
+from .calibrate._statistics import Statistics
 from .groups._apply import apply_groups, masked_group_parameters
 from .groups._records import ChannelGroup
 from .patterns._apply import Unshrunk, masked_match_parameters, prune_matches
@@ -102,6 +103,7 @@ def apply_prune(
     *,
     prune_bias: bool | Mapping[str, bool] = True,
     unfoldable: Unfoldable = "refuse",
+    compensate: None = None,
 ) -> ModelT: ...
 
 
@@ -113,6 +115,7 @@ def apply_prune(
     *,
     prune_bias: Literal[True] = True,
     unfoldable: Unfoldable = "refuse",
+    compensate: Statistics | None = None,
 ) -> ModelT: ...
 
 
@@ -124,6 +127,7 @@ def apply_prune(
     *,
     prune_bias: bool | Mapping[str, bool] = True,
     unfoldable: Unfoldable = "refuse",
+    compensate: Statistics | None = None,
 ) -> ModelT: ...
 
 
@@ -134,6 +138,7 @@ def apply_prune(
     *,
     prune_bias: bool | Mapping[str, bool] = True,
     unfoldable: Unfoldable = "refuse",
+    compensate: Statistics | None = None,
 ) -> ModelT:
     """A physically pruned copy of `model`; `model` itself is left exactly as it was.
 
@@ -159,6 +164,21 @@ def apply_prune(
             the result is still exact; every other chain is pruned as usual. One
             ``UserWarning`` then names the producers left unshrunk (a producer whose pruned
             weight still has all its rows, while its mask removes some, is one of them).
+        compensate: bias compensation (FLAP, An et al. 2024), with channel groups only: the
+            :class:`~fprune.calibrate.Statistics` from :func:`~fprune.calibrate.collect_statistics`
+            (with these groups, on this model). Every layer that reads a pruned group's removed
+            channels (a consumer) takes their mean input into its bias:
+            ``bias[o] += sum over removed c of mean[c] * sum over the kernel of W[o, c, ...]``
+            (a HF Conv1D's weight is ``[in, out]``: ``W[c, o]``), computed in float64 and cast
+            to the bias's dtype; a Linear or conv without a bias gets one (``requires_grad``
+            like its weight). The copy then computes what the model computes with the removed
+            channels replaced by their means where each consumer reads them (instead of the
+            masked model's zeros, or the constant a fold adds). A Hugging Face copy whose config
+            says its layers have no bias gets the flag that builds them (``mlp_bias``,
+            ``attention_bias``), with zero biases for the other layers the flag gives one, so
+            :func:`fprune.hf.save_pretrained` can save it. Consumers must be a Linear, a HF
+            Conv1D, or a Conv1d / 2d / 3d with groups=1 and no zero padding (a zero-padded conv
+            reads zeros at its borders, not the means).
 
     Returns:
         A new model of the same class with smaller modules (``in_features``, ``out_channels``,
@@ -171,9 +191,13 @@ def apply_prune(
         PruneError: a mask of the wrong dtype / shape / device, for an unknown FQN, or for a
             tensor no match covers (the message says why, e.g. "feeds a residual add"); or
             where the pruned model could not compute exactly what the masked model computes.
+            With `compensate`: pattern matches instead of channel groups; a consumer of a
+            pruned group that cannot take the means into a bias (another layer type, a
+            grouped or zero-padded conv), that the statistics did not see, or whose statistics
+            count other channels; tied consumer weights or biases.
     """
     pruned, unshrunk = prune_reporting_unshrunk(
-        model, masks, matches, prune_bias=prune_bias, unfoldable=unfoldable, caller="apply_prune"
+        model, masks, matches, prune_bias=prune_bias, unfoldable=unfoldable, caller="apply_prune", compensate=compensate
     )
     if unshrunk:
         warnings.warn(
@@ -210,20 +234,31 @@ def prune_reporting_unshrunk(
     prune_bias: bool | Mapping[str, bool] = True,
     unfoldable: Unfoldable = "refuse",
     caller: str = "apply_prune",
+    compensate: Statistics | None = None,
 ) -> tuple[ModelT, Unshrunk]:
     """:func:`apply_prune` without its warning: the pruned copy and the producers that
     ``unfoldable="keep"`` left unshrunk, as ``(weight FQN, reason)`` pairs (empty with
     ``"refuse"``). `caller` names the public function in error messages."""
     if unfoldable not in ("refuse", "keep"):
         raise PruneError(f"{caller}: `unfoldable` must be 'refuse' or 'keep', got {unfoldable!r}")
+    if compensate is not None and not isinstance(compensate, Statistics):
+        raise PruneError(
+            f"{caller}: `compensate` must be fprune.calibrate.Statistics (from collect_statistics) or None, "
+            f"got {type(compensate).__name__}"
+        )
     check_model(model, caller)
     groups, match_list = split_records(matches, caller)
+    if compensate is not None and groups is None:
+        raise PruneError(
+            f"{caller}: `compensate` (bias compensation) works with channel groups only, which say which layers read "
+            "the removed channels: find them with fprune.channel_groups and pass those instead of pattern matches"
+        )
     try:
         _check_masks(model, masks, _producer_dims(groups), tied_ok=groups is not None)  # groups keep ties whole
         if groups is not None:
             if prune_bias is not True:
                 raise PruneError("channel groups always prune biases with their channels; leave prune_bias=True")
-            return apply_groups(model, groups, masks, caller), ()  # groups are exact: nothing to fold
+            return apply_groups(model, groups, masks, caller, compensate), ()  # groups are exact: nothing to fold
         return prune_matches(model, masks, match_list, prune_bias=prune_bias, unfoldable=unfoldable)
     except PruneError as error:  # the core's refusals, named after the public function called
         raise prefixed(caller, error) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 import inspect
 from dataclasses import replace
 from typing import Literal
@@ -12,6 +12,8 @@ from torch import fx
 from ._apply import ModelT, prune_reporting_unshrunk
 from ._errors import PruneError
 from ._masks import Criterion, l2_norm
+from .calibrate._criteria import CRITERIA
+from .calibrate._statistics import Batch, Loss, Statistics, collect_statistics
 from ._util.checks import check_model, trace
 from ._util.running import example_shapes
 from .groups._export import export_model, torch_level_graph
@@ -19,9 +21,9 @@ from .hf._config import is_hf_model
 from .groups._find import find_groups, with_export
 from .groups._flow import FlowRule, RuleKey
 from .groups._noop import nothing_removed
-from .groups._records import NormMode
+from .groups._records import ChannelGroup, GroupCriterion, NormMode
 from .groups._rules._default import default_flow_rules
-from .groups._scores import masks_at_level
+from .groups._scores import GlobalRanking, masks_at_level
 from .groups._verify import check_pruned
 
 
@@ -40,8 +42,12 @@ def prune_channels(
     graph: GraphChoice = "auto",
     ignore: Collection[str] | None = None,
     round_to: int = 1,
-    criterion: Criterion = l2_norm,
-    global_ranking: bool = False,
+    criterion: Criterion | GroupCriterion | str = l2_norm,
+    global_ranking: GlobalRanking | None = None,
+    min_kept: float = 0.0,
+    calibration: Iterable[Batch] | Statistics | None = None,
+    loss: Loss | None = None,
+    compensate: bool | None = None,
     rules: Mapping[RuleKey, FlowRule] | None = None,
     norms: NormMode = "block",
 ) -> ModelT:
@@ -63,6 +69,16 @@ def prune_channels(
     Face model (which fx cannot trace; ``use_cache=False`` is then passed unless
     `example_kwargs` say otherwise). See "Hugging Face models" in the README.
 
+    Calibration-aware pruning (see "Calibration" in the README): with `calibration`, an
+    iterable of batches (or :class:`~fprune.calibrate.Statistics` collected before), the
+    model runs over them once (:func:`~fprune.calibrate.collect_statistics`, with `loss` for
+    the Taylor terms) and `criterion` may name a calibration criterion: ``"flap"``,
+    ``"wanda_sp"``, ``"activation"`` or ``"taylor"`` (which needs `loss`). `global_ranking`
+    None (default) means ``"standardized"`` for ``"flap"`` (FLAP's per-layer widths) and
+    False otherwise; `min_kept` as in :func:`group_masks`. `compensate` adds the removed
+    channels' mean contribution to the next layers' biases (``apply_prune(compensate=)``);
+    None (default) means True for ``"flap"`` and False otherwise.
+
     Raises:
         PruneError: `model` cannot be traced by ``torch.fx.symbolic_trace`` (nor exported,
             where `graph` allows it); `level` > 0
@@ -73,6 +89,12 @@ def prune_channels(
     """
 
     check_model(model, "prune_channels")
+    if isinstance(criterion, str) and criterion not in CRITERIA:
+        raise PruneError(f"prune_channels: `criterion` {criterion!r} is no calibration criterion; the names are {', '.join(CRITERIA)}")
+    if isinstance(criterion, str) and calibration is None:
+        raise PruneError(f"prune_channels: criterion={criterion!r} reads calibration statistics: pass `calibration=` batches (or Statistics)")
+    if compensate and calibration is None:
+        raise PruneError("prune_channels: `compensate` adds the removed channels' mean inputs, which come from `calibration=`: pass batches")
     if graph not in ("auto", "fx", "export"):
         raise PruneError(f"prune_channels: `graph` must be 'auto', 'fx' or 'export', got {graph!r}")
     if rules is None:
@@ -103,15 +125,40 @@ def prune_channels(
     else:
         assert gm is not None
         groups = find_groups(gm, example_inputs=example_inputs, rules=rules, caller="prune_channels", norms=norms, root=model)
+    statistics = _statistics(model, groups, calibration, loss)
+    scorer = CRITERIA[criterion](_needs(statistics, criterion)) if isinstance(criterion, str) else criterion
+    ranking: GlobalRanking = (
+        global_ranking if global_ranking is not None else "standardized" if criterion == "flap" else False
+    )
+    compensation = statistics if (compensate if compensate is not None else criterion == "flap") else None
     masks = masks_at_level(
-        model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
-        caller="prune_channels",
+        model, groups, level, ignore=ignore, round_to=round_to, criterion=scorer, global_ranking=ranking,
+        min_kept=min_kept, caller="prune_channels",
     )
     cut = [i for i, g in enumerate(groups) if any(p in masks and not bool(masks[p].all()) for p in g.producers)]
     if level > 0 and not cut:
-        why = nothing_removed(gm, groups, level, ignore=ignore, round_to=round_to, global_ranking=global_ranking, rules=rules)
+        why = nothing_removed(gm, groups, level, ignore=ignore, round_to=round_to, global_ranking=bool(ranking), rules=rules)
         raise PruneError(f"prune_channels: nothing to prune, the copy would equal the model: {why}")
-    pruned, _ = prune_reporting_unshrunk(model, masks, groups, caller="prune_channels")  # groups leave nothing unshrunk
+    pruned, _ = prune_reporting_unshrunk(model, masks, groups, caller="prune_channels", compensate=compensation)  # groups leave nothing unshrunk
     if example_inputs is not None and cut and not use_export:  # an exported model's copy was checked by apply
         check_pruned("prune_channels", model, pruned, groups, cut, example_shapes(example_inputs), example_inputs)
     return pruned
+
+
+def _statistics(
+    model: ModelT, groups: Sequence[ChannelGroup], calibration: Iterable[Batch] | Statistics | None, loss: Loss | None
+) -> Statistics | None:
+    """The statistics `calibration` gives: itself, or those of running `model` over it."""
+    if calibration is None or isinstance(calibration, Statistics):
+        return calibration
+    try:
+        return collect_statistics(model, calibration, groups=groups, loss=loss)
+    except PruneError as error:
+        raise PruneError(f"prune_channels: {error}".replace("prune_channels: collect_statistics: ", "prune_channels: ")) from None
+
+
+def _needs(statistics: Statistics | None, criterion: str) -> Statistics:
+    assert statistics is not None  # checked on entry: a named criterion comes with calibration
+    if criterion == "taylor" and not statistics.first_order:
+        raise PruneError("prune_channels: criterion='taylor' needs first-order terms: pass `loss=` with the calibration batches")
+    return statistics

@@ -12,6 +12,7 @@ from types import ModuleType
 import pytest
 
 import fprune
+import fprune.calibrate
 import fprune.groups
 import fprune.hf
 import fprune.patterns
@@ -27,7 +28,9 @@ TOP = {
     # errors and the main records
     "PruneError", "Match", "ChannelGroup",
     # namespaces
-    "patterns", "groups", "sparsifier", "hf",
+    "patterns", "groups", "sparsifier", "hf", "calibrate",
+    # calibration (issue 15)
+    "Statistics", "collect_statistics",
 }  # fmt: skip
 PATTERNS = {
     "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "ACTIVATION_MODULES", "Attr", "Call", "Match", "MatchedOp",
@@ -41,10 +44,14 @@ PATTERNS = {
 }  # fmt: skip
 GROUPS = {
     "Axis", "BiasFold", "Blocker", "ChannelGroup", "ChannelSlice", "ExampleShapes", "Flow", "FlowContext", "FlowRule",
-    "GraphKind", "HeadAxis", "HeadPrunedMultiheadAttention", "Inexact", "NormMode", "NormRescale", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
+    "GraphKind", "GroupCriterion", "HeadAxis", "HeadPrunedMultiheadAttention", "Inexact", "NormMode", "NormRescale", "RuleKey", "SizeLiteral", "TensorSpec", "channel_groups",
     "default_flow_rules", "explain", "flatten_axis", "group_masks", "group_scores", "handles_nonzero",
 }  # fmt: skip
 HF = {"save_pretrained"}
+CALIBRATE = {
+    "Batch", "CRITERIA", "GroupCriterion", "Loss", "Moments", "Statistics", "activation", "collect_statistics", "flap",
+    "taylor", "wanda_sp",
+}  # fmt: skip
 SPARSIFIER = {
     "BaseStructuredSparsifier", "FPGMPruner", "FakeStructuredSparsity", "LSTMSaliencyPruner", "SaliencyPruner",
     "masked_weight_and_mask", "sparsity_level",
@@ -57,14 +64,17 @@ def public(module: ModuleType) -> set[str]:
 
 @pytest.mark.parametrize(
     ("module", "expected"),
-    [(fprune, TOP), (fprune.patterns, PATTERNS), (fprune.groups, GROUPS), (fprune.sparsifier, SPARSIFIER), (fprune.hf, HF)],
-    ids=["fprune", "patterns", "groups", "sparsifier", "hf"],
+    [
+        (fprune, TOP), (fprune.patterns, PATTERNS), (fprune.groups, GROUPS), (fprune.sparsifier, SPARSIFIER), (fprune.hf, HF),
+        (fprune.calibrate, CALIBRATE),
+    ],
+    ids=["fprune", "patterns", "groups", "sparsifier", "hf", "calibrate"],
 )
 def test_each_namespace_exports_exactly_its_names(module: ModuleType, expected: set[str]) -> None:
     assert public(module) == expected
 
 
-@pytest.mark.parametrize("module", [fprune, fprune.patterns, fprune.groups, fprune.sparsifier, fprune.hf], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fprune, fprune.patterns, fprune.groups, fprune.sparsifier, fprune.hf, fprune.calibrate], ids=lambda m: m.__name__)
 def test_public_functions_and_classes_have_docstrings(module: ModuleType) -> None:
     assert inspect.getdoc(module)
     for name in public(module):
@@ -74,9 +84,10 @@ def test_public_functions_and_classes_have_docstrings(module: ModuleType) -> Non
 
 
 def test_a_name_in_two_namespaces_is_the_same_object() -> None:
-    for name in public(fprune) & (public(fprune.patterns) | public(fprune.groups)):
-        namespace = fprune.patterns if name in public(fprune.patterns) else fprune.groups
+    for name in public(fprune) & (public(fprune.patterns) | public(fprune.groups) | public(fprune.calibrate)):
+        namespace = next(n for n in (fprune.patterns, fprune.groups, fprune.calibrate) if name in public(n))
         assert getattr(fprune, name) is getattr(namespace, name), name
+    assert fprune.calibrate.GroupCriterion is fprune.groups.GroupCriterion
 
 
 @pytest.mark.parametrize("name", sorted(fprune._MOVED))
@@ -101,10 +112,10 @@ def test_every_moved_name_lives_in_its_namespace() -> None:
 
 
 def _floor(module: str) -> int:
-    """0: shared helpers; 1: the engines; 2: apply and what builds on it; 3: the facade, the demo."""
+    """0: shared helpers; 1: the engines; 2: apply, calibration and what builds on them; 3: the facade, the demo."""
     if module.startswith("fprune.sparsifier") or module in ("fprune", "fprune.__main__", "fprune._demo"):
         return 3
-    if module in ("fprune._apply", "fprune._prune_channels", "fprune._optim"):
+    if module in ("fprune._apply", "fprune._prune_channels", "fprune._optim") or module.startswith("fprune.calibrate"):
         return 2
     return 1 if module.startswith(("fprune.patterns", "fprune.groups")) else 0
 

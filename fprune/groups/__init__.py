@@ -28,6 +28,7 @@ from ._records import Blocker as Blocker
 from ._records import ChannelGroup as ChannelGroup
 from ._records import ChannelSlice as ChannelSlice
 from ._records import GraphKind as GraphKind
+from ._records import GroupCriterion as GroupCriterion
 from ._records import Inexact as Inexact
 from ._records import NormMode as NormMode
 from ._records import NormRescale as NormRescale

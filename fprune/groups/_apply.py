@@ -4,7 +4,7 @@ ties), the sliced copy with its modules resized, and the masked parameters group
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, fx, nn
@@ -16,8 +16,9 @@ from .._errors import PruneError
 from .._util.checks import named_tensors, names_by_tensor
 from .._util.copy import copy_module
 from .._util.gather import take
+from ._compensate import compensated_biases
 from ._fold import folded_biases
-from ..hf._config import is_hf_model, update_hf_config
+from ..hf._config import is_hf_model, rebuild_added_biases, update_hf_config
 from ._export import export_check
 from ._heads import update_head_counts
 from ._mha import HeadPrunedMultiheadAttention
@@ -32,6 +33,9 @@ from ._slices import (
     tensor_named,
 )
 from ._verify import check_pruned
+
+if TYPE_CHECKING:
+    from ..calibrate._statistics import Statistics
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -229,15 +233,34 @@ def _resize_attention(module: nn.MultiheadAttention) -> None:
     module.kdim = module.vdim = rows.shape[1]
 
 
-def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor], caller: str) -> ModelT:
+def apply_groups(
+    model: ModelT,
+    groups: Sequence[ChannelGroup],
+    masks: Mapping[str, Tensor],
+    caller: str,
+    compensate: Statistics | None = None,
+) -> ModelT:
     """The physically pruned copy for group masks (see :func:`fprune.apply_prune`); `caller`
-    names the public function in error messages."""
+    names the public function in error messages. With `compensate`, the removed channels'
+    mean contributions go into their consumers' biases (:func:`compensated_biases`); biases a
+    layer did not have are added to the copy's modules last, after the checks of its sizes."""
     keeps = group_keeps(groups, masks)
     tensors = named_tensors(model)
     new_tensors: dict[str, Tensor] = {}
     kept = kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
-    folded = folded_biases(groups, keeps, tensors, caller)  # constants removed channels hold, into the next biases
+    if compensate is None:
+        folded = folded_biases(groups, keeps, tensors, caller)  # constants removed channels hold, into the next biases
+        added: dict[str, Tensor] = {}
+    else:  # every consumer of a pruned group reads its removed channels' means, not a fold's constant
+        compensation = compensated_biases(model, groups, keeps, tensors, compensate)
+        folded = {k: v for k, v in compensation.biases.items() if k not in compensation.created}
+        added = {}
+        with torch.no_grad():
+            for fqn in sorted(compensation.created):  # a Linear's / conv's outputs: its weight's dim 0
+                rows = kept.get(f"{fqn.removesuffix('bias')}weight", {}).get(0)
+                bias = compensation.biases[fqn]
+                added[fqn] = take(bias, {0: rows}) if rows is not None else bias
     with torch.no_grad():
         for fqn in list(kept):
             new_tensors[fqn] = take(folded.pop(fqn, tensors[fqn]).detach(), kept.pop(fqn))  # indices go when done
@@ -291,7 +314,22 @@ def apply_groups(model: ModelT, groups: Sequence[ChannelGroup], masks: Mapping[s
         cut = [index for index, keep in keeps.items() if not bool(keep.all())]
         if cut:
             check_pruned(caller, model, pruned, groups, cut, shapes)
+    if added:
+        _add_biases(pruned, added)
+        if is_hf_model(pruned):  # a config flag (Llama's mlp_bias) that rebuilds them, where one does
+            rebuild_added_biases(pruned)
     return pruned
+
+
+def _add_biases(pruned: nn.Module, added: Mapping[str, Tensor]) -> None:
+    """The new biases of bias compensation, as parameters of the copy's Linears / convs
+    (``requires_grad`` like their weight's)."""
+    for fqn, value in added.items():
+        owner = fqn.rpartition(".")[0]
+        module = pruned.get_submodule(owner) if owner else pruned
+        weight = getattr(module, "weight")
+        assert isinstance(weight, Tensor) and getattr(module, "bias", None) is None
+        module.bias = nn.Parameter(value, requires_grad=weight.requires_grad)
 
 
 def masked_group_parameters(model: nn.Module, groups: Sequence[ChannelGroup], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

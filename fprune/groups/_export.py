@@ -13,9 +13,7 @@ stacks and shapes kept. Ops it does not map stay ATen calls: a rule keyed by the
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import operator
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,8 +26,9 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from .._errors import PruneError
-from .._util.running import ExampleShapes, device_of
+from .._util.running import ExampleShapes, device_of, quiet_torch_logs
 from ._heads import _names
+from ._recorded import changes_by_call, compare, recorder_of
 from ._sizes import with_sizes
 
 aten = torch.ops.aten
@@ -409,6 +408,8 @@ def torch_level_graph(ep: ExportedProgram, caller: str = "channel_groups") -> fx
                 call = _Call(node.op, node.target, args, kwargs)
             new = graph.create_node(call.op, call.target, call.args, call.kwargs)  # type: ignore[arg-type]
         new.name = node.name
+        if "torch_fn" in node.meta:  # the torch call it came from: the key _recorded.py lines calls up by
+            new.meta["torch_fn"] = node.meta["torch_fn"]
         if "nn_module_stack" in node.meta:
             new.meta["nn_module_stack"] = {key: _entry(value) for key, value in node.meta["nn_module_stack"].items()}
         shape = _shape_of(node.meta.get("val"))
@@ -517,30 +518,13 @@ def _submodule(holder: nn.Module, path: str) -> nn.Module:
     return owner
 
 
-_TORCH_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
-
-
-@contextlib.contextmanager
-def _quiet_torch_logs() -> Iterator[None]:
-    """torch's loggers that print tracebacks while an export fails, at CRITICAL inside."""
-    loggers = [logging.getLogger(name) for name in _TORCH_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def export_model(
     model: nn.Module, args: Sequence[object], kwargs: Mapping[str, object] | None, caller: str
 ) -> ExportedProgram:
     """``torch.export.export(model, args, kwargs, strict=False)``, or a PruneError from `caller`
     that says why and what to do."""
     try:
-        with _quiet_torch_logs():  # a failure is this function's PruneError, not torch's tracebacks on stderr
+        with quiet_torch_logs():  # a failure is this function's PruneError, not torch's tracebacks on stderr
             return torch.export.export(model, tuple(args), kwargs=dict(kwargs or {}), strict=False)
     except Exception as error:  # noqa: BLE001 - any export failure is reported the same way
         text = str(error).strip()
@@ -567,8 +551,12 @@ def export_check(
     (sizes, eps) at (node, argument index) that pruning changes. The copy is exported on the
     example shapes (zeros) and its graph compared node by node with the model's (`graph`, the
     one the groups were found in; else the model is exported too, once, on the first call);
-    the check returns None if they agree, else what differs."""
+    the check returns None if they agree, else what differs.
+
+    First it tries the cheaper proof of :mod:`._recorded` (both forwards recorded on fake
+    tensors, against `graph`); only where that proves neither is the copy exported."""
     original: list[fx.Graph] = []
+    record = recorder_of(model, shapes) if shapes is not None else None
 
     def graph_of(module: nn.Module) -> fx.Graph:
         assert shapes is not None
@@ -579,6 +567,13 @@ def export_check(
     def check() -> str | None:
         if shapes is None:
             return "the groups hold no example inputs to export the pruned copy with"
+        if graph is not None and record is not None:
+            named = {name for name, _ in changes}
+            calls = changes_by_call(graph, {n.name: _expected_args(n, changes) for n in graph.nodes if n.name in named})
+            if calls is not None:
+                verdict, why = compare(record, pruned, graph, shapes, calls)
+                if verdict != "unknown":
+                    return None if verdict == "same" else why
         try:
             after = graph_of(pruned)
         except PruneError as error:
@@ -602,14 +597,20 @@ def _differences(before: fx.Graph, after: fx.Graph, changes: Mapping[tuple[str, 
     for old, new in zip(old_nodes, new_nodes):
         if (old.op, old.target) != (new.op, new.target):
             continue  # a filled slice: its input checked
-        sizes = {index: int(value) for (name, index), value in changes.items() if name == old.name and not isinstance(value, float)}  # index ~i: a slice's start
-        args, kwargs = with_sizes(old, sizes) if sizes else (old.args, dict(old.kwargs))
-        floats = {index: value for (name, index), value in changes.items() if name == old.name and isinstance(value, float)}
-        if floats:
-            args = tuple(floats.get(i, a) for i, a in enumerate(args))
+        args, kwargs = _expected_args(old, changes)
         if _names(new.args, renamed) != _names(args) or _names(new.kwargs, renamed) != _names(kwargs):
             return f"`{old.name}` has arguments {_names(new.args, renamed)} {_names(new.kwargs, renamed)}, expected {_names(args)} {_names(kwargs)}"
     return None
+
+
+def _expected_args(node: fx.Node, changes: Mapping[tuple[str, int], int | float]) -> tuple[tuple[object, ...], dict[str, object]]:
+    """`node`'s (args, kwargs) with the changes at it made: sizes (index ~i: a slice's start) and floats (eps)."""
+    sizes = {index: int(value) for (name, index), value in changes.items() if name == node.name and not isinstance(value, float)}
+    args, kwargs = with_sizes(node, sizes) if sizes else (node.args, dict(node.kwargs))
+    floats = {index: value for (name, index), value in changes.items() if name == node.name and isinstance(value, float)}
+    if floats:
+        args = tuple(floats.get(i, a) for i, a in enumerate(args))
+    return tuple(args), dict(kwargs)
 
 
 def _filled_slice(old: fx.Node, new: fx.Node, changes: Mapping[tuple[str, int], int | float], renamed: Mapping[str, str]) -> bool:

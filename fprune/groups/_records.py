@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from torch import fx
+from torch import Tensor, fx
 
 from .._util.running import ExampleShapes
 
@@ -272,3 +272,17 @@ class ChannelGroup:
         for member in self.members:
             lines.append(f"  {member.role:<8} {member.fqn} dim {member.dim} ({len(member.positions)} entries)")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GroupCriterion:
+    """A criterion that scores a whole group at once, from the model's tensors and whatever
+    the record holds (calibration statistics: :mod:`fprune.calibrate`); what
+    :func:`~fprune.group_masks` and :func:`~fprune.group_scores` take besides a row criterion."""
+
+    name: ClassVar[str] = "criterion"
+
+    def scores(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
+        """float32 scores of `group`'s channels, shape ``[group.size]``, higher = more important;
+        `tensors` are the model's parameters and buffers by FQN."""
+        raise NotImplementedError

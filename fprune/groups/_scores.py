@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,7 @@ from .._errors import PruneError, prefixed
 from .._masks import Criterion, l1_norm, l2_norm
 from .._util.checks import check_model, named_tensors
 from .._util.norms import Scratch, dim_norms, row_column_norms
-from ._records import ChannelGroup
+from ._records import ChannelGroup, GroupCriterion
 from ._slices import (
     channel_index,
     covering_producers,
@@ -56,12 +57,14 @@ def _member_scores(
     return criterion(rows.reshape(len(positions), -1).to(torch.float32)).to(torch.float32)
 
 
-def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l2_norm) -> Tensor:
+def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion | GroupCriterion = l2_norm) -> Tensor:
     """Per-channel importance of `group`: shape ``[group.size]``; `model` is unchanged.
 
     Each weight member (producer rows, consumer columns) is scored row by row with
     `criterion` over its channel positions; a channel's score sums its positions' scores over
-    all weight members. Biases, BatchNorm entries and other carriers do not count.
+    all weight members. Biases, BatchNorm entries and other carriers do not count. A
+    :class:`GroupCriterion` (the calibration criteria of :mod:`fprune.calibrate`) scores the
+    group itself.
     """
     try:
         return _scores(named_tensors(model), group, criterion, {}, {})
@@ -69,7 +72,11 @@ def group_scores(model: nn.Module, group: ChannelGroup, criterion: Criterion = l
         raise prefixed("group_scores", error) from None
 
 
-def _scores(tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion, cache: _Norms, scratch: Scratch) -> Tensor:
+def _scores(
+    tensors: Mapping[str, Tensor], group: ChannelGroup, criterion: Criterion | GroupCriterion, cache: _Norms, scratch: Scratch
+) -> Tensor:
+    if isinstance(criterion, GroupCriterion):
+        return criterion.scores(tensors, group)
     scores: Tensor | None = None
     for member in group.members:
         if member.role == "carrier":
@@ -143,6 +150,44 @@ def _all_units(group: ChannelGroup, device: torch.device) -> list[Tensor]:
     return units
 
 
+GlobalRanking = bool | Literal["mean", "standardized"]
+"""How :func:`group_masks` ranks channels across groups (False: it does not)."""
+
+
+def _globally_kept(
+    groups: Sequence[ChannelGroup], scores: Sequence[Tensor], level: float, ranking: Literal["mean", "standardized"], min_kept: float
+) -> list[int]:
+    """How many channels each group keeps when a fraction `level` of all their channels goes,
+    the lowest normalized scores first, each group keeping at least `min_kept` of its own."""
+    normalized = []
+    for score in scores:
+        values = score.to(torch.float64).cpu()
+        if ranking == "standardized":
+            spread = values.std() if values.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+            values = (values - values.mean()) / (spread if float(spread) > 1e-12 else 1.0)
+        else:
+            values = values / values.mean().clamp_min(1e-12)
+        normalized.append(values)
+    allowed = []  # within each group, only its lowest `size - floor` channels may go
+    for group, values in zip(groups, normalized):
+        floor = kept_floor(group.size, min_kept)
+        rank = torch.empty(values.numel(), dtype=torch.long)
+        rank[torch.sort(values, stable=True).indices] = torch.arange(values.numel())
+        allowed.append(rank < group.size - floor)
+    flat, may_go = torch.cat(normalized), torch.cat(allowed)
+    owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+    remove = flat.numel() - kept_at_level(flat.numel(), level)
+    candidates = may_go.nonzero().squeeze(1)
+    order = candidates[torch.sort(flat[candidates], stable=True).indices[:remove]]
+    removed_per = torch.bincount(owner[order], minlength=len(groups))
+    return [g.size - int(r) for g, r in zip(groups, removed_per)]
+
+
+def kept_floor(size: int, min_kept: float) -> int:
+    """The fewest of `size` channels (or units) a group keeps under `min_kept`: at least one."""
+    return max(1, math.ceil(min_kept * size - 1e-9))
+
+
 def round_kept(kept: int, size: int, round_to: int) -> int:
     if round_to <= 1 or size <= round_to:
         return max(1, min(size, kept))
@@ -167,8 +212,9 @@ def group_masks(
     *,
     ignore: Collection[str] | None = None,
     round_to: int = 1,
-    criterion: Criterion = l2_norm,
-    global_ranking: bool = False,
+    criterion: Criterion | GroupCriterion = l2_norm,
+    global_ranking: GlobalRanking = False,
+    min_kept: float = 0.0,
 ) -> dict[str, Tensor]:
     """Keep-masks removing a fraction `level` of the channels of each prunable group.
 
@@ -184,9 +230,19 @@ def group_masks(
             one multiple). Groups pruned in whole units (attention heads, the in-group
             positions of a grouped conv) count units instead, ranked by their channels' mean
             score: ``floor((1 - level) * units)`` stay, at least one.
-        criterion: scores the rows of each weight member (see :func:`group_scores`).
-        global_ranking: rank channels across all groups (scores normalized by each group's
-            mean) instead of removing `level` of every group.
+        criterion: scores the rows of each weight member (see :func:`group_scores`), or a
+            :class:`GroupCriterion` that scores whole groups (``fprune.calibrate.flap(stats)``
+            and the other calibration criteria).
+        global_ranking: rank channels across all groups instead of removing `level` of every
+            group, so each group keeps the width its scores justify (non-uniform widths):
+            ``True`` or ``"mean"`` divides each group's scores by their mean,
+            ``"standardized"`` standardizes them (minus the mean, over the standard
+            deviation, as FLAP does) before one ranking. `level` is then the fraction of all
+            the chosen groups' channels removed; `round_to` and whole units still apply.
+        min_kept: with global ranking, the fraction of each group's channels (of its units,
+            for a group pruned in whole units) that always stays, rounding to `round_to`
+            upward where nearest would go below it; at least one channel stays anyway. 0.5
+            caps every group's loss at half. Without global ranking it must stay 0.
 
     Returns:
         Bool keep-masks for :func:`apply_prune`, each over a producer weight's channel dim
@@ -196,7 +252,7 @@ def group_masks(
     """
     return masks_at_level(
         model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
-        caller="group_masks",
+        min_kept=min_kept, caller="group_masks",
     )
 
 
@@ -207,9 +263,10 @@ def masks_at_level(
     *,
     ignore: Collection[str] | None,
     round_to: int,
-    criterion: Criterion,
-    global_ranking: bool,
+    criterion: Criterion | GroupCriterion,
+    global_ranking: GlobalRanking,
     caller: str,
+    min_kept: float = 0.0,
 ) -> dict[str, Tensor]:
     """:func:`group_masks`, its refusals named after `caller` (the public function)."""
     check_model(model, caller)
@@ -217,6 +274,15 @@ def masks_at_level(
         raise PruneError(f"{caller}: `level` must be in [0, 1), got {level!r}")
     if not isinstance(round_to, int) or round_to < 1:
         raise PruneError(f"{caller}: `round_to` must be a positive int, got {round_to!r}")
+    if not (isinstance(global_ranking, bool) or (isinstance(global_ranking, str) and global_ranking in ("mean", "standardized"))):
+        raise PruneError(f"{caller}: `global_ranking` must be False, True, 'mean' or 'standardized', got {global_ranking!r}")
+    if isinstance(min_kept, bool) or not isinstance(min_kept, (int, float)) or not 0 <= min_kept <= 1:
+        raise PruneError(f"{caller}: `min_kept` must be a fraction in [0, 1], got {min_kept!r}")
+    if min_kept and not global_ranking:
+        raise PruneError(
+            f"{caller}: `min_kept` bounds what global ranking takes from each group; without `global_ranking` every "
+            f"group loses the fraction `level` ({level!r}), so leave `min_kept` at 0"
+        )
     tensors = named_tensors(model)  # once: per group it would make scoring quadratic in depth
     _check_ignore(model, tensors, ignore, caller)
     chosen = [g for g in groups if g.prunable and not ignored(g, ignore)]
@@ -238,12 +304,7 @@ def masks_at_level(
             )
     kept_counts: list[int]
     if global_ranking and chosen:
-        normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
-        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(chosen)])
-        remove = normalized.numel() - kept_at_level(normalized.numel(), level)
-        order = torch.sort(normalized, stable=True).indices[:remove]
-        removed_per = torch.bincount(owner[order.cpu()], minlength=len(chosen))
-        kept_counts = [g.size - int(r) for g, r in zip(chosen, removed_per)]
+        kept_counts = _globally_kept(chosen, scores, level, "standardized" if global_ranking == "standardized" else "mean", min_kept)
     else:
         kept_counts = [kept_at_level(g.size, level) for g in chosen]
     masks: dict[str, Tensor] = {}
@@ -252,11 +313,13 @@ def masks_at_level(
         if group.units:  # whole units (heads, in-group positions): rank them by mean score
             units = _all_units(group, score.device)
             unit_scores = torch.stack([score[u].mean() for u in units])
-            kept_units = max(1, kept_at_level(len(units), 1 - kept / group.size))
+            kept_units = max(kept_floor(len(units), min_kept), kept_at_level(len(units), 1 - kept / group.size))
             for u in torch.sort(unit_scores, descending=True, stable=True).indices[:kept_units].tolist():
                 keep[units[u]] = True
         else:
             kept = round_kept(kept, group.size, round_to)
+            if kept < kept_floor(group.size, min_kept):  # rounded below `min_kept`: the next multiple up
+                kept = min(group.size, math.ceil(kept_floor(group.size, min_kept) / round_to) * round_to)
             keep[torch.sort(score, descending=True, stable=True).indices[:kept]] = True
         for producer in group.producers:  # no layer may lose all its outputs (a concat branch)
             channels = channel_index(producer_member(group, producer).channels, keep.device)

@@ -276,3 +276,58 @@ def _scaled_norm_weight(norm: nn.Module, factor: float) -> Tensor | None:
         return None
     return scaled.detach()
 
+
+
+def rebuild_added_biases(pruned: nn.Module) -> tuple[str, ...]:
+    """Make the pruned copy's config rebuild the biases bias compensation added (Llama's
+    ``down_proj`` / ``o_proj`` built without one: ``mlp_bias`` / ``attention_bias`` False).
+
+    Where the class built from the config lacks some of the copy's ``.bias`` tensors, each
+    boolean config flag whose name ends in ``bias`` and is False is turned on alone (the class
+    built on meta): the flags that build some of the missing biases are chosen, and if the
+    class built with all of them has exactly the copy's shapes but for biases the copy lacks
+    (the flag's other layers: ``gate_proj`` / ``up_proj``, ``q/k/v_proj``), those flags are set
+    and those layers get biases of zeros (exact: they add nothing). Otherwise nothing changes,
+    and :func:`fprune.hf.save_pretrained` refuses the copy. Returns the flags set."""
+    config = getattr(pruned, "config")
+    built = built_shapes(pruned, config)
+    have = shapes_of(pruned)
+    if built is None:
+        return ()
+    missing = {k for k in have if k not in built}
+    if not missing or any(not k.endswith(".bias") for k in missing):
+        return ()
+    chosen: list[str] = []
+    for name, value in sorted(vars(config).items()):
+        if not name.endswith("bias") or value is not False:
+            continue
+        trial = copy.deepcopy(config)
+        setattr(trial, name, True)
+        shapes = built_shapes(pruned, trial)
+        if shapes is not None and missing & (shapes.keys() - built.keys()):
+            chosen.append(name)
+    if not chosen:
+        return ()
+    trial = copy.deepcopy(config)
+    for name in chosen:
+        setattr(trial, name, True)
+    target = built_shapes(pruned, trial)
+    if target is None or any(target.get(k) != shape for k, shape in have.items()):
+        return ()
+    zeros = {k: shape for k, shape in target.items() if k not in have}
+    modules = dict(pruned.named_modules())
+    for key in zeros:
+        module = modules.get(key.rpartition(".")[0])
+        if not key.endswith(".bias") or module is None or getattr(module, "bias", None) is not None:
+            return ()
+        if not isinstance(getattr(module, "weight", None), Tensor):
+            return ()
+    for name in chosen:
+        setattr(config, name, True)
+    for key, shape in zeros.items():
+        module = modules[key.rpartition(".")[0]]
+        weight = getattr(module, "weight")
+        assert isinstance(weight, Tensor)
+        zero = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+        module.bias = nn.Parameter(zero, requires_grad=weight.requires_grad)
+    return tuple(chosen)

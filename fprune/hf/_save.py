@@ -19,9 +19,14 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], **kwargs: ob
     derives from others, as BERT's head size ``hidden_size // num_attention_heads``), saving
     would lose them, and this refuses.
 
+    Biases that bias compensation (``apply_prune(..., compensate=)``) added to layers built
+    without one are rebuilt where a config flag turns them on (``mlp_bias``, ``attention_bias``:
+    apply sets it); any other such bias is refused too.
+
     Raises:
         PruneError: `model` is not a ``transformers.PreTrainedModel``, or its config does not
-            rebuild it (the message names the tensors that would reload with other shapes).
+            rebuild it (the message names the tensors that would reload with other shapes, or
+            the added biases it would drop).
     """
     if not is_hf_model(model):
         raise PruneError(f"save_pretrained: expects a transformers PreTrainedModel, got {type(model).__name__}")
@@ -31,6 +36,16 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], **kwargs: ob
     if built is None:
         raise PruneError(f"save_pretrained: {type(model).__name__} cannot be built from its own config; it would not reload")
     wrong = [k for k in sorted(set(built) | set(have)) if built.get(k) != have.get(k)]
+    added = [k for k in wrong if k not in built and k.endswith(".bias")]
+    if added:
+        shown = ", ".join(f"`{k}`" for k in added[:4])
+        raise PruneError(
+            f"save_pretrained: this {type(model).__name__} has {len(added)} bias tensor(s) its config does not build "
+            f"({shown}{', ...' if len(added) > 4 else ''}): bias compensation (apply_prune(..., compensate=...)) "
+            "added them to layers built without a bias, and no flag of the config rebuilds them, so "
+            "from_pretrained would drop them. Prune without `compensate`, or keep the model as a Python "
+            "object (torch.save(model))"
+        )
     if wrong:
         shown = ", ".join(f"`{k}` {have.get(k)} would reload as {built.get(k)}" for k in wrong[:4])
         raise PruneError(
