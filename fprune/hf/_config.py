@@ -57,38 +57,105 @@ def _explicit(model: nn.Module, config: object) -> object:
     return config
 
 
-def solve_config(model: nn.Module, pruned: nn.Module) -> tuple[object, dict[str, str]]:
-    """The pruned copy's config: every size field set to the value that builds the pruned
-    shapes, where one value does; and the fields no single value builds, with why (widths that
-    differ between layers, or a size the config cannot express).
+Field = tuple[str, int | None]
+"""A size the config holds: a field's name, and for a per-layer list (Gemma3n's
+``intermediate_size``) the layer's index in it, else None."""
 
-    Each field is solved by building the model class on the meta device with that field moved
-    (+1, else doubled) and reading the dims that move with it alone: ``size = k * value + b``.
-    The config found is checked by building the class from it: it must give the pruned shapes.
-    """
-    base = _explicit(model, getattr(pruned, "config"))
-    now = built_shapes(model, base)
-    if now != shapes_of(model):
-        return base, {"config": "the model class does not rebuild the original shapes from its config"}
-    moves: dict[str, tuple[int, int, set[tuple[str, int, int]]]] = {}  # field -> (value, step, (key, dim, moved size))
+_Moves = Mapping[Field, tuple[int, int, set[tuple[str, int, int]]]]
+"""Each size field -> (its value, the step it was moved by, the dims that moved: (key, dim,
+size when moved))."""
+
+
+PER_LAYER_WIDTHS = "the pruned copy's layers have different widths"
+"""How a problem of :func:`solve_sizes` starts where each layer has one width, but not all the
+same, for a field the config holds one value of."""
+
+
+def _layer_widths(model: nn.Module, config: object, found: Mapping[tuple[str, int], int]) -> dict[int, int] | None:
+    """Layer index -> the one value its dims need (`found`: (key, dim) -> value), where every dim
+    is in a layer (a child of a module list of ``num_hidden_layers`` modules), the dims of each
+    layer agree, and not all layers do; else None (a size the model derives from others)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    prefixes = [f"{n}." for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == layers]
+    widths: dict[int, set[int]] = {}
+    for (key, _), value in found.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        index = key[len(prefix):].split(".", 1)[0] if prefix is not None else ""
+        if value < 0 or not index.isdigit():
+            return None
+        widths.setdefault(int(index), set()).add(value)
+    if any(len(w) != 1 for w in widths.values()) or len({w for ws in widths.values() for w in ws}) < 2:
+        return None
+    return {i: next(iter(w)) for i, w in sorted(widths.items())}
+
+
+def _is_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def size_values(config: object) -> dict[Field, int]:
+    """The sizes of `config` to solve, in :data:`SIZE_FIELDS` order: each int field, and each entry
+    of a field that holds one int per layer (a list or tuple of ``num_hidden_layers`` entries)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    found: dict[Field, int] = {}
     for name in SIZE_FIELDS:
-        value = getattr(base, name, None)
-        if isinstance(value, bool) or not isinstance(value, int):
-            continue
+        value = getattr(config, name, None)
+        if isinstance(value, int) and _is_size(value):
+            found[(name, None)] = value
+        elif isinstance(value, (list, tuple)) and _is_size(layers) and len(value) == layers and all(_is_size(v) for v in value):
+            found.update({(name, index): int(entry) for index, entry in enumerate(value)})
+    return found
+
+
+def _get(config: object, field: Field) -> int:
+    name, index = field
+    value = getattr(config, name)
+    return int(value if index is None else value[index])
+
+
+def _set(config: object, field: Field, size: int) -> None:
+    """Set one size of `config` (a per-layer entry: the field replaced by a new list / tuple)."""
+    name, index = field
+    if index is None:
+        setattr(config, name, size)
+        return
+    entries = list(getattr(config, name))
+    entries[index] = size
+    setattr(config, name, tuple(entries) if isinstance(getattr(config, name), tuple) else entries)
+
+
+def _moves(model: nn.Module, base: object, now: Mapping[str, tuple[int, ...]]) -> dict[Field, tuple[int, int, set[tuple[str, int, int]]]]:
+    """Each size of `base` moved alone (+1, else doubled) on a meta build of the model class, and
+    the dims that moved with it."""
+    moves: dict[Field, tuple[int, int, set[tuple[str, int, int]]]] = {}
+    for field, value in size_values(base).items():
         for step in (1, value):
             trial = copy.deepcopy(base)
-            setattr(trial, name, value + step)
+            _set(trial, field, value + step)
             moved = built_shapes(model, trial)
             if moved is not None and moved.keys() == now.keys():
-                moves[name] = (value, step, {
+                moves[field] = (value, step, {
                     (key, d, b) for key, shape in now.items() for d, (a, b) in enumerate(zip(shape, moved[key])) if a != b
                 })  # fmt: skip
                 break
-    target = shapes_of(pruned)
+    return moves
+
+
+def solve_sizes(model: nn.Module, base: object, target: Mapping[str, tuple[int, ...]]) -> tuple[object, dict[str, str]]:
+    """`base` (a copy) with every size set to the value that builds the shapes `target` where one
+    value does; and the fields no value builds, with why. The model class (``type(model)``) must
+    build shapes from `base`; a size is solved from the dims that move with it alone:
+    ``size = k * value + b``, a per-layer entry from its layer's dims. The config found is
+    checked by building the class from it: it must give `target`."""
+    base = copy.deepcopy(base)
+    now = built_shapes(model, base)
+    if now is None:
+        return base, {"config": "the model class cannot be built from its config"}
+    moves = _moves(model, base, now)
     problems: dict[str, str] = {}
-    for name, (value, step, dims) in moves.items():
-        others = {(key, d) for other, (_, _, moved_dims) in moves.items() if other != name for key, d, _ in moved_dims}
-        found: set[int] = set()
+    for field, (value, step, dims) in moves.items():
+        others = {(key, d) for other, (_, _, moved_dims) in moves.items() if other != field for key, d, _ in moved_dims}
+        found: dict[tuple[str, int], int] = {}  # (key, dim) -> the value it needs, -1: none
         for key, dim, moved_size in dims:
             if (key, dim) in others:
                 continue
@@ -96,21 +163,48 @@ def solve_config(model: nn.Module, pruned: nn.Module) -> tuple[object, dict[str,
             k, rest = divmod(moved_size - size, step)
             offset = size - k * value
             want = target.get(key, now[key])[dim] - offset
-            found.add(want // k if not rest and k > 0 and want > 0 and want % k == 0 else -1)
-        if len(found) == 1 and -1 not in found:
-            setattr(base, name, found.pop())
-        elif found:
-            problems[name] = "the pruned copy's layers have different widths, which one config value cannot hold"
+            found[(key, dim)] = want // k if not rest and k > 0 and want > 0 and want % k == 0 else -1
+        values = set(found.values())
+        if len(values) == 1 and -1 not in values:
+            _set(base, field, values.pop())
+        elif values:
+            name, index = field
+            widths = _layer_widths(model, base, found) if index is None else None
+            problems[name] = (
+                f"{PER_LAYER_WIDTHS} ({', '.join(f'layer {i}: {w}' for i, w in widths.items())}), and "
+                f"{type(base).__name__} holds one `{name}` for all of them"
+                if widths is not None
+                else f"the pruned dims that follow {f'`{name}`' if index is None else f'layer {index} of `{name}`'} "
+                "give no one value of it"
+            )
     if not problems:  # a field with no dim of its own (Phi-3's kv heads, only in the fused qkv_proj)
         _solve_shared(base, moves, now, target)
-    if not problems and built_shapes(model, base) != target:
+    if not problems and built_shapes(model, base) != dict(target):
         problems["shapes"] = "the config cannot express the pruned shapes (a size the model derives from others)"
     return base, problems
 
 
+def solve_config(model: nn.Module, pruned: nn.Module) -> tuple[object, dict[str, str]]:
+    """The pruned copy's config: every size field set to the value that builds the pruned
+    shapes, where one value does (a per-layer list, as Gemma3n's ``intermediate_size``, entry by
+    entry); and the fields no value builds, with why (widths that differ between layers where
+    the config holds one value, or a size the config cannot express). See :func:`solve_sizes`."""
+    base = _explicit(model, getattr(pruned, "config"))
+    if built_shapes(model, base) != shapes_of(model):
+        return base, {"config": "the model class does not rebuild the original shapes from its config"}
+    return solve_sizes(model, base, shapes_of(pruned))
+
+
+def config_problems(model: nn.Module) -> dict[str, str]:
+    """Why the config of `model` (a pruned copy) does not build its shapes, by field: the
+    fields :func:`solve_sizes` finds no value of from its shapes (empty: none found)."""
+    config = getattr(model, "config", None)
+    return solve_sizes(model, _explicit(model, config), shapes_of(model))[1] if config is not None else {}
+
+
 def _solve_shared(
     base: object,
-    moves: Mapping[str, tuple[int, int, set[tuple[str, int, int]]]],
+    moves: _Moves,
     now: Mapping[str, tuple[int, ...]],
     target: Mapping[str, tuple[int, ...]],
 ) -> None:
@@ -118,20 +212,20 @@ def _solve_shared(
     ``num_key_value_heads``: ``qkv_proj`` is ``(heads + 2 * kv_heads) * head_dim``) from those dims,
     taking the others' changes out as measured (``k * value`` each). Only a value every such dim
     agrees on is set; the caller checks the config by building the class from it."""
-    for name, (value, step, dims) in moves.items():
-        if getattr(base, name) != value:
+    for field, (value, step, dims) in moves.items():
+        if _get(base, field) != value:
             continue  # solved from a dim of its own
         found: set[int] = set()
         for key, dim, moved_size in dims:
             rest = target.get(key, now[key])[dim] - now[key][dim]
             for other, (other_value, other_step, other_dims) in moves.items():
                 moved = next((m for k, d, m in other_dims if (k, d) == (key, dim)), None)
-                if other != name and moved is not None:
-                    rest -= (moved - now[key][dim]) // other_step * (int(getattr(base, other)) - other_value)
+                if other != field and moved is not None:
+                    rest -= (moved - now[key][dim]) // other_step * (_get(base, other) - other_value)
             k, remainder = divmod(moved_size - now[key][dim], step)
             found.add(value + rest // k if not remainder and k > 0 and rest % k == 0 else -1)
         if len(found) == 1 and (solved := found.pop()) > 0:
-            setattr(base, name, solved)
+            _set(base, field, solved)
 
 
 def updated_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, float]) -> tuple[object, dict[str, str]]:
