@@ -13,6 +13,7 @@ import pytest
 
 import fprune
 import fprune.calibrate
+import fprune.cli  # the command line: a subpackage `import fprune` leaves out (no rich in the library)
 import fprune.groups
 import fprune.hf
 import fprune.patterns
@@ -31,6 +32,8 @@ TOP = {
     "patterns", "groups", "sparsifier", "hf", "calibrate",
     # calibration (issue 15)
     "Statistics", "collect_statistics",
+    # the command line (issue 16), once imported
+    "cli",
 }  # fmt: skip
 PATTERNS = {
     "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "ACTIVATION_MODULES", "Attr", "Call", "Match", "MatchedOp",
@@ -112,8 +115,8 @@ def test_every_moved_name_lives_in_its_namespace() -> None:
 
 
 def _floor(module: str) -> int:
-    """0: shared helpers; 1: the engines; 2: apply, calibration and what builds on them; 3: the facade, the demo."""
-    if module.startswith("fprune.sparsifier") or module in ("fprune", "fprune.__main__", "fprune._demo"):
+    """0: shared helpers; 1: the engines; 2: apply, calibration and what builds on them; 3: the facade, the demo, the command line."""
+    if module.startswith(("fprune.sparsifier", "fprune.cli")) or module in ("fprune", "fprune.__main__", "fprune._demo"):
         return 3
     if module in ("fprune._apply", "fprune._prune_channels", "fprune._optim") or module.startswith("fprune.calibrate"):
         return 2
