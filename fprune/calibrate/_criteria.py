@@ -19,7 +19,9 @@ For a group channel j read by consumer layers m (input column j of W_m, shape [o
 
 Conv consumers count each input channel over all its positions; a grouped conv's input (its
 weight has fewer input columns than channels) and layers the statistics did not see add
-nothing. A group none of whose consumers was seen (a criterion with input statistics), or with
+nothing. A channel that no scored layer reads (the query and key channels of an attention
+heads group, of which only the values reach ``o_proj``) gets the mean score of its unit's read
+channels (else the group's), so it neither drags its unit down nor skews a global ranking. A group none of whose consumers was seen (a criterion with input statistics), or with
 no first-order term (Taylor), is a PruneError that names it.
 """
 
@@ -50,6 +52,17 @@ _Term = Callable[[Tensor, int, Moments], Tensor]
 """(consumer weight, its input-channel dim, the moments of its input) -> a score per input channel."""
 
 
+def _consumer_read(statistics: Statistics, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
+    """The channels of `group` that some consumer with statistics reads."""
+    read = torch.zeros(group.size, dtype=torch.bool)
+    for member in group.members:
+        moments = statistics.inputs.get(member.fqn) if member.role == "consumer" else None
+        weight = tensors.get(member.fqn)
+        if moments is not None and weight is not None and weight.dim() >= 2 and weight.shape[member.dim] == moments.total.shape[0]:
+            read[channel_index(member.channels, torch.device("cpu"))] = True
+    return read
+
+
 def _consumer_scores(name: str, term: _Term, statistics: Statistics, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
     scores: Tensor | None = None
     for member in group.members:
@@ -64,7 +77,12 @@ def _consumer_scores(name: str, term: _Term, statistics: Statistics, tensors: Ma
         values = per_input[positions].to(torch.float32)
         if scores is None:
             scores = torch.zeros(group.size, dtype=torch.float32, device=per_input.device)
-        scores = scores.index_add(0, channel_index(member.channels, per_input.device), values)
+            covered = torch.zeros(group.size, dtype=torch.bool, device=per_input.device)
+        channels = channel_index(member.channels, per_input.device)
+        scores = scores.index_add(0, channels, values)
+        covered[channels] = True
+    if scores is not None and not bool(covered.all()):
+        scores = _filled(scores, covered, group)
     if scores is None:
         raise PruneError(
             f"the {name} criterion has no input statistics for any layer reading the channels produced by "
@@ -72,6 +90,23 @@ def _consumer_scores(name: str, term: _Term, statistics: Statistics, tensors: Ma
             "on this model (with these groups) over batches that reach those layers, or leave the group out with `ignore`"
         )
     return scores
+
+
+def _filled(scores: Tensor, covered: Tensor, group: ChannelGroup) -> Tensor:
+    """`scores` with each channel no scored layer reads (the query / key channels of a heads
+    group: only ``o_proj`` reads the values) given the mean score of the read channels of its
+    unit, or of the group: neutral where units are ranked by their mean, and in a global ranking."""
+    filled = scores.clone()
+    whole = scores[covered].mean()
+    for unit in group.units:
+        index = torch.tensor(unit, dtype=torch.long, device=scores.device)
+        seen = covered[index]
+        filled[index[~seen]] = scores[index[seen]].mean() if bool(seen.any()) else whole
+    rest = ~covered
+    for unit in group.units:
+        rest[torch.tensor(unit, dtype=torch.long, device=scores.device)] = False
+    filled[rest] = whole
+    return filled
 
 
 @dataclass(frozen=True)
@@ -82,6 +117,9 @@ class _Activation(GroupCriterion):
     def scores(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
         return _consumer_scores(self.name, lambda w, d, m: m.rms(), self.statistics, tensors, group)
 
+    def read(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor | None:
+        return _consumer_read(self.statistics, tensors, group)
+
 
 @dataclass(frozen=True)
 class _WandaSP(GroupCriterion):
@@ -91,6 +129,9 @@ class _WandaSP(GroupCriterion):
     def scores(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
         return _consumer_scores(self.name, lambda w, d, m: m.norm() * _column_sums(w, d, False), self.statistics, tensors, group)
 
+    def read(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor | None:
+        return _consumer_read(self.statistics, tensors, group)
+
 
 @dataclass(frozen=True)
 class _Flap(GroupCriterion):
@@ -99,6 +140,9 @@ class _Flap(GroupCriterion):
 
     def scores(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
         return _consumer_scores(self.name, lambda w, d, m: m.variance() * _column_sums(w, d, True), self.statistics, tensors, group)
+
+    def read(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor | None:
+        return _consumer_read(self.statistics, tensors, group)
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,9 @@ class GroupCriterion:
         """float32 scores of `group`'s channels, shape ``[group.size]``, higher = more important;
         `tensors` are the model's parameters and buffers by FQN."""
         raise NotImplementedError
+
+    def read(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor | None:
+        """Which of `group`'s channels the scores measure (bool, ``[group.size]``); the others
+        hold a stand-in (their unit's mean) that a global ranking leaves out of its
+        standardization. None: every channel is measured."""
+        return None

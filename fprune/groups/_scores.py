@@ -155,31 +155,58 @@ GlobalRanking = bool | Literal["mean", "standardized"]
 
 
 def _globally_kept(
-    groups: Sequence[ChannelGroup], scores: Sequence[Tensor], level: float, ranking: Literal["mean", "standardized"], min_kept: float
+    groups: Sequence[ChannelGroup],
+    scores: Sequence[Tensor],
+    level: float,
+    ranking: Literal["mean", "standardized"],
+    min_kept: float,
+    read: Sequence[Tensor | None] = (),
 ) -> list[int]:
-    """How many channels each group keeps when a fraction `level` of all their channels goes,
-    the lowest normalized scores first, each group keeping at least `min_kept` of its own."""
-    normalized = []
-    for score in scores:
+    """How many channels each group keeps when a fraction `level` of all their channels goes.
+
+    Each group's channel scores are normalized (divided by their mean, or standardized); the
+    items ranked are the group's units (heads: scored by their channels' mean normalized score,
+    removed whole) and its other channels. Items go lowest first, across all groups, until
+    `level` of all channels is gone (the last item may take a little more); each group keeps
+    at least `min_kept` of its items, and at least one. The mean and spread are those of the
+    channels the criterion measured (`read`, per group; None: all)."""
+    item_scores: list[Tensor] = []
+    item_sizes: list[Tensor] = []
+    item_owner: list[Tensor] = []
+    may_go: list[Tensor] = []
+    for index, (group, score) in enumerate(zip(groups, scores)):
         values = score.to(torch.float64).cpu()
+        mask = read[index] if index < len(read) else None
+        measured = values[mask.cpu()] if mask is not None and bool(mask.any()) else values
         if ranking == "standardized":
-            spread = values.std() if values.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
-            values = (values - values.mean()) / (spread if float(spread) > 1e-12 else 1.0)
+            spread = measured.std() if measured.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+            values = (values - measured.mean()) / (spread if float(spread) > 1e-12 else 1.0)
         else:
-            values = values / values.mean().clamp_min(1e-12)
-        normalized.append(values)
-    allowed = []  # within each group, only its lowest `size - floor` channels may go
-    for group, values in zip(groups, normalized):
-        floor = kept_floor(group.size, min_kept)
-        rank = torch.empty(values.numel(), dtype=torch.long)
-        rank[torch.sort(values, stable=True).indices] = torch.arange(values.numel())
-        allowed.append(rank < group.size - floor)
-    flat, may_go = torch.cat(normalized), torch.cat(allowed)
-    owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
-    remove = flat.numel() - kept_at_level(flat.numel(), level)
-    candidates = may_go.nonzero().squeeze(1)
-    order = candidates[torch.sort(flat[candidates], stable=True).indices[:remove]]
-    removed_per = torch.bincount(owner[order], minlength=len(groups))
+            values = values / measured.mean().clamp_min(1e-12)
+        in_unit = torch.zeros(group.size, dtype=torch.bool)
+        unit_scores = []
+        for unit in group.units:
+            positions = torch.tensor(unit, dtype=torch.long)
+            in_unit[positions] = True
+            unit_scores.append(values[positions].mean())
+        singles = values[~in_unit]
+        scored = torch.cat([torch.stack(unit_scores) if unit_scores else torch.zeros(0, dtype=torch.float64), singles])
+        sizes = torch.cat([torch.tensor([len(u) for u in group.units], dtype=torch.long), torch.ones(singles.numel(), dtype=torch.long)])
+        floor = kept_floor(scored.numel(), min_kept)
+        rank = torch.empty(scored.numel(), dtype=torch.long)
+        rank[torch.sort(scored, stable=True).indices] = torch.arange(scored.numel())
+        item_scores.append(scored)
+        item_sizes.append(sizes)
+        item_owner.append(torch.full((scored.numel(),), index))
+        may_go.append(rank < scored.numel() - floor)  # the group's lowest items but its floor
+    flat, sizes, owner, allowed = torch.cat(item_scores), torch.cat(item_sizes), torch.cat(item_owner), torch.cat(may_go)
+    total = sum(g.size for g in groups)
+    remove = total - kept_at_level(total, level)
+    candidates = allowed.nonzero().squeeze(1)
+    order = candidates[torch.sort(flat[candidates], stable=True).indices]
+    before = torch.cumsum(sizes[order], 0) - sizes[order]  # channels gone before each item
+    chosen = order[before < remove]
+    removed_per = torch.zeros(len(groups), dtype=torch.long).index_add(0, owner[chosen], sizes[chosen])
     return [g.size - int(r) for g, r in zip(groups, removed_per)]
 
 
@@ -237,8 +264,10 @@ def group_masks(
             group, so each group keeps the width its scores justify (non-uniform widths):
             ``True`` or ``"mean"`` divides each group's scores by their mean,
             ``"standardized"`` standardizes them (minus the mean, over the standard
-            deviation, as FLAP does) before one ranking. `level` is then the fraction of all
-            the chosen groups' channels removed; `round_to` and whole units still apply.
+            deviation, as FLAP does) before one ranking. A unit (an attention head, a GQA
+            unit) is one item of that ranking, scored by its channels' mean. `level` is then
+            the fraction of all the chosen groups' channels removed (the last item may take a
+            few more); `round_to` still applies.
         min_kept: with global ranking, the fraction of each group's channels (of its units,
             for a group pruned in whole units) that always stays, rounding to `round_to`
             upward where nearest would go below it; at least one channel stays anyway. 0.5
@@ -304,7 +333,9 @@ def masks_at_level(
             )
     kept_counts: list[int]
     if global_ranking and chosen:
-        kept_counts = _globally_kept(chosen, scores, level, "standardized" if global_ranking == "standardized" else "mean", min_kept)
+        read = [criterion.read(tensors, g) if isinstance(criterion, GroupCriterion) else None for g in chosen]
+        ranking: Literal["mean", "standardized"] = "standardized" if global_ranking == "standardized" else "mean"
+        kept_counts = _globally_kept(chosen, scores, level, ranking, min_kept, read)
     else:
         kept_counts = [kept_at_level(g.size, level) for g in chosen]
     masks: dict[str, Tensor] = {}

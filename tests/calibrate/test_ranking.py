@@ -187,13 +187,79 @@ def _as_it_was(model: nn.Module, groups: Sequence[ChannelGroup], level: float) -
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vit"])
-def test_global_ranking_true_is_what_it_was(name: str) -> None:
+def test_global_ranking_true_is_what_it_was_without_units_and_exact_in_count_with_them(name: str) -> None:
+    """Without units (resnet50) the kept counts are what they were; with heads (vit) each head
+    is one item of the ranking, so the channels removed are `level` of all, to one head."""
     model, x = ZOO[name]()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(x,))
     masks = fprune.group_masks(model, groups, 0.5, global_ranking=True)
     chosen = [g for g in groups if g.prunable and not g.reaches_output]
-    expected = _as_it_was(model, groups, 0.5)
-    assert min(expected) >= 1  # no group lost all its channels: the floor changes nothing here
-    for group, kept in zip(chosen, expected):
+    kept = [int(_channel_keep(group, masks).sum()) for group in chosen]
+    if not any(g.units for g in chosen):
+        expected = _as_it_was(model, groups, 0.5)
+        assert min(expected) >= 1  # no group lost all its channels: the floor changes nothing here
+        assert kept == expected
+    else:
+        total = sum(g.size for g in chosen)
+        largest = max(len(u) for g in chosen for u in g.units)
+        assert total - kept_at_level(total, 0.5) <= total - sum(kept) < total - kept_at_level(total, 0.5) + largest
+
+# --------------------------------------------------------------------------- units as items
+
+
+@dataclass(frozen=True)
+class OneBadChannel(GroupCriterion):
+    """MLP channels ramp up; every heads channel scores 1 but one channel of the first head, 0."""
+
+    name: ClassVar[str] = "one bad channel"
+
+    def scores(self, tensors: Mapping[str, Tensor], group: ChannelGroup) -> Tensor:
         if not group.units:
-            assert int(_channel_keep(group, masks).sum()) == kept, group.producers
+            return torch.arange(1, group.size + 1, dtype=torch.float32)
+        values = torch.ones(group.size)
+        values[group.units[0][0]] = 0.0
+        return values
+
+
+@pytest.mark.parametrize("ranking", ["standardized", "mean"])
+def test_a_head_goes_by_its_mean_score_not_by_its_worst_channel(ranking: str) -> None:
+    """Ranked channel by channel, the one bad channel would take its whole head with it (and the
+    head's other channels, which the ranking never chose). Ranked as items, the head's mean is
+    what counts, and the channels removed are `level` of all."""
+    model, ids = llama("plain", dim=32, heads=8)
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model), example_inputs=(ids,))
+    chosen = [g for g in groups if g.prunable and not g.reaches_output]
+    assert any(g.units for g in chosen) and any(not g.units for g in chosen)
+    masks = fprune.group_masks(model, groups, 0.05, criterion=OneBadChannel(), global_ranking=ranking)  # type: ignore[arg-type]
+    for group in chosen:
+        keep = _channel_keep(group, masks)
+        if group.units:
+            assert bool(keep[list(group.units[0])].all()), "the head with one bad channel stays: its mean is high"
+    total = sum(g.size for g in chosen)
+    removed = total - sum(int(_channel_keep(g, masks).sum()) for g in chosen)
+    assert removed == total - kept_at_level(total, 0.05)  # only MLP channels go: exactly the level
+
+
+def test_channels_no_scored_layer_reads_take_their_units_mean() -> None:
+    """FLAP / Wanda-sp / activation score a heads group by o_proj's inputs (the values): the
+    query and key channels take their head's mean instead of 0."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    groups = fprune.channel_groups(torch.export.export(model, (ids,), kwargs={"use_cache": False}, strict=False))
+    heads = next(g for g in groups if g.units)
+    stats = fprune.collect_statistics(model, [ids], groups=groups)
+    scores = fprune.group_scores(model, heads, criterion=fprune.calibrate.flap(stats))
+    read = torch.zeros(heads.size, dtype=torch.bool)
+    for member in heads.members:
+        if member.role == "consumer":
+            read[list(member.channels)] = True
+    assert 0 < int(read.sum()) < heads.size and bool((scores > 0).all())
+    for unit in heads.units:
+        index = torch.tensor(unit)
+        values, seen = scores[index], read[index]
+        torch.testing.assert_close(values[~seen], values[seen].mean().expand(int((~seen).sum())))
