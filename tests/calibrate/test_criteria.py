@@ -13,13 +13,14 @@ from typing import Literal
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 import fprune
 from fprune.calibrate import Batch, GroupCriterion, Statistics, activation, collect_statistics, flap, taylor, wanda_sp
 from fprune.groups import ChannelGroup
+
+from .shared import float_batches, layer_inputs, llama, next_token_loss, run, token_ids
 
 requires_hf = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,51 +36,20 @@ FORMULAS: dict[str, Formula] = {
 CRITERIA: dict[str, Callable[[Statistics], GroupCriterion]] = {"activation": activation, "wanda_sp": wanda_sp, "flap": flap}
 
 
-def _run(model: nn.Module, batch: Batch) -> object:
-    if isinstance(batch, Tensor):
-        return model(batch)
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    return model(*batch)
-
-
-def _inputs(model: nn.Module, modules: Sequence[str], batches: Sequence[Batch]) -> dict[str, Tensor]:
-    """Per module, its input rows over all batches ([positions, channels], float64), from
-    forward pre-hooks on a copy: a conv's channels at dim 1, a Linear's last."""
-    model = copy.deepcopy(model)
-    rows: dict[str, list[Tensor]] = {m: [] for m in modules}
-
-    def hook(name: str) -> Callable[[nn.Module, tuple[object, ...]], None]:
-        def see(module: nn.Module, args: tuple[object, ...]) -> None:
-            x = args[0]
-            assert isinstance(x, Tensor)
-            dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else x.dim() - 1
-            rows[name].append(x.detach().movedim(dim, -1).reshape(-1, x.shape[dim]).double())
-
-        return see
-
-    for name in modules:
-        model.get_submodule(name).register_forward_pre_hook(hook(name))
-    with torch.no_grad():
-        for batch in batches:
-            _run(model, batch)
-    return {m: torch.cat(r) for m, r in rows.items()}
-
-
 def _gradients(model: nn.Module, batches: Sequence[Batch], loss: Callable[[object, Batch], Tensor]) -> dict[str, Tensor]:
     """Per parameter, the sum over the batches of dL/dw, by backward on a copy of `model`."""
     model = copy.deepcopy(model)
     for p in model.parameters():
         p.requires_grad_(True)
     for batch in batches:
-        torch.autograd.backward(loss(_run(model, batch), batch))
+        torch.autograd.backward(loss(run(model, batch), batch))
     return {fqn: p.grad.double() for fqn, p in model.named_parameters() if p.grad is not None}
 
 
 def _consumer_inputs(model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
-    """:func:`_inputs` of the modules of every consumer of `groups`."""
+    """:func:`layer_inputs` of the modules of every consumer of `groups`."""
     modules = {m.fqn.rpartition(".")[0] for g in groups for m in g.members if m.role == "consumer"}
-    return _inputs(model, sorted(modules), batches)
+    return layer_inputs(model, sorted(modules), batches)
 
 
 def _by_hand(model: nn.Module, group: ChannelGroup, seen: Mapping[str, Tensor], formula: Formula) -> Tensor:
@@ -119,11 +89,6 @@ def _mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 5)).double()
 
 
-def _mlp_batches() -> list[Batch]:
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(2, 3, 6, generator=g, dtype=torch.float64)]
-
-
 class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -159,7 +124,7 @@ def _group(groups: Sequence[ChannelGroup], producer: str) -> ChannelGroup:
 
 @pytest.mark.parametrize("name", sorted(FORMULAS))
 def test_mlp_scores_are_the_formula(name: str) -> None:
-    model, batches = _mlp(), _mlp_batches()
+    model, batches = _mlp(), float_batches()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     statistics = collect_statistics(model, batches)
     for producer in ("0.weight", "2.weight"):
@@ -189,7 +154,7 @@ def test_taylor_scores_are_the_formula() -> None:
     assert {m.fqn for m in group.members} >= {"conv1.bias", "bn.weight", "bn.running_mean", "conv2.weight"}
     expected = _taylor_by_hand(model, group, _gradients(model, batches, _sum_loss))
     torch.testing.assert_close(fprune.group_scores(model, group, taylor(statistics)), expected.float(), rtol=1e-5, atol=1e-7)
-    mlp, mlp_batches = _mlp(), _mlp_batches()
+    mlp, mlp_batches = _mlp(), float_batches()
     mlp_groups = fprune.channel_groups(torch.fx.symbolic_trace(mlp))
     mlp_statistics = collect_statistics(mlp, mlp_batches, loss=_sum_loss)  # no groups: every parameter's dims 0 and 1
     for producer in ("0.weight", "2.weight"):
@@ -198,46 +163,20 @@ def test_taylor_scores_are_the_formula() -> None:
         torch.testing.assert_close(fprune.group_scores(mlp, group, taylor(mlp_statistics)), expected.float(), rtol=1e-5, atol=1e-7)
 
 
-def _llama(tie: bool = False, layers: int = 2) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config).double()
-    nn.Module.eval(model)
-    return model
-
-
-def _ids(seed: int) -> Tensor:
-    return torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(seed))
-
-
 def _llama_batches() -> list[Batch]:
-    return [{"input_ids": _ids(seed), "use_cache": False} for seed in (1, 2, 3)]
-
-
-def _next_token_loss(output: object, batch: Batch) -> Tensor:
-    logits = getattr(output, "logits")
-    assert isinstance(logits, Tensor) and isinstance(batch, Mapping)
-    ids = batch["input_ids"]
-    assert isinstance(ids, Tensor)
-    loss: Tensor = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-    return loss
+    return [{"input_ids": token_ids(seed), "use_cache": False} for seed in (1, 2, 3)]
 
 
 def _exported_groups(model: nn.Module) -> tuple[ChannelGroup, ...]:
-    program = torch.export.export(model, (_ids(0),), kwargs={"use_cache": False}, strict=False)
+    program = torch.export.export(model, (token_ids(0),), kwargs={"use_cache": False}, strict=False)
     return fprune.channel_groups(program)
 
 
 @requires_hf
 def test_llama_scores_are_the_formulas() -> None:
-    model, batches = _llama(), _llama_batches()
+    model, batches = llama(), _llama_batches()
     groups = _exported_groups(model)
-    statistics = collect_statistics(model, batches, groups=groups, loss=_next_token_loss)
+    statistics = collect_statistics(model, batches, groups=groups, loss=next_token_loss)
     mlp = _group(groups, "model.layers.0.mlp.gate_proj.weight")
     hidden = _group(groups, "model.embed_tokens.weight")  # read by q, k, v, gate, up of each layer and the head
     assert len([m for m in hidden.members if m.role == "consumer"]) == 11
@@ -246,7 +185,7 @@ def test_llama_scores_are_the_formulas() -> None:
         for group in (mlp, hidden):
             expected = _by_hand(model, group, seen, formula).float()
             torch.testing.assert_close(fprune.group_scores(model, group, CRITERIA[name](statistics)), expected, rtol=1e-5, atol=1e-6)
-    grads = _gradients(model, batches, _next_token_loss)
+    grads = _gradients(model, batches, next_token_loss)
     for group in (mlp, hidden):
         expected = _taylor_by_hand(model, group, grads).float()
         torch.testing.assert_close(fprune.group_scores(model, group, taylor(statistics)), expected, rtol=1e-5, atol=1e-8)
@@ -254,12 +193,12 @@ def test_llama_scores_are_the_formulas() -> None:
 
 @requires_hf
 def test_a_tied_weight_counts_once_in_taylor() -> None:
-    model, batches = _llama(tie=True, layers=1), _llama_batches()[:1]
+    model, batches = llama(tie=True, layers=1), _llama_batches()[:1]
     groups = _exported_groups(model)
     hidden = _group(groups, "model.embed_tokens.weight")
     assert {(m.fqn, m.dim) for m in hidden.members} >= {("model.embed_tokens.weight", 1), ("lm_head.weight", 1)}  # one tensor
-    statistics = collect_statistics(model, batches, groups=groups, loss=_next_token_loss)
-    grads = _gradients(model, batches, _next_token_loss)
+    statistics = collect_statistics(model, batches, groups=groups, loss=next_token_loss)
+    grads = _gradients(model, batches, next_token_loss)
     assert "lm_head.weight" not in grads  # named_parameters names the tied tensor once
     expected = torch.zeros(hidden.size, dtype=torch.float64)
     for member in hidden.members:
@@ -274,7 +213,7 @@ def test_a_tied_weight_counts_once_in_taylor() -> None:
 
 
 def test_a_group_without_statistics_is_refused_by_name() -> None:
-    model, batches = _mlp(), _mlp_batches()
+    model, batches = _mlp(), float_batches()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     first = _group(groups, "0.weight")
     statistics = collect_statistics(model, batches, groups=[first])  # counts 0.weight and 2.weight only
@@ -330,9 +269,9 @@ def test_criteria_are_frozen_records_named_in_CRITERIA() -> None:
 @requires_hf
 @pytest.mark.parametrize("name", ["l2", "activation", "wanda_sp", "flap", "flap_standardized", "taylor"])
 def test_a_llama_pruned_by_each_criterion_is_its_masked_model(name: str) -> None:
-    model, batches = _llama(), _llama_batches()
+    model, batches = llama(), _llama_batches()
     groups = _exported_groups(model)
-    statistics = collect_statistics(model, batches, groups=groups, loss=_next_token_loss)
+    statistics = collect_statistics(model, batches, groups=groups, loss=next_token_loss)
     criterion: fprune.Criterion | GroupCriterion = fprune.l2_norm
     if name != "l2":
         criterion = fprune.calibrate.CRITERIA[name.removesuffix("_standardized")](statistics)
@@ -343,7 +282,7 @@ def test_a_llama_pruned_by_each_criterion_is_its_masked_model(name: str) -> None
         l2 = fprune.group_masks(model, groups, 0.3, global_ranking=ranking)
         assert any(not torch.equal(masks[k], l2[k]) for k in masks)
     pruned = fprune.apply_prune(model, masks, groups)
-    ids = _ids(4)
+    ids = token_ids(4)
     with torch.no_grad():
         expected = functional_call(model, fprune.masked_parameters(model, masks, groups), (ids,), {"use_cache": False})
         got = pruned(ids, use_cache=False)

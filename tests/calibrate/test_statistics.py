@@ -10,7 +10,7 @@ import copy
 import importlib.util
 import io
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import torch
@@ -21,6 +21,7 @@ import fprune
 from fprune.calibrate import Batch, Moments, Statistics, collect_statistics
 
 from ..purity import assert_unchanged, snapshot
+from .shared import float_batches, layer_inputs, llama, next_token_loss, run, token_ids
 
 requires_hf = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,11 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).double()
-
-
-def _mlp_batches() -> list[Batch]:
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(2, 3, 6, generator=g, dtype=torch.float64)]
 
 
 class ConvNet(nn.Module):
@@ -66,41 +62,6 @@ def _conv_batches() -> list[Batch]:
     return [torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64), torch.randn(1, 3, 7, 5, generator=g, dtype=torch.float64)]
 
 
-def _run(model: nn.Module, batch: Batch) -> object:
-    if isinstance(batch, Tensor):
-        return model(batch)
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    return model(*batch)
-
-
-def _seen(model: nn.Module, modules: Sequence[str], batches: Sequence[Batch]) -> dict[str, Tensor]:
-    """Per module name, every input row it saw (``[positions, channels]``, float64), from
-    forward pre-hooks registered on a copy of `model`: a conv's channels are dim 1 of a
-    batched input, 0 of an unbatched one, anything else's the last dim."""
-    model = copy.deepcopy(model)
-    rows: dict[str, list[Tensor]] = {name: [] for name in modules}
-
-    def hook(name: str) -> Callable[[nn.Module, tuple[object, ...]], None]:
-        def see(module: nn.Module, args: tuple[object, ...]) -> None:
-            x = args[0]
-            assert isinstance(x, Tensor)
-            if isinstance(module, nn.modules.conv._ConvNd):
-                dim = 1 if x.dim() == module.weight.dim() else 0
-            else:
-                dim = x.dim() - 1
-            rows[name].append(x.detach().movedim(dim, -1).reshape(-1, x.shape[dim]).to(torch.float64))
-
-        return see
-
-    for name in modules:
-        model.get_submodule(name).register_forward_pre_hook(hook(name))
-    with torch.no_grad():
-        for batch in batches:
-            _run(model, batch)
-    return {name: torch.cat(r) for name, r in rows.items()}
-
-
 def _assert_moments(moments: Moments, rows: Tensor) -> None:
     """`moments` are those of `rows` ([positions, channels], float64)."""
     assert moments.count == rows.shape[0]
@@ -121,10 +82,10 @@ def _assert_moments(moments: Moments, rows: Tensor) -> None:
 
 
 def test_moments_of_an_mlp_are_those_of_its_layers_inputs() -> None:
-    model, batches = _mlp(), _mlp_batches()
+    model, batches = _mlp(), float_batches()
     statistics = collect_statistics(model, batches)
     assert set(statistics.inputs) == {"0.weight", "2.weight"} and statistics.batches == 2
-    seen = _seen(model, ["0", "2"], batches)
+    seen = layer_inputs(model, ["0", "2"], batches)
     assert seen["0"].shape == (10, 6)  # 4 + 2 * 3 positions
     _assert_moments(statistics.inputs["0.weight"], seen["0"])
     _assert_moments(statistics.inputs["2.weight"], seen["2"])
@@ -135,7 +96,7 @@ def test_conv_inputs_are_counted_per_channel_over_every_position() -> None:
     model, batches = _conv(), _conv_batches()
     statistics = collect_statistics(model, batches)
     assert set(statistics.inputs) == {"conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"}
-    seen = _seen(model, ["conv1", "conv2", "conv3", "fc"], batches)
+    seen = layer_inputs(model, ["conv1", "conv2", "conv3", "fc"], batches)
     assert seen["conv1"].shape == (2 * 36 + 35, 3)  # N * H * W positions of 3 channels
     assert seen["conv2"].shape[1] == 8  # a grouped conv: all its input channels (its weight has 4 columns)
     for name, rows in seen.items():
@@ -149,7 +110,7 @@ def test_an_unbatched_conv_input_counts_its_channels() -> None:
     statistics = collect_statistics(model, [x])
     assert statistics.inputs["0.weight"].count == 25 and statistics.inputs["0.weight"].total.shape == (3,)
     _assert_moments(statistics.inputs["0.weight"], x.reshape(3, -1).T)
-    _assert_moments(statistics.inputs["3.weight"], _seen(model, ["3"], [x])["3"])  # Conv1d's unbatched [4, 9]
+    _assert_moments(statistics.inputs["3.weight"], layer_inputs(model, ["3"], [x])["3"])  # Conv1d's unbatched [4, 9]
     assert statistics.inputs["3.weight"].count == 9
 
 
@@ -163,19 +124,15 @@ def _gpt2() -> nn.Module:
     return model
 
 
-def _ids(seed: int, shape: tuple[int, int] = (2, 7)) -> Tensor:
-    return torch.randint(0, 64, shape, generator=torch.Generator().manual_seed(seed))
-
-
 @requires_hf
 def test_gpt2_conv1d_inputs_and_the_tied_head_under_both_names() -> None:
     model = _gpt2()
-    batches: list[Batch] = [{"input_ids": _ids(1), "use_cache": False}, {"input_ids": _ids(2, (1, 5)), "use_cache": False}]
+    batches: list[Batch] = [{"input_ids": token_ids(1), "use_cache": False}, {"input_ids": token_ids(2, (1, 5)), "use_cache": False}]
     statistics = collect_statistics(model, batches)
     conv1d = [name for name, m in model.named_modules() if type(m).__name__ == "Conv1D"]
     assert len(conv1d) == 8
     assert set(statistics.inputs) == {f"{n}.weight" for n in conv1d} | {"lm_head.weight", "transformer.wte.weight"}
-    seen = _seen(model, [*conv1d, "lm_head"], batches)
+    seen = layer_inputs(model, [*conv1d, "lm_head"], batches)
     for name in conv1d:
         assert seen[name].shape[0] == 14 + 5  # every token
         _assert_moments(statistics.inputs[f"{name}.weight"], seen[name])
@@ -183,36 +140,14 @@ def test_gpt2_conv1d_inputs_and_the_tied_head_under_both_names() -> None:
     _assert_moments(statistics.inputs["transformer.wte.weight"], seen["lm_head"])  # tied: the head's input, under both names
 
 
-def _tied_llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config).double()
-    nn.Module.eval(model)
-    return model
-
-
-def _next_token_loss(output: object, batch: Batch) -> Tensor:
-    logits = getattr(output, "logits")
-    assert isinstance(logits, Tensor) and isinstance(batch, Mapping)
-    ids = batch["input_ids"]
-    assert isinstance(ids, Tensor)
-    loss: Tensor = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-    return loss
-
-
 @requires_hf
 def test_a_tied_llama_head_is_recorded_under_both_names_with_and_without_groups() -> None:
-    model = _tied_llama()
-    batches: list[Batch] = [{"input_ids": _ids(1), "use_cache": False}]
-    program = torch.export.export(model, (_ids(1),), kwargs={"use_cache": False}, strict=False)
+    model = llama(tie=True, layers=1)
+    batches: list[Batch] = [{"input_ids": token_ids(1), "use_cache": False}]
+    program = torch.export.export(model, (token_ids(1),), kwargs={"use_cache": False}, strict=False)
     groups = fprune.channel_groups(program)
-    head = _seen(model, ["lm_head"], batches)["lm_head"]
-    for statistics in (collect_statistics(model, batches), collect_statistics(model, batches, groups=groups, loss=_next_token_loss)):
+    head = layer_inputs(model, ["lm_head"], batches)["lm_head"]
+    for statistics in (collect_statistics(model, batches), collect_statistics(model, batches, groups=groups, loss=next_token_loss)):
         _assert_moments(statistics.inputs["lm_head.weight"], head)
         _assert_moments(statistics.inputs["model.embed_tokens.weight"], head)
     assert statistics.first_order[("lm_head.weight", 1)] is not statistics.first_order[("model.embed_tokens.weight", 1)]
@@ -237,7 +172,7 @@ def test_a_layer_called_twice_accumulates_both_calls() -> None:
     model = Twice().double()
     batches: list[Batch] = [torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)]
     statistics = collect_statistics(model, batches)
-    seen = _seen(model, ["fc"], batches)["fc"]
+    seen = layer_inputs(model, ["fc"], batches)["fc"]
     assert seen.shape[0] == 2 * 8
     _assert_moments(statistics.inputs["fc.weight"], seen)
     assert statistics.inputs["out.weight"].count == 8
@@ -271,7 +206,7 @@ def test_layer_inputs_passed_by_keyword_are_counted() -> None:
 
 
 def test_groups_choose_the_layers_counted() -> None:
-    model, batches = _mlp(), _mlp_batches()
+    model, batches = _mlp(), float_batches()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     hidden = [g for g in groups if g.producers == ("0.weight",)]
     statistics = collect_statistics(model, batches, groups=hidden)
@@ -365,7 +300,7 @@ def _autograd_terms(model: nn.Module, batches: Sequence[Batch], loss: Callable[[
         p.requires_grad_(True)
         p.grad = None
     for batch in batches:
-        torch.autograd.backward(loss(_run(model, batch), batch))
+        torch.autograd.backward(loss(run(model, batch), batch))
     return {fqn: (p.detach() * p.grad).to(torch.float64) for fqn, p in model.named_parameters() if p.grad is not None}
 
 
@@ -392,7 +327,7 @@ def test_taylor_terms_equal_autograd_for_every_parameter_and_dim() -> None:
 
 
 def test_taylor_terms_with_groups_are_their_members_slices() -> None:
-    model, batches = _mlp(), _mlp_batches()
+    model, batches = _mlp(), float_batches()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
     hidden = [g for g in groups if g.producers == ("0.weight",)]
     statistics = collect_statistics(model, batches, groups=hidden, loss=_sum_loss)
@@ -414,7 +349,7 @@ def test_a_loss_that_is_no_scalar_of_the_parameters_is_refused(loss: Callable[[o
     model = _mlp()
     before = snapshot(model)
     with pytest.raises(fprune.PruneError, match="^collect_statistics: .*" + message):
-        collect_statistics(model, _mlp_batches(), loss=loss)
+        collect_statistics(model, float_batches(), loss=loss)
     _assert_left_as_it_was(model, before)
 
 
@@ -493,7 +428,7 @@ def test_tensor_tuple_list_and_mapping_batches() -> None:
 @requires_hf
 def test_a_hugging_face_keyword_batch() -> None:
     model = _gpt2()
-    statistics = collect_statistics(model, [{"input_ids": _ids(1), "use_cache": False}])
+    statistics = collect_statistics(model, [{"input_ids": token_ids(1), "use_cache": False}])
     assert statistics.inputs["lm_head.weight"].count == 14
 
 
@@ -514,7 +449,7 @@ def test_groups_of_another_model_are_refused() -> None:
     conv = _conv()
     groups = fprune.channel_groups(torch.fx.symbolic_trace(conv), example_inputs=(_conv_batches()[0],))
     with pytest.raises(fprune.PruneError, match="^collect_statistics: no layer of the groups was called"):
-        collect_statistics(_mlp(), _mlp_batches(), groups=groups)
+        collect_statistics(_mlp(), float_batches(), groups=groups)
 
 
 def test_not_a_module_is_refused() -> None:
@@ -526,18 +461,18 @@ def test_not_a_module_is_refused() -> None:
 
 
 def test_progress_false_writes_nothing(capfd: pytest.CaptureFixture[str]) -> None:
-    collect_statistics(_mlp(), _mlp_batches(), progress=False)
+    collect_statistics(_mlp(), float_batches(), progress=False)
     assert capfd.readouterr() == ("", "")
 
 
 def test_progress_true_writes_a_bar_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    collect_statistics(_mlp(), _mlp_batches(), progress=True)
+    collect_statistics(_mlp(), float_batches(), progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "fprune: calibrating:   0%|" in err and "0/2 [" in err
 
 
 def test_progress_by_default_only_on_a_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    collect_statistics(_mlp(), _mlp_batches())
+    collect_statistics(_mlp(), float_batches())
     assert capsys.readouterr() == ("", "")  # stderr is no terminal here
 
     class Terminal(io.StringIO):
@@ -546,5 +481,5 @@ def test_progress_by_default_only_on_a_terminal(capsys: pytest.CaptureFixture[st
 
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    collect_statistics(_mlp(), _mlp_batches())
+    collect_statistics(_mlp(), float_batches())
     assert "fprune: calibrating" in terminal.getvalue()
