@@ -90,6 +90,7 @@ import fprune
 from fprune.calibrate import Statistics, activation, collect_statistics, flap, taylor, wanda_sp
 from fprune.groups._apply import group_keeps  # the benchmark reads fprune's own keep vectors
 
+from .report import cpu_model
 from .quality_models import (
     Digits,
     TextData,
@@ -590,14 +591,6 @@ def _number(value: object) -> float:
 # ---------------------------------------------------------------- report
 
 
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def _fmt(value: float | None, name: str) -> str:
     if value is None or math.isnan(value):
         return "—"
@@ -816,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     header = [
         f"- date: {datetime.date.today().isoformat()}; whole run {elapsed / 60:.1f} min",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"transformers {version('transformers')}; Torch-Pruning {version('torch-pruning')}; Python {platform.python_version()}",
         f"- load average before: {' / '.join(f'{x:.2f}' for x in load_before)}, after: "
         f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -212,3 +214,12 @@ def render(results: Results, cases: Sequence[Case], machine: str) -> str:
     if results.errors:
         parts += ["## Failures", "\n".join(f"- {e}" for e in results.errors)]
     return "\n\n".join(parts) + "\n"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"

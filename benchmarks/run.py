@@ -23,25 +23,17 @@ from .cases import CASES, QUICK, Case, case_named
 from .child import ChildFailed
 from .latency import MALLOC_ENV, Latency, measure_latency
 from .memory import LIVE_ENV, MemorySummary, summarize_memory
-from .report import Results, render
+from .report import Results, cpu_model, render
 from .timing import Timing, measure_timing
 
 SECTIONS = ("time", "memory", "latency")
 MEMORY_RUNS = 3  # fresh processes per case and library with default malloc (median reported)
 
 
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def machine(load_before: tuple[float, ...], elapsed: float) -> str:
     load_after = os.getloadavg()
     lines = [
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable)",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable)",
         f"- torch {torch.__version__}, {torch.get_num_threads()} threads (torch.set_num_threads(2)); "
         f"Torch-Pruning {version('torch-pruning')}; Python {platform.python_version()}; {platform.platform()}",
         f"- load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in load_before)}, "
