@@ -277,6 +277,11 @@ def collect_statistics(
     """
     if not isinstance(model, nn.Module):
         raise PruneError(f"collect_statistics: expects an nn.Module, got {type(model).__name__}")
+    if isinstance(batches, (Tensor, Mapping)) or not isinstance(batches, Iterable):
+        raise PruneError(
+            f"collect_statistics: `batches` must be an iterable of batches (a list, a DataLoader, a generator), got "
+            f"{type(batches).__name__}; wrap a single batch in a list"
+        )
     names = _aliases(_members(model, groups, 2))  # the weights whose inputs are counted
     parameters = _members(model, groups, 1) if loss is not None else {}  # those with Taylor terms
     aliases = _aliases(parameters)

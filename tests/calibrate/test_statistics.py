@@ -483,3 +483,12 @@ def test_progress_by_default_only_on_a_terminal(capsys: pytest.CaptureFixture[st
     monkeypatch.setattr(sys, "stderr", terminal)
     collect_statistics(_mlp(), float_batches())
     assert "fprune: calibrating" in terminal.getvalue()
+
+
+@pytest.mark.parametrize("bad", [5, None, torch.randn(3, 6), {"x": torch.randn(3, 6)}])
+def test_batches_that_are_no_iterable_of_batches_are_refused(bad: object) -> None:
+    with pytest.raises(fprune.PruneError, match=r"^collect_statistics: `batches` must be an iterable of batches"):
+        collect_statistics(nn.Linear(6, 2), bad)  # type: ignore[arg-type]
+    if bad is not None:  # None is prune_channels' "no calibration"
+        with pytest.raises(fprune.PruneError, match=r"^prune_channels: .*`batches` must be an iterable"):
+            fprune.prune_channels(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)), 0.5, calibration=bad, criterion="flap")  # type: ignore[arg-type]
