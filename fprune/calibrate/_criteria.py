@@ -98,14 +98,13 @@ def _filled(scores: Tensor, covered: Tensor, group: ChannelGroup) -> Tensor:
     unit, or of the group: neutral where units are ranked by their mean, and in a global ranking."""
     filled = scores.clone()
     whole = scores[covered].mean()
+    in_unit = torch.zeros_like(covered)
     for unit in group.units:
         index = torch.tensor(unit, dtype=torch.long, device=scores.device)
+        in_unit[index] = True
         seen = covered[index]
         filled[index[~seen]] = scores[index[seen]].mean() if bool(seen.any()) else whole
-    rest = ~covered
-    for unit in group.units:
-        rest[torch.tensor(unit, dtype=torch.long, device=scores.device)] = False
-    filled[rest] = whole
+    filled[~covered & ~in_unit] = whole
     return filled
 
 
