@@ -4,7 +4,9 @@ The pipeline, top to bottom: keep-masks from pure functions (``saliency_mask``, 
 be pruned together, from a ``torch.fx`` graph, by one of two engines: layer chains
 (``match_patterns``, more in :mod:`fprune.patterns`) or channel groups (``channel_groups``,
 ``group_masks``, more in :mod:`fprune.groups`); and ``apply_prune``, which returns a
-physically smaller copy of the model. ``prune_channels`` does it all in one call.
+physically smaller copy of the model. ``prune_channels`` does it all in one call. Plans
+(``make_plan``, ``apply_plan``, ``load_pruned``, ``prune_checkpoint``, more in
+:mod:`fprune.plan`) record a pruning as data, to save, reload and stream it.
 torch.ao's ``prepare / step / prune`` workflow lives in :mod:`fprune.sparsifier`.
 """
 
@@ -15,6 +17,7 @@ from . import calibrate as calibrate
 from . import groups as groups
 from . import hf as hf
 from . import patterns as patterns
+from . import plan as plan
 from . import sparsifier as sparsifier
 from ._apply import Unfoldable as Unfoldable
 from ._apply import apply_prune as apply_prune
@@ -42,8 +45,13 @@ from .groups import group_scores as group_scores
 from .patterns import Match as Match
 from .patterns import default_patterns as default_patterns
 from .patterns import match_patterns as match_patterns
+from .plan import Plan as Plan
+from .plan import apply_plan as apply_plan
+from .plan import load_pruned as load_pruned
+from .plan import make_plan as make_plan
+from .plan import prune_checkpoint as prune_checkpoint
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # Names that lived at the top level before 0.2: they still work, with a DeprecationWarning,
 # for one release; each now lives in the namespace given here.

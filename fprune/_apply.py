@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ._errors import PruneError, prefixed
 from ._util.checks import check_model, names_by_tensor, trace
+from ._util.tensor_ops import TensorOp
 from .calibrate._statistics import Statistics
 from .groups._apply import apply_groups, masked_group_parameters
 from .groups._records import ChannelGroup
@@ -235,10 +236,12 @@ def prune_reporting_unshrunk(
     unfoldable: Unfoldable = "refuse",
     caller: str = "apply_prune",
     compensate: Statistics | None = None,
+    recorded: dict[str, list[TensorOp]] | None = None,
 ) -> tuple[ModelT, Unshrunk]:
     """:func:`apply_prune` without its warning: the pruned copy and the producers that
     ``unfoldable="keep"`` left unshrunk, as ``(weight FQN, reason)`` pairs (empty with
-    ``"refuse"``). `caller` names the public function in error messages."""
+    ``"refuse"``). `caller` names the public function in error messages. With channel groups,
+    `recorded` collects what is done to each tensor (``make_plan``)."""
     if unfoldable not in ("refuse", "keep"):
         raise PruneError(f"{caller}: `unfoldable` must be 'refuse' or 'keep', got {unfoldable!r}")
     if compensate is not None and not isinstance(compensate, Statistics):
@@ -258,7 +261,7 @@ def prune_reporting_unshrunk(
         if groups is not None:
             if prune_bias is not True:
                 raise PruneError("channel groups always prune biases with their channels; leave prune_bias=True")
-            return apply_groups(model, groups, masks, caller, compensate), ()  # groups are exact: nothing to fold
+            return apply_groups(model, groups, masks, caller, compensate, recorded), ()  # groups are exact: nothing to fold
         return prune_matches(model, masks, match_list, prune_bias=prune_bias, unfoldable=unfoldable)
     except PruneError as error:  # the core's refusals, named after the public function called
         raise prefixed(caller, error) from None

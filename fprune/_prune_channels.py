@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 import inspect
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, TypedDict
 
-from torch import fx
+from torch import Tensor, fx
 
 from ._apply import ModelT, prune_reporting_unshrunk
 from ._errors import PruneError
@@ -15,6 +15,7 @@ from ._masks import Criterion, l2_norm
 from .calibrate._criteria import CRITERIA
 from .calibrate._statistics import Batch, Loss, Statistics, collect_statistics
 from ._util.checks import check_model, trace
+from ._util.tensor_ops import TensorOp
 from ._util.running import example_shapes
 from .groups._export import export_model, torch_level_graph
 from .hf._config import is_hf_model
@@ -29,6 +30,25 @@ from .groups._verify import check_pruned
 
 GraphChoice = Literal["auto", "fx", "export"]
 """The graph front-end of :func:`prune_channels`: torch.fx, torch.export, or fx falling back to export."""
+
+class ChannelOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`prune_channels` (``fprune.plan.plan_channels`` takes them too)."""
+
+    example_inputs: Sequence[object] | None
+    example_kwargs: Mapping[str, object] | None
+    graph: GraphChoice
+    ignore: Collection[str] | None
+    round_to: int
+    criterion: Criterion | GroupCriterion | str
+    global_ranking: GlobalRanking | None
+    min_kept: float
+    weights: Mapping[str, Tensor] | None
+    calibration: Iterable[Batch] | Statistics | None
+    loss: Loss | None
+    compensate: bool | None
+    rules: Mapping[RuleKey, FlowRule] | None
+    norms: NormMode
+
 
 _EXPORT_REMEDY = "; or pass `example_inputs` (and `example_kwargs`): fprune then exports the model with torch.export"
 
@@ -45,6 +65,7 @@ def prune_channels(
     criterion: Criterion | GroupCriterion | str = l2_norm,
     global_ranking: GlobalRanking | None = None,
     min_kept: float = 0.0,
+    weights: Mapping[str, Tensor] | None = None,
     calibration: Iterable[Batch] | Statistics | None = None,
     loss: Loss | None = None,
     compensate: bool | None = None,
@@ -73,7 +94,10 @@ def prune_channels(
     iterable of batches (or :class:`~fprune.calibrate.Statistics` collected before), the
     model runs over them once (:func:`~fprune.calibrate.collect_statistics`, with `loss` for
     the Taylor terms) and `criterion` may name a calibration criterion: ``"flap"``,
-    ``"wanda_sp"``, ``"activation"`` or ``"taylor"`` (which needs `loss`). `global_ranking`
+    ``"wanda_sp"``, ``"activation"`` or ``"taylor"`` (which needs `loss`). `weights` (as in
+    :func:`group_masks`) scores tensors from elsewhere: a model built on the meta device,
+    scored from its checkpoint (``fprune.plan.checkpoint_weights(path)``), prunes to a meta
+    model (and ``fprune.plan.plan_channels`` to its plan). `global_ranking`
     None (default) means ``"standardized"`` for ``"flap"`` (FLAP's per-layer widths) and
     False otherwise; `min_kept` as in :func:`group_masks`. `compensate` adds the removed
     channels' mean contribution to the next layers' biases (``apply_prune(compensate=)``);
@@ -88,6 +112,35 @@ def prune_channels(
             node and the groups, and says what to pass to `ignore`).
     """
 
+    return prune_channels_recording(
+        model, level, example_inputs=example_inputs, example_kwargs=example_kwargs, graph=graph, ignore=ignore,
+        round_to=round_to, criterion=criterion, global_ranking=global_ranking, min_kept=min_kept, weights=weights,
+        calibration=calibration, loss=loss, compensate=compensate, rules=rules, norms=norms,
+    )  # fmt: skip
+
+
+def prune_channels_recording(
+    model: ModelT,
+    level: float,
+    *,
+    example_inputs: Sequence[object] | None = None,
+    example_kwargs: Mapping[str, object] | None = None,
+    graph: GraphChoice = "auto",
+    ignore: Collection[str] | None = None,
+    round_to: int = 1,
+    criterion: Criterion | GroupCriterion | str = l2_norm,
+    global_ranking: GlobalRanking | None = None,
+    min_kept: float = 0.0,
+    weights: Mapping[str, Tensor] | None = None,
+    calibration: Iterable[Batch] | Statistics | None = None,
+    loss: Loss | None = None,
+    compensate: bool | None = None,
+    rules: Mapping[RuleKey, FlowRule] | None = None,
+    norms: NormMode = "block",
+    recorded: dict[str, list[TensorOp]] | None = None,
+) -> ModelT:
+    """:func:`prune_channels`, with what is done to each tensor appended to `recorded`
+    (``fprune.plan.plan_channels``)."""
     check_model(model, "prune_channels")
     if isinstance(criterion, str) and criterion not in CRITERIA:
         raise PruneError(f"prune_channels: `criterion` {criterion!r} is no calibration criterion; the names are {', '.join(CRITERIA)}")
@@ -133,16 +186,18 @@ def prune_channels(
     compensation = statistics if (compensate if compensate is not None else criterion == "flap") else None
     masks = masks_at_level(
         model, groups, level, ignore=ignore, round_to=round_to, criterion=scorer, global_ranking=ranking,
-        min_kept=min_kept, caller="prune_channels",
+        min_kept=min_kept, caller="prune_channels", weights=weights,
     )
     cut = [i for i, g in enumerate(groups) if any(p in masks and not bool(masks[p].all()) for p in g.producers)]
     if level > 0 and not cut:
         why = nothing_removed(gm, groups, level, ignore=ignore, round_to=round_to, global_ranking=bool(ranking), rules=rules)
         raise PruneError(f"prune_channels: nothing to prune, the copy would equal the model: {why}")
-    pruned, _ = prune_reporting_unshrunk(model, masks, groups, caller="prune_channels", compensate=compensation)  # groups leave nothing unshrunk
+    pruned, _ = prune_reporting_unshrunk(model, masks, groups, caller="prune_channels", compensate=compensation, recorded=recorded)  # groups leave nothing unshrunk
     if example_inputs is not None and cut and not use_export:  # an exported model's copy was checked by apply
         check_pruned("prune_channels", model, pruned, groups, cut, example_shapes(example_inputs), example_inputs)
     return pruned
+
+
 
 
 def _statistics(

@@ -17,6 +17,7 @@ import fprune.cli  # the command line: a subpackage `import fprune` leaves out (
 import fprune.groups
 import fprune.hf
 import fprune.patterns
+import fprune.plan
 import fprune.sparsifier
 
 TOP = {
@@ -34,6 +35,8 @@ TOP = {
     "Statistics", "collect_statistics",
     # the command line (issue 16), once imported
     "cli",
+    # plans (issue 16)
+    "plan", "Plan", "make_plan", "apply_plan", "load_pruned", "prune_checkpoint",
 }  # fmt: skip
 PATTERNS = {
     "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "ACTIVATION_MODULES", "Attr", "Call", "Match", "MatchedOp",
@@ -51,6 +54,11 @@ GROUPS = {
     "default_flow_rules", "explain", "flatten_axis", "group_masks", "group_scores", "handles_nonzero",
 }  # fmt: skip
 HF = {"save_pretrained"}
+PLAN = {
+    "Plan", "make_plan", "plan_channels", "apply_plan", "load_pruned", "prune_checkpoint", "checkpoint_weights",
+    "CheckpointReport", "CheckpointWeights", "Weights", "SCHEMA", "NodeArgs", "NodeRef", "SliceValue", "EllipsisValue",
+    "Value", "TensorOp", "Take", "Fold", "Compensate", "MeanTerm", "Scale", "Full", "Zeros",
+}  # fmt: skip
 CALIBRATE = {
     "Batch", "CRITERIA", "GroupCriterion", "Loss", "Moments", "Statistics", "activation", "collect_statistics", "flap",
     "taylor", "wanda_sp",
@@ -69,15 +77,17 @@ def public(module: ModuleType) -> set[str]:
     ("module", "expected"),
     [
         (fprune, TOP), (fprune.patterns, PATTERNS), (fprune.groups, GROUPS), (fprune.sparsifier, SPARSIFIER), (fprune.hf, HF),
-        (fprune.calibrate, CALIBRATE),
+        (fprune.calibrate, CALIBRATE), (fprune.plan, PLAN),
     ],
-    ids=["fprune", "patterns", "groups", "sparsifier", "hf", "calibrate"],
+    ids=["fprune", "patterns", "groups", "sparsifier", "hf", "calibrate", "plan"],
 )
 def test_each_namespace_exports_exactly_its_names(module: ModuleType, expected: set[str]) -> None:
     assert public(module) == expected
 
 
-@pytest.mark.parametrize("module", [fprune, fprune.patterns, fprune.groups, fprune.sparsifier, fprune.hf, fprune.calibrate], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [fprune, fprune.patterns, fprune.groups, fprune.sparsifier, fprune.hf, fprune.calibrate, fprune.plan], ids=lambda m: m.__name__
+)
 def test_public_functions_and_classes_have_docstrings(module: ModuleType) -> None:
     assert inspect.getdoc(module)
     for name in public(module):
@@ -87,8 +97,8 @@ def test_public_functions_and_classes_have_docstrings(module: ModuleType) -> Non
 
 
 def test_a_name_in_two_namespaces_is_the_same_object() -> None:
-    for name in public(fprune) & (public(fprune.patterns) | public(fprune.groups) | public(fprune.calibrate)):
-        namespace = next(n for n in (fprune.patterns, fprune.groups, fprune.calibrate) if name in public(n))
+    for name in public(fprune) & (public(fprune.patterns) | public(fprune.groups) | public(fprune.calibrate) | public(fprune.plan)):
+        namespace = next(n for n in (fprune.patterns, fprune.groups, fprune.calibrate, fprune.plan) if name in public(n))
         assert getattr(fprune, name) is getattr(namespace, name), name
     assert fprune.calibrate.GroupCriterion is fprune.groups.GroupCriterion
 
@@ -115,10 +125,10 @@ def test_every_moved_name_lives_in_its_namespace() -> None:
 
 
 def _floor(module: str) -> int:
-    """0: shared helpers; 1: the engines; 2: apply, calibration and what builds on them; 3: the facade, the demo, the command line."""
+    """0: shared helpers; 1: the engines; 2: apply, calibration, plans and what builds on them; 3: the facade, the demo, the command line."""
     if module.startswith(("fprune.sparsifier", "fprune.cli")) or module in ("fprune", "fprune.__main__", "fprune._demo"):
         return 3
-    if module in ("fprune._apply", "fprune._prune_channels", "fprune._optim") or module.startswith("fprune.calibrate"):
+    if module in ("fprune._apply", "fprune._prune_channels", "fprune._optim") or module.startswith(("fprune.calibrate", "fprune.plan")):
         return 2
     return 1 if module.startswith(("fprune.patterns", "fprune.groups")) else 0
 

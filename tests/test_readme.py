@@ -30,7 +30,7 @@ def test_readme_setup_is_two_commands_pinning_torch() -> None:
     commands = [line for block in _blocks("bash") for line in block.strip().splitlines()]
     assert commands == [
         "pip install torch==2.13.0 -e . && python -m fprune",
-        "pip install torch==2.13.0 -e '.[dev,hf]' && python -m pytest -q && mypy --strict",
+        "pip install torch==2.13.0 -e '.[dev,hf,plot]' && python -m pytest -q && mypy --strict",
     ]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci and "mypy --strict" in ci and "torch==2.13.0" in ci

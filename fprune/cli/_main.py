@@ -1,11 +1,20 @@
-"""``fprune inspect`` and ``fprune prune``: argparse subcommands over :func:`fprune.channel_groups`
-and :func:`fprune.prune_channels`, for a model that ``MODULE:FACTORY`` builds.
+"""The ``fprune`` subcommands, argparse over fprune's functions:
+
+- ``inspect MODULE:FACTORY``: the channel groups (:func:`fprune.channel_groups`), parameters and
+  FLOPs of the model ``MODULE:FACTORY`` builds;
+- ``prune MODULE:FACTORY --level L``: :func:`fprune.prune_channels`; writes the pruned copy's
+  weights (``--out``), the plan of the pruning (``--plan``, :meth:`fprune.plan.Plan.to_json`)
+  and a plot of the layers' widths before and after (``--plot``, with matplotlib);
+- ``apply-plan MODULE:FACTORY --plan P``: :func:`fprune.plan.apply_plan`, the same pruning
+  replayed on the model (with other weights: ``--weights``), without examples or criteria;
+- ``prune-checkpoint --plan P SRC DST``: :func:`fprune.plan.prune_checkpoint`, a safetensors
+  checkpoint streamed through the plan tensor by tensor, without building the model.
 
 Each command is a :class:`Command` record in ``COMMANDS`` (its arguments and its run); the
-options every command shares (the model, its example inputs, ``--json``, ``--traceback``) are
-parent parsers, so commands to come (plans) add a record and reuse them. A command computes a
-report (a JSON-ready TypedDict) and prints it as rich tables, or as one JSON object with
-``--json``."""
+options commands share (the model, its example inputs, ``--json``, ``--traceback``) are parent
+parsers. A command computes a report (a JSON-ready TypedDict) and prints it as rich tables, or
+as one JSON object with ``--json``. Exit codes: 0 done, 1 a failure (one line on stderr), 2 a
+usage error."""
 
 from __future__ import annotations
 
@@ -14,11 +23,12 @@ import importlib
 import importlib.util
 import inspect
 import json
+import keyword
 import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +45,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .._errors import PruneError
 from .._masks import Criterion, l1_norm, l2_norm
-from .._prune_channels import prune_channels
+from .._prune_channels import ChannelOptions, prune_channels
 from ..groups._export import export_model
 from ..groups._find import channel_groups
 from ..groups._noop import explain, why_nothing_prunable
 from ..groups._records import ChannelGroup, GraphKind
 from ..hf._config import is_hf_model
+from ..plan._make import pruned_and_plan
+from ..plan._records import Plan
+from ..plan._replay import apply_plan, architecture_of
 
 PROG = "fprune"
 
@@ -118,7 +131,8 @@ class LayerReport(TypedDict):
 
 class PruneReport(TypedDict):
     """What ``fprune prune`` did: its settings, parameters and FLOPs before and after, the
-    pruned layers and the file it wrote."""
+    pruned layers and the files it wrote (None: not asked for): the weights (`out`), the plan
+    and the plot of the layers' widths."""
 
     model: str
     level: float
@@ -129,7 +143,40 @@ class PruneReport(TypedDict):
     parameters: Counts
     flops: Counts | None
     layers: list[LayerReport]
+    out: str | None
+    plan: str | None
+    plot: str | None
+
+
+class ApplyPlanReport(TypedDict):
+    """What ``fprune apply-plan`` did: the plan it replayed on the model (with the weights
+    loaded from `weights`, None: the factory's), the parameters before and after, the pruned
+    layers and the file it wrote."""
+
+    model: str
+    plan: str
+    architecture: str
+    weights: str | None
+    parameters: Counts
+    layers: list[LayerReport]
     out: str
+
+
+class PruneCheckpointReport(TypedDict):
+    """What ``fprune prune-checkpoint`` did: the plan, the checkpoint read (`src`) and the one
+    written (`dst`: its files), the tensors written and how many of them the plan changed, the
+    bytes read and written, the seconds it took and the process's peak resident memory (bytes)."""
+
+    plan: str
+    src: str
+    dst: str
+    files: list[str]
+    tensors: int
+    changed: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    peak_rss: int
 
 
 # --------------------------------------------------------------------------- the model
@@ -195,10 +242,38 @@ def import_module(name: str) -> ModuleType:
             raise Failure(f"importing {name} failed ({_first_line(error)}); run again with --traceback to see where") from error
 
 
+def _same_file(origin: str | None, path: Path) -> bool:
+    return origin is not None and Path(origin).resolve() == path.resolve()
+
+
+def _file_module_name(path: Path) -> str:
+    """The name to import the ``.py`` file at `path` under: its stem, as ``import stem`` from
+    its folder would (so the classes it defines, and the plans made of them, are named alike
+    from the file and from the dotted path), unless that name is another module's; then
+    ``_fprune_cli_<stem>``, which shadows no real module."""
+    stem = path.stem
+    if stem.isidentifier() and not keyword.iskeyword(stem):
+        loaded = sys.modules.get(stem)
+        if loaded is not None:
+            if _same_file(getattr(loaded, "__file__", None), path):
+                return stem
+        else:
+            try:
+                spec = importlib.util.find_spec(stem)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None or _same_file(spec.origin, path):
+                return stem
+    return "_fprune_cli_" + re.sub(r"\W", "_", stem)
+
+
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise Failure(f"no file {str(path)!r}: pass MODULE as a .py file that exists, or as a dotted module path")
-    name = "_fprune_cli_" + re.sub(r"\W", "_", path.stem)  # never shadows a real module
+    name = _file_module_name(path)
+    loaded = sys.modules.get(name)
+    if loaded is not None and _same_file(getattr(loaded, "__file__", None), path):
+        return loaded  # imported already (by path, or by a dotted path from its folder)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise Failure(f"cannot import {str(path)!r} as a Python module: pass a .py file")
@@ -371,7 +446,7 @@ def _console() -> Console:
     return Console(file=sys.stdout, highlight=False)
 
 
-def _print_json(report: InspectReport | PruneReport) -> None:
+def _print_json(report: Mapping[str, object]) -> None:
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
 
@@ -384,6 +459,18 @@ def _human(count: int) -> str:
 
 def _count(count: int) -> str:
     return f"{count:,}" + (f" ({_human(count)})" if count >= 1000 else "")
+
+
+def _bytes(count: int) -> str:
+    """`count` bytes in binary units: ``"512 B"``, ``"1.5 KiB"``, ``"13.5 GiB"``."""
+    if count < 1024:
+        return f"{count} B"
+    value, unit = float(count), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.3g} {unit}" if value < 999.5 else f"{value:.0f} {unit}"
 
 
 def _parameters(model: nn.Module) -> int:
@@ -511,6 +598,125 @@ def render_inspect(report: InspectReport, console: Console) -> None:
         console.print(Text(report["note"], style="yellow"))
 
 
+# --------------------------------------------------------------------------- files
+
+
+def _check_folder(path: Path, option: str) -> None:
+    """A :class:`Failure` before any work when the folder `path` is to be written in is missing."""
+    if not path.parent.is_dir():
+        raise Failure(
+            f"cannot write {option} {str(path)!r}: the folder {str(path.parent)!r} does not exist; create it or pass "
+            "another path"
+        )
+
+
+def save_weights(pruned: nn.Module, out: Path, metadata: dict[str, str]) -> None:
+    """The pruned copy's state_dict as safetensors at `out` (contiguous; tied tensors once)."""
+    if not out.parent.is_dir():
+        raise Failure(f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    try:
+        save_model(pruned, str(out), metadata=metadata)
+    except OSError as error:
+        raise Failure(f"cannot write {str(out)!r} ({_first_line(error)})") from error
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    """`plan` as JSON (:meth:`Plan.to_json`) at `path`."""
+    try:
+        path.write_text(plan.to_json(), encoding="utf-8")
+    except OSError as error:
+        raise Failure(f"cannot write the plan {str(path)!r} ({_first_line(error)})") from error
+
+
+def read_plan(path: Path) -> Plan:
+    """The plan in the JSON file at `path` (what ``fprune prune --plan`` or
+    :meth:`Plan.to_json` wrote); a :class:`Failure` that says what to pass for a missing or
+    unreadable file, or one that is no plan this fprune reads."""
+    if not path.is_file():
+        raise Failure(f"no file {str(path)!r}: pass --plan the JSON file that `fprune prune --plan` (or Plan.to_json) wrote")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise Failure(
+            f"cannot read the plan {str(path)!r} ({_first_line(error)}): pass --plan the JSON file that "
+            "`fprune prune --plan` wrote"
+        ) from error
+    try:
+        return Plan.from_json(text)
+    except PruneError as error:
+        raise Failure(f"{path} is no plan this fprune reads ({error})") from error
+
+
+# --------------------------------------------------------------------------- the width plot
+
+
+class LayerWidth(NamedTuple):
+    """A pruned layer's bar in the width plot: the layer, the tensor and dim shown (dim 0, a
+    layer's outputs, where it changed, else the first dim that did), its size before and after."""
+
+    name: str
+    tensor: str
+    dim: int
+    before: int
+    after: int
+
+
+def layer_widths(layers: Sequence[LayerReport]) -> list[LayerWidth]:
+    """The width of each layer in `layers` (in their order) before and after pruning."""
+    widths: list[LayerWidth] = []
+    for layer in layers:
+        before, after = layer["before"], layer["after"]
+        dims = [d for d, (b, a) in enumerate(zip(before, after)) if b != a]
+        if len(before) == len(after) and dims:
+            dim = 0 if 0 in dims else dims[0]
+            widths.append(LayerWidth(layer["name"], layer["tensor"], dim, before[dim], after[dim]))
+    return widths
+
+
+def _require_matplotlib() -> None:
+    """A :class:`Failure` saying how to install matplotlib when it is missing (before any work)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise Failure("--plot needs matplotlib, which is not installed: pip install matplotlib (or leave out --plot)")
+
+
+def write_plot(widths: Sequence[LayerWidth], path: Path, title: str) -> None:
+    """A PNG at `path`: one row per layer, in order from the top, with its width before (grey)
+    and after (blue) pruning. Drawn with matplotlib's Agg canvas (no display, pyplot's state
+    untouched)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise Failure(f"--plot needs matplotlib, which does not import ({_first_line(error)}): pip install matplotlib") from error
+    figure = Figure(figsize=(8.0, min(1.6 + 0.3 * len(widths), 300.0)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    rows = list(range(len(widths)))
+    labels = [
+        w.name if (w.tensor, w.dim) == ("weight", 0) else f"{w.name} ({'' if w.tensor == 'weight' else w.tensor + ' '}dim {w.dim})"
+        for w in widths
+    ]  # fmt: skip
+    axes.barh(rows, [w.before for w in widths], height=0.8, color="#c8c8c8", label="before")
+    axes.barh(rows, [w.after for w in widths], height=0.5, color="#1f77b4", label="after")
+    for row, width in zip(rows, widths):
+        axes.annotate(
+            f" {width.after} / {width.before}", (width.before, row), va="center", fontsize=8, annotation_clip=False
+        )  # fmt: skip
+    axes.set_yticks(rows, labels, fontsize=8)
+    axes.set_ylim(len(widths) - 0.5, -0.5)  # the model's order, top to bottom
+    axes.set_xlim(0, max((w.before for w in widths), default=1) * 1.2)
+    axes.set_xlabel("width: channels / features (dim 0 of the weight, else the dim pruned)")
+    axes.set_title(title, fontsize=10, loc="left")
+    if widths:
+        axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, fontsize=8, frameon=False)
+    else:
+        axes.text(0.5, 0.5, "no layer changed width", ha="center", va="center", transform=axes.transAxes)
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as error:
+        raise Failure(f"cannot write the plot {str(path)!r} ({_first_line(error)})") from error
+
+
 # --------------------------------------------------------------------------- prune
 
 
@@ -535,48 +741,80 @@ def changed_layers(model: nn.Module, pruned: nn.Module) -> list[LayerReport]:
     return layers
 
 
-def save_weights(pruned: nn.Module, out: Path, metadata: dict[str, str]) -> None:
-    """The pruned copy's state_dict as safetensors at `out` (contiguous; tied tensors once)."""
-    if not out.parent.is_dir():
-        raise Failure(f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist")
-    try:
-        save_model(pruned, str(out), metadata=metadata)
-    except OSError as error:
-        raise Failure(f"cannot write {str(out)!r} ({_first_line(error)})") from error
+def _optional_path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
 
 
 def run_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``fprune prune``: prune the model with :func:`fprune.prune_channels`, write the pruned
-    copy's weights, print what changed."""
+    """``fprune prune``: prune the model with :func:`fprune.prune_channels`; write the pruned
+    copy's weights (--out), the plan of the pruning (--plan, from the same pruning) and the
+    width plot (--plot); print what changed."""
     source: Source = args.model
     inputs = _inputs_of(args, parser)
     level: float = args.level
-    out = Path(args.out)
-    with _status(f"building {source}"):
-        model = build_model(source)
-        if args.weights is not None:
-            load_weights(model, Path(args.weights))
+    out, plan_file, plot = _optional_path(args.out), _optional_path(args.plan), _optional_path(args.plot)
+    if out is None and plan_file is None:
+        parser.error("give --out FILE (the pruned copy's weights), --plan FILE (the plan of the pruning), or both")
+    for path, option in ((out, "--out"), (plan_file, "--plan"), (plot, "--plot")):
+        if path is not None:
+            _check_folder(path, option)
+    if plot is not None:
+        _require_matplotlib()
+    meta: bool = args.meta
+    if meta and (args.weights is None or plan_file is None or out is not None):
+        parser.error(
+            "--meta builds the model without its weights and scores it from the checkpoint --weights names: give "
+            "--weights CHECKPOINT and --plan FILE (not --out: the copy has no values; stream the checkpoint with "
+            "`fprune prune-checkpoint`)"
+        )
+    scores: Mapping[str, Tensor] | None = None
+    with _status(f"building {source}" + (" on the meta device" if meta else "")):
+        if meta:
+            from ..plan._checkpoint import checkpoint_weights
+            from ..plan._load import parameters_on_meta
+
+            with parameters_on_meta():
+                model = build_model(source)
+            if not Path(args.weights).exists():
+                raise Failure(f"no file or folder {str(args.weights)!r}: pass --weights the checkpoint (a .safetensors file or a folder of shards)")
+            scores = checkpoint_weights(Path(args.weights))
+        else:
+            model = build_model(source)
+            if args.weights is not None:
+                load_weights(model, Path(args.weights))
     export = _needs_export(model, bool(args.hf))
     tensors = make_inputs(model, inputs)
     if export and not tensors:
         raise _export_needs_inputs(source)
     kwargs = forward_kwargs(model)
     flops_before = None
-    if tensors:
+    if tensors and not meta:
         with _status("counting FLOPs"):
             flops_before = count_flops(model, tensors, kwargs)
     ignore: list[str] | None = None if args.ignore is None else list(args.ignore)
-    with _status(f"pruning {source} at level {level}"):
-        pruned = prune_channels(
-            model, level, example_inputs=tensors or None, graph="export" if export else "auto", ignore=ignore,
-            round_to=args.round_to, criterion=CRITERIA[args.criterion],
-        )  # fmt: skip
+    options = ChannelOptions(
+        example_inputs=tensors or None, graph="export" if export else "auto", ignore=ignore, round_to=args.round_to,
+        criterion=CRITERIA[args.criterion], weights=scores,
+    )  # fmt: skip
+    plan: Plan | None = None
+    with _status(f"pruning {source} at level {level}" + (" and recording the plan" if plan_file else "")):
+        if plan_file is None:
+            pruned = prune_channels(model, level, **options)
+        else:
+            pruned, plan = pruned_and_plan(model, level, **options)
     flops = None
     if flops_before is not None:
         with _status("counting FLOPs of the pruned copy"):
             flops = Counts(before=flops_before, after=count_flops(pruned, tensors, kwargs))
-    with _status(f"writing {out}"):
-        save_weights(pruned, out, {"format": "pt", "fprune.model": str(source), "fprune.level": repr(level)})
+    layers = changed_layers(model, pruned)
+    if out is not None:
+        with _status(f"writing {out}"):
+            save_weights(pruned, out, {"format": "pt", "fprune.model": str(source), "fprune.level": repr(level)})
+    if plan_file is not None and plan is not None:
+        write_plan(plan, plan_file)
+    if plot is not None:
+        with _status(f"plotting {plot}"):
+            write_plot(layer_widths(layers), plot, f"{source} pruned at level {level}")
     report = PruneReport(
         model=str(source),
         level=level,
@@ -586,8 +824,10 @@ def run_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         inputs=inputs.report(tensors),
         parameters=Counts(before=_parameters(model), after=_parameters(pruned)),
         flops=flops,
-        layers=changed_layers(model, pruned),
-        out=str(out),
+        layers=layers,
+        out=None if out is None else str(out),
+        plan=None if plan_file is None else str(plan_file),
+        plot=None if plot is None else str(plot),
     )
     if args.json:
         _print_json(report)
@@ -595,30 +835,159 @@ def run_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         render_prune(report, _console())
 
 
-def render_prune(report: PruneReport, console: Console) -> None:
-    """`report` as a before / after table, the pruned layers, and the file written."""
-    table = Table(title=f"{report['model']} pruned at level {report['level']}", title_justify="left")
+def _counts_table(title: str, rows: Sequence[tuple[str, Counts]]) -> Table:
+    table = Table(title=title, title_justify="left")
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("kept", justify="right")
-    rows = [("parameters", report["parameters"])] + ([("FLOPs", report["flops"])] if report["flops"] is not None else [])
     for name, counts in rows:
         kept = f"{counts['after'] / counts['before']:.1%}" if counts["before"] else "-"
         table.add_row(name, _count(counts["before"]), _count(counts["after"]), kept)
-    console.print(table)
-    if report["flops"] is not None:
-        console.print(f"FLOPs of one forward on {_inputs_line(report['inputs'])}")
-    layers = Table(title="pruned layers", title_justify="left")
+    return table
+
+
+def _layers_table(layers: Sequence[LayerReport]) -> Table:
+    table = Table(title="pruned layers", title_justify="left")
     for column in ("layer", "type", "before", "after"):
-        layers.add_column(column, overflow="fold")
-    for layer in report["layers"]:
+        table.add_column(column, overflow="fold")
+    for layer in layers:
         tensor = "" if layer["tensor"] == "weight" else f" ({layer['tensor']})"
-        layers.add_row(
+        table.add_row(
             Text(layer["name"] + tensor), layer["type"], "x".join(map(str, layer["before"])), "x".join(map(str, layer["after"]))
         )
-    console.print(layers)
-    console.print(Text(f"wrote {report['out']}"))
+    return table
+
+
+def _wrote(console: Console, *paths: str | None) -> None:
+    for path in paths:
+        if path is not None:
+            console.print(Text(f"wrote {path}"))
+
+
+def render_prune(report: PruneReport, console: Console) -> None:
+    """`report` as a before / after table, the pruned layers, and the files written."""
+    rows = [("parameters", report["parameters"])] + ([("FLOPs", report["flops"])] if report["flops"] is not None else [])
+    console.print(_counts_table(f"{report['model']} pruned at level {report['level']}", rows))
+    if report["flops"] is not None:
+        console.print(f"FLOPs of one forward on {_inputs_line(report['inputs'])}")
+    console.print(_layers_table(report["layers"]))
+    _wrote(console, report["out"], report["plan"], report["plot"])
+
+
+# --------------------------------------------------------------------------- apply-plan
+
+
+def _apply(model: nn.Module, plan: Plan, source: Source) -> nn.Module:
+    """:func:`apply_plan`; a :class:`Failure` with a hint when the plan's class is the model's
+    imported under another module name (a .py file against a dotted path)."""
+    try:
+        return apply_plan(model, plan)
+    except PruneError as error:
+        here = architecture_of(model)
+        if here != plan.architecture and here.rpartition(".")[2] == plan.architecture.rpartition(".")[2]:
+            raise Failure(
+                f"{error} (a class of the same name from another module: pass the MODULE the plan was made from, "
+                f"{plan.architecture.rpartition('.')[0]}, not {source.module})"
+            ) from error
+        raise
+
+
+def run_apply_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``fprune apply-plan``: replay the plan on the model (with --weights loaded), write the
+    pruned copy's weights, print what changed."""
+    source: Source = args.model
+    plan_file, out = Path(args.plan), Path(args.out)
+    _check_folder(out, "--out")
+    plan = read_plan(plan_file)
+    with _status(f"building {source}"):
+        model = build_model(source)
+        if args.weights is not None:
+            load_weights(model, Path(args.weights))
+    with _status(f"applying {plan_file}"):
+        pruned = _apply(model, plan, source)
+    with _status(f"writing {out}"):
+        save_weights(pruned, out, {"format": "pt", "fprune.model": str(source), "fprune.plan": plan.fingerprint})
+    report = ApplyPlanReport(
+        model=str(source),
+        plan=str(plan_file),
+        architecture=plan.architecture,
+        weights=args.weights,
+        parameters=Counts(before=_parameters(model), after=_parameters(pruned)),
+        layers=changed_layers(model, pruned),
+        out=str(out),
+    )
+    if args.json:
+        _print_json(report)
+    else:
+        render_apply_plan(report, _console())
+
+
+def render_apply_plan(report: ApplyPlanReport, console: Console) -> None:
+    """`report` as a before / after table, the pruned layers, and the file written."""
+    weights = "" if report["weights"] is None else f" with the weights of {report['weights']}"
+    console.print(_counts_table(f"{report['model']}{weights}, pruned by {report['plan']}", [("parameters", report["parameters"])]))
+    console.print(_layers_table(report["layers"]))
+    _wrote(console, report["out"])
+
+
+# --------------------------------------------------------------------------- prune-checkpoint
+
+
+def run_prune_checkpoint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``fprune prune-checkpoint``: stream the checkpoint SRC through the plan into the folder
+    DST, tensor by tensor (:func:`fprune.plan.prune_checkpoint`), without building the model."""
+    from ..plan._checkpoint import prune_checkpoint
+
+    plan_file, src, dst = Path(args.plan), Path(args.src), Path(args.dst)
+    if not src.exists():
+        raise Failure(f"no file or folder {str(src)!r}: pass SRC a .safetensors file or a folder of them (a checkpoint)")
+    if dst.resolve() == (src.resolve() if src.is_dir() else src.resolve().parent):
+        raise Failure(
+            f"DST {str(dst)!r} is the folder of SRC: the pruned checkpoint would replace it; pass another folder"
+        )  # fmt: skip
+    plan = read_plan(plan_file)
+    progress = not args.json and not args.no_progress and sys.stderr.isatty()
+    try:
+        done = prune_checkpoint(plan, src, dst, progress=progress)
+    except OSError as error:
+        raise Failure(f"pruning the checkpoint {str(src)!r} into {str(dst)!r} failed ({_first_line(error)})") from error
+    report = PruneCheckpointReport(
+        plan=str(plan_file),
+        src=str(src),
+        dst=str(dst),
+        files=[str(file) for file in done.files],
+        tensors=done.tensors,
+        changed=done.changed,
+        bytes_read=done.bytes_read,
+        bytes_written=done.bytes_written,
+        seconds=done.seconds,
+        peak_rss=done.peak_rss,
+    )
+    if args.json:
+        _print_json(report)
+    else:
+        render_prune_checkpoint(report, _console())
+
+
+def render_prune_checkpoint(report: PruneCheckpointReport, console: Console) -> None:
+    """`report` as one table: files, tensors, bytes, time and peak memory."""
+    table = Table(title=f"{report['src']} pruned by {report['plan']}", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right", overflow="fold")
+    files = report["files"]
+    shown = [Path(f).name for f in files[:4]] + ([f"(+{len(files) - 4} more)"] if len(files) > 4 else [])
+    table.add_row("files written", f"{len(files)}: " + ", ".join(shown) if files else "0")
+    table.add_row("tensors", f"{report['tensors']:,}")
+    table.add_row("tensors changed", f"{report['changed']:,}")
+    table.add_row("read", _bytes(report["bytes_read"]))
+    kept = f" ({report['bytes_written'] / report['bytes_read']:.1%})" if report["bytes_read"] else ""
+    table.add_row("written", _bytes(report["bytes_written"]) + kept)
+    rate = f" ({_bytes(round(report['bytes_read'] / report['seconds']))}/s read)" if report["seconds"] > 0 else ""
+    table.add_row("time", f"{report['seconds']:.2f} s{rate}")
+    table.add_row("peak RSS", _bytes(report["peak_rss"]))
+    console.print(table)
+    _wrote(console, report["dst"])
 
 
 # --------------------------------------------------------------------------- the parser
@@ -626,23 +995,30 @@ def render_prune(report: PruneReport, console: Console) -> None:
 
 class Command(NamedTuple):
     """A subcommand: its name, one-line help, the arguments it adds (besides the shared parent
-    parsers it names) and what it runs."""
+    parsers it names), what it runs, and the longer description its ``--help`` shows."""
 
     name: str
     summary: str
     parents: tuple[Callable[[], argparse.ArgumentParser], ...]
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, argparse.ArgumentParser], None]
+    description: str = ""
 
 
-def _model_options() -> argparse.ArgumentParser:
-    """MODULE:FACTORY and the example inputs: what every command that builds the model takes."""
+def _source_options() -> argparse.ArgumentParser:
+    """MODULE:FACTORY: what every command that builds the model takes."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "model", type=parse_source, metavar="MODULE:FACTORY",
         help="a dotted module path (importable from the current directory) or a .py file, and the function in it "
         "that returns the model (called without arguments; the model is put in eval mode)",
     )  # fmt: skip
+    return parser
+
+
+def _model_options() -> argparse.ArgumentParser:
+    """MODULE:FACTORY and the example inputs: what the commands that trace the model take."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[_source_options()])
     inputs = parser.add_argument_group("example inputs")
     inputs.add_argument(
         "--input-shape", action="append", type=parse_shape, metavar="SHAPE",
@@ -677,8 +1053,30 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=float, required=True, help="the fraction of each group's channels to remove, in [0, 1)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned copy's state_dict (.safetensors)")
-    parser.add_argument("--weights", metavar="FILE", help="a .safetensors state_dict to load into the model first (strict)")
+    written = parser.add_argument_group("what to write (--out, --plan or both)")
+    written.add_argument("--out", metavar="FILE", help="where to write the pruned copy's state_dict (.safetensors)")
+    written.add_argument(
+        "--plan", metavar="FILE",
+        help="where to write the plan of this pruning (JSON: the kept channels of each tensor, the new attributes "
+        "and config fields). Replay it with `fprune apply-plan` on other weights of the same model, or on a "
+        "checkpoint with `fprune prune-checkpoint`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--meta", action="store_true",
+        help="for a model larger than memory: build it with its parameters on the meta device (nothing allocated), "
+        "score its channels from the checkpoint --weights names (a .safetensors file or a folder of shards), one "
+        "tensor at a time, and write only the plan (--plan); then prune the checkpoint with `fprune prune-checkpoint`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plot", metavar="FILE",
+        help="also write a PNG of each pruned layer's width (channels / features) before and after, in model "
+        "order; needs matplotlib (pip install matplotlib)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--weights", metavar="FILE",
+        help="a .safetensors state_dict to load into the model first (strict); with --meta, the checkpoint to score "
+        "from (a .safetensors file or a folder of shards)",
+    )  # fmt: skip
     parser.add_argument(
         "--round-to", type=_positive, default=1, metavar="N",
         help="round each group's kept count to a multiple of N (ties up; default 1)",
@@ -696,14 +1094,79 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _apply_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan", required=True, metavar="FILE",
+        help="the plan to replay: the JSON file `fprune prune --plan` (or fprune.plan.Plan.to_json) wrote for this "
+        "model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--weights", metavar="FILE",
+        help="a .safetensors state_dict to load into the model first (strict), e.g. a fine-tuned one; without it, "
+        "the factory's weights",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned copy's state_dict (.safetensors)")
+
+
+def _prune_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan", required=True, metavar="FILE",
+        help="the plan to stream the checkpoint through: the JSON file `fprune prune --plan` wrote for the model "
+        "whose state_dict the checkpoint holds",
+    )  # fmt: skip
+    parser.add_argument("src", metavar="SRC", help="the checkpoint: a .safetensors file, or a folder of safetensors shards")
+    parser.add_argument(
+        "dst", metavar="DST",
+        help="the folder to write the pruned checkpoint to (made if missing; not SRC's folder): each shard under its "
+        "name, and for a folder SRC its index and config.json with the new sizes, and its other files copied",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="show no progress bar on stderr (none shows with --json, or when stderr is not a terminal)",
+    )  # fmt: skip
+
+
+_PRUNE_DESCRIPTION = (
+    "Prune a model with fprune.prune_channels (each channel group keeps its largest channels by --criterion) "
+    "and write the pruned copy's weights (--out), the plan of the pruning (--plan), or both; --plot draws each "
+    "layer's width before and after. Load the weights with fprune.plan.load_pruned(FACTORY, plan, weights)."
+)
+_APPLY_PLAN_DESCRIPTION = (
+    "Replay a plan (from `fprune prune --plan`) on the model MODULE:FACTORY builds, with the weights of --weights "
+    "loaded into it (say, fine-tuned since the plan was made), and write the pruned copy's weights: the very pruning "
+    "the plan records, without example inputs or a criterion. The model must be the architecture the plan was made "
+    "for (the same class, tensor names and shapes)."
+)
+_PRUNE_CHECKPOINT_DESCRIPTION = (
+    "Prune a safetensors checkpoint (a file, or a folder of shards) with a plan, one tensor at a time, without "
+    "building the model or holding the checkpoint in memory. Make the plan with `fprune prune --plan` on the model "
+    "the checkpoint holds the weights of (the plan's kept channels are those its weights ranked first: pass "
+    "--weights for weights other than the factory's); SRC's tensors must have the names and shapes of that model's "
+    "state_dict."
+)
+
 COMMANDS: tuple[Command, ...] = (
     Command("inspect", "show a model's channel groups, parameters and FLOPs", (_model_options, _output_options), _inspect_arguments, run_inspect),
     Command(
-        "prune", "prune a model with fprune.prune_channels and write the pruned copy's weights (safetensors)",
-        (_model_options, _output_options), _prune_arguments, run_prune,
+        "prune", "prune a model with fprune.prune_channels; write its weights (safetensors) and / or its plan (JSON)",
+        (_model_options, _output_options), _prune_arguments, run_prune, _PRUNE_DESCRIPTION,
+    ),  # fmt: skip
+    Command(
+        "apply-plan", "replay a plan on a model (with other weights) and write the pruned weights",
+        (_source_options, _output_options), _apply_plan_arguments, run_apply_plan, _APPLY_PLAN_DESCRIPTION,
+    ),  # fmt: skip
+    Command(
+        "prune-checkpoint", "prune a safetensors checkpoint with a plan, tensor by tensor, without the model",
+        (_output_options,), _prune_checkpoint_arguments, run_prune_checkpoint, _PRUNE_CHECKPOINT_DESCRIPTION,
     ),  # fmt: skip
 )
 """The subcommands, in the order ``--help`` lists them."""
+
+_EXAMPLES = """examples:
+  fprune inspect mymodels.py:resnet --input-shape 1,3,224,224
+  fprune prune mymodels.py:resnet --input-shape 1,3,224,224 --level 0.3 --out pruned.safetensors --plan plan.json
+  fprune apply-plan mymodels.py:resnet --plan plan.json --weights finetuned.safetensors --out pruned.safetensors
+  fprune prune-checkpoint --plan plan.json checkpoint/ pruned-checkpoint/"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -711,16 +1174,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Structured pruning from the command line. The model comes from MODULE:FACTORY, a function "
-        "that returns it. Exit codes: 0 ok, 1 a failure (one line on stderr says what to do), 2 a usage error.",
+        "that returns it; a plan (prune --plan) replays a pruning on other weights (apply-plan) or on a checkpoint "
+        "(prune-checkpoint). Exit codes: 0 ok, 1 a failure (one line on stderr says what to do), 2 a usage error.",
+        epilog=_EXAMPLES,
+        formatter_class=_Formatter,
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub = commands.add_parser(
-            command.name, help=command.summary, description=command.summary, parents=[p() for p in command.parents]
-        )
+            command.name, help=command.summary, description=command.description or command.summary,
+            parents=[p() for p in command.parents],
+        )  # fmt: skip
         command.arguments(sub)
         sub.set_defaults(command=command, parser=sub)
     return parser
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help with the description reflowed and the epilog (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def _fail(message: str, show_traceback: bool) -> int:

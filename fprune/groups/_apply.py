@@ -16,8 +16,9 @@ from .._errors import PruneError
 from .._util.checks import named_tensors, names_by_tensor
 from .._util.copy import copy_module
 from .._util.gather import take
-from ._compensate import compensated_biases
-from ._fold import folded_biases
+from .._util.tensor_ops import Take, TensorOp, run_ops
+from ._compensate import compensation_ops
+from ._fold import fold_ops
 from ..hf._config import is_hf_model, rebuild_added_biases, update_hf_config
 from ._export import export_check
 from ._heads import update_head_counts
@@ -239,33 +240,45 @@ def apply_groups(
     masks: Mapping[str, Tensor],
     caller: str,
     compensate: Statistics | None = None,
+    recorded: dict[str, list[TensorOp]] | None = None,
 ) -> ModelT:
     """The physically pruned copy for group masks (see :func:`fprune.apply_prune`); `caller`
     names the public function in error messages. With `compensate`, the removed channels'
     mean contributions go into their consumers' biases (:func:`compensated_biases`); biases a
-    layer did not have are added to the copy's modules last, after the checks of its sizes."""
+    layer did not have are added to the copy's modules last, after the checks of its sizes.
+    Where `recorded` is given, what is done to each tensor (by FQN, the copy's new tensors
+    included) is appended to it as ops that :func:`~fprune._util.tensor_ops.run_ops` replays
+    bit for bit on the model's tensors (``fprune.make_plan``)."""
     keeps = group_keeps(groups, masks)
     tensors = named_tensors(model)
     new_tensors: dict[str, Tensor] = {}
     kept = kept_indices(groups, keeps, tensors)
     _check_ties(tensors, kept)
-    if compensate is None:
-        folded = folded_biases(groups, keeps, tensors, caller)  # constants removed channels hold, into the next biases
-        added: dict[str, Tensor] = {}
+    lookup = tensors.__getitem__
+    if compensate is None:  # constants removed channels hold, into the next biases
+        changes = fold_ops(groups, keeps, tensors, caller)
+        created: frozenset[str] = frozenset()
     else:  # every consumer of a pruned group reads its removed channels' means, not a fold's constant
-        compensation = compensated_biases(model, groups, keeps, tensors, compensate)
-        folded = {k: v for k, v in compensation.biases.items() if k not in compensation.created}
-        added = {}
-        with torch.no_grad():
-            for fqn in sorted(compensation.created):  # a Linear's / conv's outputs: its weight's dim 0
-                rows = kept.get(f"{fqn.removesuffix('bias')}weight", {}).get(0)
-                bias = compensation.biases[fqn]
-                added[fqn] = take(bias, {0: rows}) if rows is not None else bias
+        changes, created = compensation_ops(model, groups, keeps, tensors, compensate)
+    folded = {k: run_ops(tensors[k], v, lookup) for k, v in changes.items() if k not in created}
+    added: dict[str, Tensor] = {}
+    for fqn in sorted(created):  # a Linear's / conv's outputs: its weight's dim 0
+        rows = kept.get(f"{fqn.removesuffix('bias')}weight", {}).get(0)
+        ops = [*changes[fqn], *([Take(((0, tuple(rows.tolist())),))] if rows is not None else [])]
+        added[fqn] = run_ops(None, ops, lookup)
+        _record(recorded, fqn, ops)
+    for fqn, steps in changes.items():
+        if fqn not in created:
+            _record(recorded, fqn, steps)
     with torch.no_grad():
         for fqn in list(kept):
+            if recorded is not None:
+                recorded.setdefault(fqn, []).append(Take(tuple((d, tuple(i.tolist())) for d, i in sorted(kept[fqn].items()))))
             new_tensors[fqn] = take(folded.pop(fqn, tensors[fqn]).detach(), kept.pop(fqn))  # indices go when done
     new_tensors.update(folded)  # folded biases of layers whose own channels all stay
-    new_tensors, norms = rescaled_weights(groups, new_tensors)  # exact RMSNorms: weight * sqrt(size / kept)
+    new_tensors, norms, scales = rescaled_weights(groups, new_tensors)  # exact RMSNorms: weight * sqrt(size / kept)
+    for fqn, scale in scales.items():
+        _record(recorded, fqn, [scale])
     memo: dict[int, object] = {}
     for fqn, value in new_tensors.items():
         old = tensors[fqn]
@@ -295,7 +308,7 @@ def apply_groups(
     shapes = next((g.example_shapes for g in groups if g.example_shapes is not None), None)
     if is_hf_model(pruned):  # its config says the new sizes (forward may read them; save_pretrained writes them)
         moved = {r.eps: r.eps * r.size / kept for r, kept in norms.items() if r.eps is not None and kept != r.size}
-        update_hf_config(model, pruned, moved)
+        update_hf_config(model, pruned, moved, recorded)
     exported = any(g.graph == "export" for g in groups) and not isinstance(pruned, fx.GraphModule)
     if exported:
         # the numbers of an exported graph may come from attributes or from shapes: export the copy to see;
@@ -317,8 +330,13 @@ def apply_groups(
     if added:
         _add_biases(pruned, added)
         if is_hf_model(pruned):  # a config flag (Llama's mlp_bias) that rebuilds them, where one does
-            rebuild_added_biases(pruned)
+            rebuild_added_biases(pruned, recorded)
     return pruned
+
+
+def _record(recorded: dict[str, list[TensorOp]] | None, fqn: str, ops: Sequence[TensorOp]) -> None:
+    if recorded is not None:
+        recorded.setdefault(fqn, []).extend(ops)
 
 
 def _add_biases(pruned: nn.Module, added: Mapping[str, Tensor]) -> None:

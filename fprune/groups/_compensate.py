@@ -15,6 +15,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from .._errors import PruneError
 from .._util.checks import names_by_tensor
+from .._util.tensor_ops import Compensate, MeanTerm, TensorOp, Zeros, run_ops
 from ._records import ChannelGroup, ChannelSlice
 from ._slices import put_slice, take_slice, tensor_named
 
@@ -104,15 +105,13 @@ def compensated_biases(
     keeps: Mapping[int, Tensor],
     tensors: Mapping[str, Tensor],
     statistics: Statistics,
-    base: Mapping[str, Tensor] | None = None,
 ) -> Compensation:
     """The new bias of every layer that reads a pruned group's removed channels (a consumer
     member), with their mean contribution added: ``bias[o] + sum over removed c of mean[c] *
     W[o, c, ...]`` summed over the kernel (HF Conv1D: ``W[c, o]``), computed in float64 from
     ``statistics.inputs[weight FQN].mean()``, then cast to the bias's dtype. A layer without a
-    bias gets a new one of zeros plus the contribution (in `created`). `base` holds biases
-    already changed (by :func:`~fprune.groups._fold.folded_biases`), which the contributions are
-    added to. Nothing is changed in place.
+    bias gets a new one of zeros plus the contribution (in `created`). Nothing is changed in
+    place.
 
     With the removed channels replaced by their means where each consumer reads them, the
     original model computes what the pruned copy with these biases computes.
@@ -123,8 +122,21 @@ def compensated_biases(
             count other channels than its weight reads; a weight or bias that is one tensor
             under two names (tied) and would take two compensations.
     """
-    base = base if base is not None else {}
-    totals: dict[str, Tensor] = {}  # bias FQN -> float64 contribution
+    ops, created = compensation_ops(model, groups, keeps, tensors, statistics)
+    biases = {bias: run_ops(None if bias in created else tensors[bias], steps, tensors.__getitem__) for bias, steps in ops.items()}
+    return Compensation(biases, created)
+
+
+def compensation_ops(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    keeps: Mapping[int, Tensor],
+    tensors: Mapping[str, Tensor],
+    statistics: Statistics,
+) -> tuple[dict[str, list[TensorOp]], frozenset[str]]:
+    """:func:`compensated_biases` as data: each bias's ops (a new one's start with
+    :class:`~fprune._util.tensor_ops.Zeros`), and the FQNs of the new ones."""
+    terms: dict[str, list[MeanTerm]] = {}
     created: set[str] = set()
     layers: dict[str, tuple[nn.Module, int]] = {}
     with torch.no_grad():
@@ -156,29 +168,25 @@ def compensated_biases(
                         f"weight reads {weight.shape[member.dim]} (dim {member.dim}); collect the statistics on this "
                         "model, with these groups"
                     )
-                at = removed.nonzero().squeeze(1).to(weight.device)
-                columns = weight.detach().index_select(member.dim, at).to(torch.float64)
-                shape = [1] * columns.dim()
-                shape[member.dim] = -1
-                product = columns * mean.to(device=weight.device, dtype=torch.float64)[at].reshape(shape)
-                contribution = product.sum(dim=tuple(d for d in range(product.dim()) if d != rows))
+                at = removed.nonzero().squeeze(1)
+                means = mean.to(dtype=torch.float64, device="cpu")[at.cpu()]
                 owner = member.fqn.rpartition(".")[0]
                 bias = f"{owner}.bias" if owner else "bias"
                 if getattr(module, "bias", None) is None:
                     _check_called(model, owner)
                     created.add(bias)
-                totals[bias] = totals[bias] + contribution if bias in totals else contribution
-    _check_ties(tensors, layers, totals)
-    biases: dict[str, Tensor] = {}
-    with torch.no_grad():
-        for bias, total in totals.items():
-            if bias in created:
-                weight = tensor_named(tensors, bias.removesuffix("bias") + "weight")
-                biases[bias] = total.to(weight.dtype)
-            else:
-                current = base.get(bias, tensor_named(tensors, bias)).detach()
-                biases[bias] = (current.to(torch.float64) + total.to(current.device)).to(current.dtype)
-    return Compensation(biases, frozenset(created))
+                term = MeanTerm(member.fqn, member.dim, tuple(at.tolist()), tuple(means.tolist()), rows)
+                terms.setdefault(bias, []).append(term)
+    _check_ties(tensors, layers, terms)
+    ops: dict[str, list[TensorOp]] = {}
+    for bias, parts in terms.items():
+        if bias in created:
+            layer = bias.removesuffix("bias") + "weight"
+            size = tensor_named(tensors, layer).shape[parts[0].rows]
+            ops[bias] = [Zeros((size,), layer), Compensate(tuple(parts), replace=True)]
+        else:
+            ops[bias] = [Compensate(tuple(parts), replace=False)]
+    return ops, frozenset(created)
 
 
 def _check_called(model: nn.Module, owner: str) -> None:
@@ -193,7 +201,7 @@ def _check_called(model: nn.Module, owner: str) -> None:
         )
 
 
-def _check_ties(tensors: Mapping[str, Tensor], layers: Mapping[str, tuple[nn.Module, int]], totals: Mapping[str, Tensor]) -> None:
+def _check_ties(tensors: Mapping[str, Tensor], layers: Mapping[str, tuple[nn.Module, int]], totals: Mapping[str, object]) -> None:
     """PruneError where two compensated layers share a weight or a bias (one tensor, two names):
     each name would take its own compensation, which would untie them."""
     names = names_by_tensor(tensors.items())

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._errors import PruneError
+from .._util.tensor_ops import Fold, TensorOp, run_ops
 from ._records import ChannelGroup
 from ._slices import put_slice, take_slice
 
@@ -25,7 +26,18 @@ def folded_biases(
     inputs over its kernel.
     The masked model computes exactly that from the removed channels, which hold ``value`` at
     every position the layer reads."""
-    new: dict[str, Tensor] = {}
+    return {bias: run_ops(tensors[bias], ops, tensors.__getitem__) for bias, ops in fold_ops(groups, keeps, tensors, caller).items()}
+
+
+def fold_ops(
+    groups: Sequence[ChannelGroup],
+    keeps: Mapping[int, Tensor],
+    tensors: Mapping[str, Tensor],
+    caller: str,
+) -> dict[str, list[TensorOp]]:
+    """:func:`folded_biases` as data: the :class:`~fprune._util.tensor_ops.Fold` ops of each
+    bias, in the order they add."""
+    new: dict[str, list[TensorOp]] = {}
     done: dict[int, str] = {}
     with torch.no_grad():
         for index, keep in keeps.items():
@@ -58,11 +70,7 @@ def folded_biases(
                             member.positions,
                             ~take_slice(keep, member.channels),
                         )
-                columns = weight.detach().index_select(
-                    fold.dim, removed.nonzero().squeeze(1).to(weight.device)
-                )
                 rows = 1 if fold.dim == 0 else 0  # the output dim: 0, but 1 in a Conv1D (a transposed Linear)
-                total = columns.sum(dim=tuple(d for d in range(columns.dim()) if d != rows))
-                current = new.get(fold.bias, bias.detach())
-                new[fold.bias] = current + (fold.value * total).to(current.dtype)
+                indices = tuple(removed.nonzero().squeeze(1).tolist())
+                new.setdefault(fold.bias, []).append(Fold(fold.weight, fold.dim, indices, float(fold.value), rows))
     return new

@@ -3,6 +3,7 @@ rewritten to the kept heads, and the rewritten graph checked against a fresh tra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 from torch import fx, nn
@@ -99,7 +100,8 @@ def verify_graph(
 ) -> str | None:
     """None if the pruned copy traces to the original graph but for the `new` numbers."""
     try:
-        before, after = _LeafTracer().trace(model), _LeafTracer().trace(pruned)
+        # a shallow copy: tracing stores the tensors forward makes (`_tensor_constant0`) on the root
+        before, after = _LeafTracer().trace(copy.copy(model)), _LeafTracer().trace(pruned)
     except Exception as error:  # noqa: BLE001 - reported as the problem
         return f"the models could not be traced again to check ({type(error).__name__})"
     old_nodes = list(before.nodes)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .._errors import PruneError
+from .._util.tensor_ops import Scale, scaled
 from ._heads import _LeafTracer, _names
 from ._records import ChannelGroup, NormRescale
 
@@ -24,10 +25,13 @@ def float_attributes(owner: nn.Module, value: float) -> list[str]:
     ]  # fmt: skip
 
 
-def rescaled_weights(groups: Sequence[ChannelGroup], new_tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[NormRescale, int]]:
+def rescaled_weights(
+    groups: Sequence[ChannelGroup], new_tensors: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[NormRescale, int], dict[str, Scale]]:
     """`new_tensors` with the weight of every exact RMSNorm that lost channels multiplied by
-    ``sqrt(size / kept)`` (for a norm that multiplies by ``offset + weight``, that sum), and
-    the kept count of every RMSNorm of the groups (lost or not)."""
+    ``sqrt(size / kept)`` (for a norm that multiplies by ``offset + weight``, that sum), the
+    kept count of every RMSNorm of the groups (lost or not), and the scaling of each weight
+    scaled, as data."""
     records: dict[NormRescale, int] = {}
     for group in groups:
         for record in group.rescales:
@@ -38,11 +42,13 @@ def rescaled_weights(groups: Sequence[ChannelGroup], new_tensors: Mapping[str, T
         if factors.setdefault(record.weight, (factor, record.offset)) != (factor, record.offset):
             raise PruneError(f"`{record.weight}` is the weight of two RMSNorms that lose different numbers of channels")
     tensors = dict(new_tensors)
+    scales: dict[str, Scale] = {}
     with torch.no_grad():
         for fqn, (factor, offset) in factors.items():
             if factor != 1.0:  # (offset + w) * factor = offset + w': Gemma's x * (1 + w)
-                tensors[fqn] = (new_tensors[fqn] + offset) * factor - offset if offset else new_tensors[fqn] * factor
-    return tensors, records
+                scales[fqn] = Scale(factor, offset if offset else None)
+                tensors[fqn] = scaled(new_tensors[fqn], factor, scales[fqn].offset)
+    return tensors, records, scales
 
 
 def update_norms(

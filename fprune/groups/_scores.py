@@ -242,6 +242,7 @@ def group_masks(
     criterion: Criterion | GroupCriterion = l2_norm,
     global_ranking: GlobalRanking = False,
     min_kept: float = 0.0,
+    weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Keep-masks removing a fraction `level` of the channels of each prunable group.
 
@@ -272,6 +273,10 @@ def group_masks(
             for a group pruned in whole units) that always stays, rounding to `round_to`
             upward where nearest would go below it; at least one channel stays anyway. 0.5
             caps every group's loss at half. Without global ranking it must stay 0.
+        weights: the tensors to score, by FQN, instead of the model's own: for a model built
+            on the meta device (too large to load),
+            ``fprune.plan.checkpoint_weights(path)`` reads each from its checkpoint when it
+            is scored (a few tensors in memory at a time).
 
     Returns:
         Bool keep-masks for :func:`apply_prune`, each over a producer weight's channel dim
@@ -281,7 +286,7 @@ def group_masks(
     """
     return masks_at_level(
         model, groups, level, ignore=ignore, round_to=round_to, criterion=criterion, global_ranking=global_ranking,
-        min_kept=min_kept, caller="group_masks",
+        min_kept=min_kept, caller="group_masks", weights=weights,
     )
 
 
@@ -296,6 +301,7 @@ def masks_at_level(
     global_ranking: GlobalRanking,
     caller: str,
     min_kept: float = 0.0,
+    weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """:func:`group_masks`, its refusals named after `caller` (the public function)."""
     check_model(model, caller)
@@ -312,7 +318,9 @@ def masks_at_level(
             f"{caller}: `min_kept` bounds what global ranking takes from each group; without `global_ranking` every "
             f"group loses the fraction `level` ({level!r}), so leave `min_kept` at 0"
         )
-    tensors = named_tensors(model)  # once: per group it would make scoring quadratic in depth
+    if weights is not None and not isinstance(weights, Mapping):
+        raise PruneError(f"{caller}: `weights` must map tensor FQNs to tensors (or be None), got {type(weights).__name__}")
+    tensors = named_tensors(model) if weights is None else weights  # once: per group it would be quadratic in depth
     _check_ignore(model, tensors, ignore, caller)
     chosen = [g for g in groups if g.prunable and not ignored(g, ignore)]
     cache: _Norms = {}  # a tensor read by several groups (a concat's consumer) is scored once

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .._util.tensor_ops import Full, Scale, TensorOp, Zeros, scaled
+
 
 SIZE_FIELDS: tuple[str, ...] = ("hidden_size", "intermediate_size", "n_inner", "num_key_value_heads", "num_attention_heads")
 """Config sizes pruning can change, in the order they are solved (hidden size first: the others'
@@ -239,11 +241,14 @@ def updated_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, floa
     return config, problems
 
 
-def update_hf_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, float]) -> dict[str, str]:
+def update_hf_config(
+    model: nn.Module, pruned: nn.Module, eps: Mapping[float, float], recorded: dict[str, list[TensorOp]] | None = None
+) -> dict[str, str]:
     """Set the pruned copy's own config (every module of the copy shares it) to the sizes that
     rebuild it, and make what the class derives from them agree (Gemma's embedding scale
-    ``sqrt(hidden_size)``: folded into the embedding weights). Returns the fields left as they
-    were, with why (:func:`fprune.hf.save_pretrained` refuses to save those)."""
+    ``sqrt(hidden_size)``: folded into the embedding weights; what that does to a tensor is
+    appended to `recorded`, by FQN, where given). Returns the fields left as they were, with
+    why (:func:`fprune.hf.save_pretrained` refuses to save those)."""
     sync_head_attributes(model, pruned)
     solved, problems = updated_config(model, pruned, eps)
     config = getattr(pruned, "config")
@@ -254,7 +259,7 @@ def update_hf_config(model: nn.Module, pruned: nn.Module, eps: Mapping[float, fl
         if getattr(config, name, None) != value:
             setattr(config, name, value)
     if not problems:
-        _fold_embed_scale(pruned, config)
+        _fold_embed_scale(pruned, config, recorded)
     return problems
 
 
@@ -300,7 +305,19 @@ def sync_head_attributes(model: nn.Module, pruned: nn.Module) -> None:
                 setattr(module, attribute, now)
 
 
-def _fold_embed_scale(pruned: nn.Module, config: object) -> None:
+def _names_of(model: nn.Module, tensor: Tensor) -> list[str]:
+    """Every FQN under which `model` holds `tensor` (tied names included)."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, t in named if t is tensor]
+
+
+def _record(recorded: dict[str, list[TensorOp]] | None, names: list[str], op: TensorOp) -> None:
+    if recorded is not None:
+        for name in names:
+            recorded.setdefault(name, []).append(op)
+
+
+def _fold_embed_scale(pruned: nn.Module, config: object, recorded: dict[str, list[TensorOp]] | None = None) -> None:
     """An embedding scaled by ``sqrt(hidden_size)`` at build time (Gemma's ``embed_scale``) gets
     the value the pruned config gives, its weight scaled by old / new: the output stays.
 
@@ -322,33 +339,36 @@ def _fold_embed_scale(pruned: nn.Module, config: object) -> None:
             continue
         weight = module.weight
         sharing = [(m, k) for m in pruned.modules() for k, p in vars(m)["_parameters"].items() if p is weight]
-        final_norm: tuple[nn.Module, nn.Parameter, Tensor] | None = None
+        final_norm: tuple[nn.Module, nn.Parameter, Tensor, float] | None = None
         if len(sharing) > 1:  # tied: only to the LM head, whose input the final norm makes
             head, get_decoder = getattr(pruned, "get_output_embeddings", lambda: None)(), getattr(pruned, "get_decoder", None)
             norm = getattr(get_decoder(), "norm", None) if callable(get_decoder) else None
-            scaled = _scaled_norm_weight(norm, new / old) if isinstance(norm, nn.Module) else None
-            if not (isinstance(head, nn.Linear) and {id(m) for m, _ in sharing} == {id(module), id(head)} and scaled is not None):
+            rescaled = _scaled_norm_weight(norm, new / old) if isinstance(norm, nn.Module) else None
+            if not (isinstance(head, nn.Linear) and {id(m) for m, _ in sharing} == {id(module), id(head)} and rescaled is not None):
                 continue
-            assert isinstance(norm, nn.Module) and isinstance(norm.weight, nn.Parameter) and scaled is not None
-            final_norm = norm, norm.weight, scaled
+            assert isinstance(norm, nn.Module) and isinstance(norm.weight, nn.Parameter) and rescaled is not None
+            final_norm = norm, norm.weight, *rescaled
+        _record(recorded, _names_of(pruned, weight), Scale(old / new))
         with torch.no_grad():
-            folded = nn.Parameter(weight * (old / new), requires_grad=weight.requires_grad)
+            folded = nn.Parameter(scaled(weight, old / new, None), requires_grad=weight.requires_grad)
         for owner, key in sharing:
             setattr(owner, key, folded)
         if final_norm is not None:
-            norm, parameter, scaled = final_norm
-            norm.weight = nn.Parameter(scaled, requires_grad=parameter.requires_grad)
+            norm, parameter, weights, offset = final_norm
+            _record(recorded, _names_of(pruned, parameter), Scale(new / old, offset))
+            norm.weight = nn.Parameter(weights, requires_grad=parameter.requires_grad)
         setattr(module, "scalar_embed_scale", new)
         buffer = getattr(module, "embed_scale", None)
         if isinstance(buffer, Tensor):
-            module.embed_scale = torch.tensor(new, dtype=buffer.dtype, device=buffer.device)
+            _record(recorded, _names_of(pruned, buffer), Full(new))
+            module.embed_scale = torch.full_like(buffer, new)
 
 
-def _scaled_norm_weight(norm: nn.Module, factor: float) -> Tensor | None:
-    """The weight that makes the RMSNorm `norm` output `factor` times what it outputs: it
-    multiplies by ``c + weight`` (c: 0, or Gemma's 1), found by running it on ones with the
-    weights 0 and 1; then ``(c + weight) * factor - c``, checked on a random input. None for a
-    norm that does not scale so."""
+def _scaled_norm_weight(norm: nn.Module, factor: float) -> tuple[Tensor, float] | None:
+    """The weight that makes the RMSNorm `norm` output `factor` times what it outputs, and the
+    `c` it multiplies by ``c + weight`` with (0, or Gemma's 1), found by running it on ones
+    with the weights 0 and 1; the weight is ``(c + weight) * factor - c``, checked on a random
+    input. None for a norm that does not scale so."""
     weight = getattr(norm, "weight", None)
     if not isinstance(weight, nn.Parameter) or weight.dim() != 1 or weight.is_meta:
         return None
@@ -361,18 +381,18 @@ def _scaled_norm_weight(norm: nn.Module, factor: float) -> Tensor | None:
             offset = float(offsets.flatten()[0])
             if not torch.isfinite(offsets).all() or not torch.allclose(offsets, torch.full_like(offsets, offset)):
                 return None
-            scaled = (weight + offset) * factor - offset
+            weights = scaled(weight, factor, offset)
             expected = norm(check) * factor
-            got = functional_call(norm, {"weight": scaled}, (check,))
+            got = functional_call(norm, {"weight": weights}, (check,))
     except Exception:  # noqa: BLE001 - a module that is not such a norm
         return None
     if not isinstance(got, Tensor) or not isinstance(expected, Tensor) or not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
         return None
-    return scaled.detach()
+    return weights.detach(), offset
 
 
 
-def rebuild_added_biases(pruned: nn.Module) -> tuple[str, ...]:
+def rebuild_added_biases(pruned: nn.Module, recorded: dict[str, list[TensorOp]] | None = None) -> tuple[str, ...]:
     """Make the pruned copy's config rebuild the biases bias compensation added (Llama's
     ``down_proj`` / ``o_proj`` built without one: ``mlp_bias`` / ``attention_bias`` False).
 
@@ -382,7 +402,8 @@ def rebuild_added_biases(pruned: nn.Module) -> tuple[str, ...]:
     class built with all of them has exactly the copy's shapes but for biases the copy lacks
     (the flag's other layers: ``gate_proj`` / ``up_proj``, ``q/k/v_proj``), those flags are set
     and those layers get biases of zeros (exact: they add nothing). Otherwise nothing changes,
-    and :func:`fprune.hf.save_pretrained` refuses the copy. Returns the flags set."""
+    and :func:`fprune.hf.save_pretrained` refuses the copy. Returns the flags set; the zero
+    biases are appended to `recorded` (by FQN) where given."""
     config = getattr(pruned, "config")
     built = built_shapes(pruned, config)
     have = shapes_of(pruned)
@@ -424,4 +445,5 @@ def rebuild_added_biases(pruned: nn.Module) -> tuple[str, ...]:
         assert isinstance(weight, Tensor)
         zero = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
         module.bias = nn.Parameter(zero, requires_grad=weight.requires_grad)
+        _record(recorded, [key], Zeros(tuple(shape), f"{key.removesuffix('bias')}weight"))
     return tuple(chosen)
