@@ -244,7 +244,7 @@ def apply_groups(
 ) -> ModelT:
     """The physically pruned copy for group masks (see :func:`fprune.apply_prune`); `caller`
     names the public function in error messages. With `compensate`, the removed channels'
-    mean contributions go into their consumers' biases (:func:`compensated_biases`); biases a
+    mean contributions go into their consumers' biases (:func:`compensation_ops`); biases a
     layer did not have are added to the copy's modules last, after the checks of its sizes.
     Where `recorded` is given, what is done to each tensor (by FQN, the copy's new tensors
     included) is appended to it as ops that :func:`~fprune._util.tensor_ops.run_ops` replays

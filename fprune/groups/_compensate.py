@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, fx, nn
@@ -15,26 +15,12 @@ from torch.nn.modules.conv import _ConvNd
 
 from .._errors import PruneError
 from .._util.checks import names_by_tensor
-from .._util.tensor_ops import Compensate, MeanTerm, TensorOp, Zeros, run_ops
+from .._util.tensor_ops import Compensate, MeanTerm, TensorOp, Zeros
 from ._records import ChannelGroup, ChannelSlice
 from ._slices import put_slice, take_slice, tensor_named
 
 if TYPE_CHECKING:
     from ..calibrate._statistics import Statistics
-
-
-class Compensation(NamedTuple):
-    """The biases bias compensation gives the pruned copy.
-
-    Attributes:
-        biases: the new (unsliced: over the layer's original outputs) bias of every layer that
-            reads removed channels, by bias FQN, in the bias's dtype (the weight's, for a new one).
-        created: the FQNs among them of biases the layer did not have (a Linear or conv built
-            with ``bias=False``), to be added to the copy's module as a parameter.
-    """
-
-    biases: dict[str, Tensor]
-    created: frozenset[str]
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -99,15 +85,17 @@ def _layer(model: nn.Module, member: ChannelSlice) -> tuple[nn.Module, int]:
     )
 
 
-def compensated_biases(
+def compensation_ops(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
     keeps: Mapping[int, Tensor],
     tensors: Mapping[str, Tensor],
     statistics: Statistics,
-) -> Compensation:
-    """The new bias of every layer that reads a pruned group's removed channels (a consumer
-    member), with their mean contribution added: ``bias[o] + sum over removed c of mean[c] *
+) -> tuple[dict[str, list[TensorOp]], frozenset[str]]:
+    """What makes the new bias of every layer that reads a pruned group's removed channels (a
+    consumer member), as ops (:class:`~fprune._util.tensor_ops.Compensate`, after a
+    :class:`~fprune._util.tensor_ops.Zeros` for a bias the layer lacks), and the FQNs of the new
+    biases. The ops add the removed channels' mean contribution: ``bias[o] + sum over removed c of mean[c] *
     W[o, c, ...]`` summed over the kernel (HF Conv1D: ``W[c, o]``), computed in float64 from
     ``statistics.inputs[weight FQN].mean()``, then cast to the bias's dtype. A layer without a
     bias gets a new one of zeros plus the contribution (in `created`). Nothing is changed in
@@ -122,20 +110,6 @@ def compensated_biases(
             count other channels than its weight reads; a weight or bias that is one tensor
             under two names (tied) and would take two compensations.
     """
-    ops, created = compensation_ops(model, groups, keeps, tensors, statistics)
-    biases = {bias: run_ops(None if bias in created else tensors[bias], steps, tensors.__getitem__) for bias, steps in ops.items()}
-    return Compensation(biases, created)
-
-
-def compensation_ops(
-    model: nn.Module,
-    groups: Sequence[ChannelGroup],
-    keeps: Mapping[int, Tensor],
-    tensors: Mapping[str, Tensor],
-    statistics: Statistics,
-) -> tuple[dict[str, list[TensorOp]], frozenset[str]]:
-    """:func:`compensated_biases` as data: each bias's ops (a new one's start with
-    :class:`~fprune._util.tensor_ops.Zeros`), and the FQNs of the new ones."""
     terms: dict[str, list[MeanTerm]] = {}
     created: set[str] = set()
     layers: dict[str, tuple[nn.Module, int]] = {}

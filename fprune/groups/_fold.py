@@ -9,24 +9,9 @@ import torch
 from torch import Tensor
 
 from .._errors import PruneError
-from .._util.tensor_ops import Fold, TensorOp, run_ops
+from .._util.tensor_ops import Fold, TensorOp
 from ._records import ChannelGroup
 from ._slices import put_slice, take_slice
-
-
-def folded_biases(
-    groups: Sequence[ChannelGroup],
-    keeps: Mapping[int, Tensor],
-    tensors: Mapping[str, Tensor],
-    caller: str,
-) -> dict[str, Tensor]:
-    """The new (unsliced) bias of every layer that a pruned group's folds name: the bias plus,
-    for each fold, ``value`` times the sum of the weight's removed columns over every dim but
-    the output rows (dim 0; dim 1 of HF's Conv1D): a Linear's removed inputs, a conv's removed
-    inputs over its kernel.
-    The masked model computes exactly that from the removed channels, which hold ``value`` at
-    every position the layer reads."""
-    return {bias: run_ops(tensors[bias], ops, tensors.__getitem__) for bias, ops in fold_ops(groups, keeps, tensors, caller).items()}
 
 
 def fold_ops(
@@ -35,8 +20,12 @@ def fold_ops(
     tensors: Mapping[str, Tensor],
     caller: str,
 ) -> dict[str, list[TensorOp]]:
-    """:func:`folded_biases` as data: the :class:`~fprune._util.tensor_ops.Fold` ops of each
-    bias, in the order they add."""
+    """What makes the new (unsliced) bias of every layer that a pruned group's folds name, as
+    :class:`~fprune._util.tensor_ops.Fold` ops per bias, in the order they add: the bias plus,
+    for each fold, ``value`` times the sum of the weight's removed columns over every dim but
+    the output rows (dim 0; dim 1 of HF's Conv1D): a Linear's removed inputs, a conv's removed
+    inputs over its kernel. The masked model computes exactly that from the removed channels,
+    which hold ``value`` at every position the layer reads."""
     new: dict[str, list[TensorOp]] = {}
     done: dict[int, str] = {}
     with torch.no_grad():
