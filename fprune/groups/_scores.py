@@ -81,23 +81,28 @@ def _scores(
     for member in group.members:
         if member.role == "carrier":
             continue
-        tensor = tensor_named(tensors, member.fqn).detach()
-        if tensor.dim() < 2:
-            continue
-        if tensor.device.type == "meta":
-            raise PruneError(
-                f"`{member.fqn}` is on the meta device and has no values to score; load the weights, or "
-                "write keep-masks yourself (CPU torch.bool tensors keyed by each group's producers[0])"
-            )
-        values = _member_scores(tensor, member.fqn, member.dim, member.positions, criterion, cache, scratch)
+        norms = cache.get((member.fqn, member.dim)) if criterion is l2_norm or criterion is l1_norm else None
+        if norms is not None:  # scored before (a 2+-dim tensor with values): not read again
+            values = take_slice(norms, member.positions)
+        else:
+            tensor = tensor_named(tensors, member.fqn).detach()
+            if tensor.dim() < 2:
+                continue
+            if tensor.device.type == "meta":
+                raise PruneError(
+                    f"`{member.fqn}` is on the meta device and has no values to score; load the weights (or score "
+                    "them from a checkpoint: group_masks(..., weights=fprune.plan.checkpoint_weights(path))), or "
+                    "write keep-masks yourself (CPU torch.bool tensors keyed by each group's producers[0])"
+                )
+            values = _member_scores(tensor, member.fqn, member.dim, member.positions, criterion, cache, scratch)
         if scores is None:
-            scores = torch.zeros(group.size, dtype=torch.float32, device=tensor.device)
+            scores = torch.zeros(group.size, dtype=torch.float32, device=values.device)
         if covers(member.channels, group.size):
             scores += values
         elif isinstance(member.channels, range) and member.channels.step > 0:
             scores[member.channels.start : member.channels.stop : member.channels.step] += values
         else:
-            scores = scores.index_add(0, torch.tensor(member.channels, dtype=torch.long, device=tensor.device), values)
+            scores = scores.index_add(0, torch.tensor(member.channels, dtype=torch.long, device=values.device), values)
     if scores is None:
         raise PruneError(f"group produced by {', '.join(group.producers) or '(none)'} has no weight to score")
     return scores

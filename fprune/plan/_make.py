@@ -19,14 +19,14 @@ from .._apply import ModelT, Unfoldable, prune_reporting_unshrunk, split_records
 from .._prune_channels import ChannelOptions, prune_channels_recording
 from .._errors import PruneError, prefixed
 from .._util.checks import check_model, named_tensors, trace
-from .._util.tensor_ops import TensorOp
+from .._util.tensor_ops import Take, TensorOp
 from ..calibrate._statistics import Statistics
 from ..groups._find import channel_groups
 from ..groups._records import ChannelGroup
 from ..hf._config import EPS_FIELDS, SIZE_FIELDS
 from ..patterns._records import Match
 from ._records import EllipsisValue, NodeArgs, NodeRef, Plan, SliceValue, Value, encodable
-from ._replay import CLASSES, architecture_of, replay, tensor_shapes
+from ._replay import CLASSES, architecture_of, replay, run_checked, tensor_shapes
 
 _MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules", "training"})
 _TRACE_CONSTANT = re.compile(r"_tensor_constant\d+")
@@ -43,7 +43,7 @@ def make_plan(
 ) -> Plan:
     """What ``apply_prune(model, masks, matches, compensate=compensate)`` does, as a
     :class:`Plan` that :func:`apply_plan` replays: ``apply_plan(model, plan)`` is the pruned
-    copy, bit for bit (make_plan checks it). `model` is unchanged, and may live on the meta
+    copy, bit for bit (make_plan checks the structure on the meta device and every value it computes beyond slicing). `model` is unchanged, and may live on the meta
     device (the plan of a model too large to load: scores from
     ``group_masks(..., weights=checkpoint_weights(path))``).
 
@@ -286,8 +286,9 @@ def _bits(t: Tensor) -> Tensor:
     return t.detach().reshape(-1).view(torch.uint8) if t.dtype != torch.bool and t.numel() else t.detach().reshape(-1)
 
 
-def _tensor_difference(want: nn.Module, got: nn.Module) -> str | None:
-    """Where two models' tensors differ (names, shapes, dtypes, values bit for bit), or None."""
+def _tensor_difference(want: nn.Module, got: nn.Module, *, values: bool = True) -> str | None:
+    """Where two models' tensors differ (names, shapes, dtypes, Parameter-ness, requires_grad,
+    and with `values` their values bit for bit), or None."""
     a, b = named_tensors(want), named_tensors(got)
     if a.keys() != b.keys():
         names = sorted(a.keys() ^ b.keys())
@@ -296,25 +297,43 @@ def _tensor_difference(want: nn.Module, got: nn.Module) -> str | None:
         u = b[fqn]
         if t.shape != u.shape or t.dtype != u.dtype:
             return f"`{fqn}` is {t.dtype} {list(t.shape)} in one, {u.dtype} {list(u.shape)} in the other"
-        if t.device.type == "meta" or u.device.type == "meta":
-            continue
         if t.requires_grad != u.requires_grad or isinstance(t, nn.Parameter) != isinstance(u, nn.Parameter):
             return f"`{fqn}` is a parameter / requires grad in one and not the other"
-        if not torch.equal(_bits(t).cpu(), _bits(u).cpu()):
+        if values and t.device.type != "meta" and u.device.type != "meta" and not torch.equal(_bits(t).cpu(), _bits(u).cpu()):
+            return f"the values of `{fqn}` differ"
+    return None
+
+
+def _value_difference(model: nn.Module, pruned: nn.Module, plan: Plan) -> str | None:
+    """The first tensor of `pruned` whose values the plan's ops, run on `model`'s tensors, do
+    not give bit for bit, among those whose values the plan computes (a fold, compensation, a
+    rescale; not those it only slices, which apply slices with the very indices the plan
+    records); one tensor at a time (no second copy of the model is made)."""
+    tensors = named_tensors(model)
+    for fqn, want in named_tensors(pruned).items():
+        ops = plan.tensors.get(fqn, ())
+        if want.device.type == "meta" or all(isinstance(op, Take) for op in ops):
+            continue
+        got = run_checked(fqn, tensors.get(fqn), ops, tensors, "make_plan")
+        if got.dtype != want.dtype or got.shape != want.shape or not torch.equal(_bits(got).cpu(), _bits(want).cpu()):
             return f"the values of `{fqn}` differ"
     return None
 
 
 def _check_replay(model: nn.Module, pruned: nn.Module, plan: Plan) -> None:
-    """PruneError (a bug) unless the plan, replayed on the model, gives `pruned` back."""
-    replayed = replay(model, plan, "make_plan")
-    problem = _tensor_difference(pruned, replayed)
+    """PruneError (a bug) unless the plan, replayed on the model, gives `pruned` back: its
+    structure (every tensor's name, shape, dtype; attributes, classes, config, graph) replayed
+    on the meta device, and the values it computes, tensor by tensor."""
+    replayed = replay(model, plan, "make_plan", values=False)
+    problem = _tensor_difference(pruned, replayed, values=False)
     if problem is None and (_attribute_changes(pruned, replayed) or _class_changes(pruned, replayed)):
         problem = "module attributes differ"
     if problem is None and _config_changes(pruned, replayed):
         problem = "the config differs"
     if problem is None and isinstance(pruned, fx.GraphModule) and isinstance(replayed, fx.GraphModule) and pruned.code != replayed.code:
         problem = "the graph code differs"
+    if problem is None:
+        problem = _value_difference(model, pruned, plan)
     if problem is not None:
         raise PruneError(
             f"make_plan: the plan, replayed, does not give the pruned copy ({problem}); this is a bug in fprune, please "

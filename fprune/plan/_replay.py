@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
+import torch
 from torch import Tensor, fx, nn
 
 from .._errors import PruneError
 from .._util.checks import check_model, named_tensors, names_by_tensor
 from .._util.copy import copy_module
-from .._util.tensor_ops import Lookup, TensorOp, Zeros, run_ops
+from .._util.tensor_ops import Lookup, TensorOp, Zeros, output_shape, run_ops
 from ..groups._mha import HeadPrunedMultiheadAttention
 from ._records import EllipsisValue, NodeRef, Plan, SliceValue, Value
 
@@ -110,9 +111,12 @@ def _fresh(value: Value) -> Value:
     return value
 
 
-def replay(model: ModelT, plan: Plan, caller: str) -> ModelT:
-    """The pruned copy `plan` describes, made from `model` (already checked to fit)."""
+def replay(model: ModelT, plan: Plan, caller: str, *, values: bool = True) -> ModelT:
+    """The pruned copy `plan` describes, made from `model` (already checked to fit). Without
+    `values`, its structure only: every tensor on the meta device, in its new shape."""
     tensors = named_tensors(model)
+    if not values:
+        return _skeleton(model, plan, tensors, caller)
     names = names_by_tensor(tensors.items())
     memo: dict[int, object] = {}
     done: dict[int, tuple[str, tuple[TensorOp, ...]]] = {}
@@ -122,7 +126,7 @@ def replay(model: ModelT, plan: Plan, caller: str) -> ModelT:
         if old is None:
             if not ops or not isinstance(ops[0], Zeros):
                 raise PruneError(f"{caller}: the plan changes a tensor `{fqn}` this model lacks; make a plan for this model")
-            created[fqn] = _run(fqn, None, ops, tensors, caller)
+            created[fqn] = run_checked(fqn, None, ops, tensors, caller)
             continue
         first = done.setdefault(id(old), (fqn, ops))
         if first[0] != fqn:
@@ -131,7 +135,7 @@ def replay(model: ModelT, plan: Plan, caller: str) -> ModelT:
             continue
         if not ops:
             continue  # nothing done to it: copied with the model (run_ops would return a view of the model's tensor)
-        value = _run(fqn, old, ops, tensors, caller)
+        value = run_checked(fqn, old, ops, tensors, caller)
         memo[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
     for fqn, old in tensors.items():  # every name of a tied tensor must be in the plan
         if id(old) in done and done[id(old)][0] != fqn and fqn not in plan.tensors and len(names[id(old)]) > 1:
@@ -178,7 +182,36 @@ def replay(model: ModelT, plan: Plan, caller: str) -> ModelT:
     return pruned
 
 
-def _run(fqn: str, x: Tensor | None, ops: tuple[TensorOp, ...], tensors: Mapping[str, Tensor], caller: str) -> Tensor:
+def _skeleton(model: ModelT, plan: Plan, tensors: Mapping[str, Tensor], caller: str) -> ModelT:
+    """:func:`replay` without values: each tensor an empty meta tensor of its new shape."""
+    memo: dict[int, object] = {}
+    for fqn, old in tensors.items():
+        if id(old) in memo:
+            continue
+        empty = torch.empty(output_shape(tuple(old.shape), plan.tensors.get(fqn, ())), dtype=old.dtype, device="meta")
+        memo[id(old)] = nn.Parameter(empty, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else empty
+    bare = copy_module(model, memo)
+    created = {
+        fqn: ops for fqn, ops in plan.tensors.items() if fqn not in tensors and ops and isinstance(ops[0], Zeros)
+    }  # fmt: skip
+    structure = Plan(
+        architecture=plan.architecture, shapes=plan.shapes, tensors={}, attributes=plan.attributes, classes=plan.classes,
+        config=plan.config, graph=plan.graph, fprune_version=plan.fprune_version,
+    )  # fmt: skip
+    pruned = replay(bare, structure, caller)
+    for fqn, ops in created.items():
+        first = ops[0]
+        assert isinstance(first, Zeros)
+        like = _lookup(tensors, caller)(first.like)
+        owner, _, name = fqn.rpartition(".")
+        module = _module(pruned, owner, caller)
+        weight = getattr(module, "weight", None)
+        empty = torch.empty(output_shape((), ops), dtype=like.dtype, device="meta")
+        setattr(module, name, nn.Parameter(empty, requires_grad=weight.requires_grad if isinstance(weight, Tensor) else False))
+    return pruned
+
+
+def run_checked(fqn: str, x: Tensor | None, ops: tuple[TensorOp, ...], tensors: Mapping[str, Tensor], caller: str) -> Tensor:
     """`run_ops`, with what torch refuses (an index past the end, sizes that do not line up: a
     plan edited by hand) as a PruneError naming the tensor."""
     try:
