@@ -43,7 +43,8 @@ def make_plan(
 ) -> Plan:
     """What ``apply_prune(model, masks, matches, compensate=compensate)`` does, as a
     :class:`Plan` that :func:`apply_plan` replays: ``apply_plan(model, plan)`` is the pruned
-    copy, bit for bit (make_plan checks the structure on the meta device and every value it computes beyond slicing). `model` is unchanged, and may live on the meta
+    copy, bit for bit (make_plan checks the plan's structure, replayed on the meta device, and
+    every value it computes beyond slicing). `model` is unchanged, and may live on the meta
     device (the plan of a model too large to load: scores from
     ``group_masks(..., weights=checkpoint_weights(path))``).
 
