@@ -83,6 +83,10 @@ class Plan:
     fprune_version: str = ""
     schema: int = SCHEMA
 
+    def __hash__(self) -> int:
+        """Equal plans have equal fingerprints (its mappings are not hashable themselves)."""
+        return hash(self.fingerprint)
+
     @property
     def fingerprint(self) -> str:
         """A digest of the original architecture: its class and every tensor's name and shape."""

@@ -131,3 +131,31 @@ def test_hugging_face_shards_config_and_files(tmp_path: Path) -> None:
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(loaded(x).logits, expected(x).logits)
     assert loaded.config.intermediate_size == 32 and loaded.config.num_key_value_heads == 1
+
+
+def test_hugging_face_compensation_writes_the_new_biases_and_their_flags(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "src", max_shard_size="30KB")
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "src").eval()
+    ids = torch.randint(0, 64, (1, 8))
+    groups = fprune.channel_groups(torch.export.export(model, (ids,), {"use_cache": False}, strict=False))
+    masks = fprune.group_masks(model, groups, 0.5, ignore=["model.embed_tokens", "lm_head"])
+    batches = [{"input_ids": torch.randint(0, 64, (2, 9)), "use_cache": False} for _ in range(2)]
+    statistics = collect_statistics(model, batches, groups=groups, progress=False)
+    plan = Plan.from_json(make_plan(model, masks, groups, compensate=statistics).to_json())
+    assert plan.config["mlp_bias"] is True and plan.config["attention_bias"] is True
+    prune_checkpoint(plan, tmp_path / "src", tmp_path / "dst")
+    index = json.loads((tmp_path / "dst" / "model.safetensors.index.json").read_text())
+    assert "model.layers.0.mlp.down_proj.bias" in index["weight_map"]
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "dst").eval()
+    expected = fprune.apply_prune(model, masks, groups, compensate=statistics)
+    assert loaded.state_dict().keys() == expected.state_dict().keys()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = torch.randint(0, 64, (2, 8))
+    assert torch.equal(loaded(x).logits, expected(x).logits)

@@ -1125,3 +1125,10 @@ def test_random_chains_and_masks(kind: str, widths: list[int], act: str, bias: b
     other = Chain(kind, [3, *widths], act, bias).double()
     vision_zoo.randomize_batchnorms(other)
     check_plan(model, masks, groups, (x,), other=other.eval())
+
+
+def test_plans_hash_by_their_fingerprint() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    groups = fprune.channel_groups(torch.fx.symbolic_trace(model))
+    plan = make_plan(model, fprune.group_masks(model, groups, 0.5), groups)
+    assert {plan, Plan.from_json(plan.to_json())} == {plan} and hash(plan) == hash(plan.fingerprint)
