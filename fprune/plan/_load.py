@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .._errors import PruneError
 from .._util.checks import check_model, named_tensors, names_by_tensor
@@ -24,10 +25,29 @@ Weights = str | os.PathLike[str] | Mapping[str, Tensor]
 ``torch.save(state_dict)``, or the state dict itself."""
 
 
+_RANDOM_FILLS = frozenset(
+    getattr(Tensor, name) for name in ("normal_", "uniform_", "bernoulli_", "exponential_", "random_", "cauchy_", "log_normal_", "geometric_")
+)
+
+
+class _SkipMetaRandomFills(TorchFunctionMode):
+    """A random fill of a meta tensor (``nn.init``'s ``normal_`` / ``uniform_``) returns it as it
+    is: a meta tensor has no values to fill, and torch runs such a fill through its Python
+    reference implementations, whose first call costs most of a second."""
+
+    def __torch_function__(
+        self, func: Callable[..., object], types: object, args: tuple[object, ...] = (), kwargs: Mapping[str, object] | None = None
+    ) -> object:
+        if func in _RANDOM_FILLS and args and isinstance(args[0], Tensor) and args[0].device.type == "meta":
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 @contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Within it, every parameter a module registers goes to the meta device (no memory),
-    while buffers stay real (a rotary embedding's ``inv_freq``, which no checkpoint holds)."""
+    """Within it, every parameter a module registers goes to the meta device (no memory; the
+    random initialisation of meta tensors is skipped), while buffers stay real (a rotary
+    embedding's ``inv_freq``, which no checkpoint holds)."""
     register = nn.Module.register_parameter
 
     def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
@@ -38,7 +58,8 @@ def parameters_on_meta() -> Iterator[None]:
 
     setattr(nn.Module, "register_parameter", on_meta)  # undone on exit
     try:
-        yield
+        with _SkipMetaRandomFills():
+            yield
     finally:
         setattr(nn.Module, "register_parameter", register)
 
@@ -112,7 +133,7 @@ def load_pruned(model: nn.Module | Callable[[], nn.Module], plan: Plan, weights:
         raise PruneError(f"load_pruned: `model` must be an nn.Module or a function that builds one, got {type(model).__name__}")
     check_model(base, "load_pruned")
     check_fits(base, plan, "load_pruned")
-    skeleton = replay(base, plan, "load_pruned")
+    skeleton = replay(base, plan, "load_pruned", values="real")  # no op runs on a meta tensor
     state = read_weights(weights, "load_pruned")
     return _loaded(skeleton, state)
 

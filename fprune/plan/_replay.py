@@ -4,7 +4,7 @@ attributes, classes, config and graph set as the plan says."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, fx, nn
@@ -111,12 +111,14 @@ def _fresh(value: Value) -> Value:
     return value
 
 
-def replay(model: ModelT, plan: Plan, caller: str, *, values: bool = True) -> ModelT:
-    """The pruned copy `plan` describes, made from `model` (already checked to fit). Without
-    `values`, its structure only: every tensor on the meta device, in its new shape."""
+def replay(model: ModelT, plan: Plan, caller: str, *, values: Literal["all", "real", "none"] = "all") -> ModelT:
+    """The pruned copy `plan` describes, made from `model` (already checked to fit). With
+    `values` ``"none"``, its structure only: every tensor on the meta device, in its new
+    shape; ``"real"``: so are the model's meta tensors (no op runs on them), while its real
+    ones (buffers a checkpoint does not hold) are computed."""
     tensors = named_tensors(model)
-    if not values:
-        return _skeleton(model, plan, tensors, caller)
+    if values != "all":
+        return _skeleton(model, plan, tensors, caller, real=values == "real")
     names = names_by_tensor(tensors.items())
     memo: dict[int, object] = {}
     done: dict[int, tuple[str, tuple[TensorOp, ...]]] = {}
@@ -182,14 +184,19 @@ def replay(model: ModelT, plan: Plan, caller: str, *, values: bool = True) -> Mo
     return pruned
 
 
-def _skeleton(model: ModelT, plan: Plan, tensors: Mapping[str, Tensor], caller: str) -> ModelT:
-    """:func:`replay` without values: each tensor an empty meta tensor of its new shape."""
+def _skeleton(model: ModelT, plan: Plan, tensors: Mapping[str, Tensor], caller: str, *, real: bool) -> ModelT:
+    """:func:`replay` without values: each tensor an empty meta tensor of its new shape (but,
+    where `real`, the model's real tensors, computed)."""
     memo: dict[int, object] = {}
     for fqn, old in tensors.items():
         if id(old) in memo:
             continue
-        empty = torch.empty(output_shape(tuple(old.shape), plan.tensors.get(fqn, ())), dtype=old.dtype, device="meta")
-        memo[id(old)] = nn.Parameter(empty, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else empty
+        ops = plan.tensors.get(fqn, ())
+        if real and old.device.type != "meta":
+            value = run_checked(fqn, old, ops, tensors, caller) if ops else old.detach().clone()
+        else:
+            value = torch.empty(output_shape(tuple(old.shape), ops), dtype=old.dtype, device="meta")
+        memo[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
     bare = copy_module(model, memo)
     created = {
         fqn: ops for fqn, ops in plan.tensors.items() if fqn not in tensors and ops and isinstance(ops[0], Zeros)
