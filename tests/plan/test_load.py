@@ -224,3 +224,40 @@ def test_hugging_face_llama_bf16(tmp_path: Path) -> None:
     assert loaded.config.to_dict() == expected  # type: ignore[union-attr,operator]
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(pruned(x).logits, loaded(x).logits)
+
+
+def test_hugging_face_gemma_computes_the_buffers_no_checkpoint_holds(tmp_path: Path) -> None:
+    """Gemma's `embed_scale` is a non-persistent buffer the hidden-size pruning sets (a `Full` op):
+    load_pruned builds it for real and runs the plan's op on it (and no op on a meta tensor)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GemmaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+
+    def build() -> nn.Module:
+        return transformers.GemmaForCausalLM(config).eval()  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    model = build()
+    ids = torch.randint(0, 64, (1, 8))
+    groups = fprune.channel_groups(torch.export.export(model, (ids,), {"use_cache": False}, strict=False))
+    masks = fprune.group_masks(model, groups, 0.5)
+    pruned = fprune.apply_prune(model, masks, groups)
+    plan = make_plan(model, masks, groups)
+    assert plan.tensors["model.embed_tokens.embed_scale"] == (fprune.plan.Full(4.0),)  # sqrt(16): the new hidden size
+    save_model(pruned, str(tmp_path / "gemma.safetensors"))
+    loaded = load_pruned(build, plan, tmp_path / "gemma.safetensors")
+    _same(pruned, loaded)
+    x = torch.randint(0, 64, (2, 8))
+    assert torch.equal(pruned(x).logits, loaded(x).logits)
+
+
+def test_random_fills_of_meta_tensors_are_skipped_only_inside() -> None:
+    from fprune.plan._load import parameters_on_meta
+
+    with parameters_on_meta():
+        layer = nn.Linear(3, 4)
+        buffer = torch.zeros(3).normal_()  # a real tensor is filled as ever
+    assert layer.weight.is_meta and not bool((buffer == 0).all())
+    assert torch.empty(2, device="meta").normal_().is_meta  # outside: torch's own meta kernel runs
