@@ -5,7 +5,8 @@ Both pipelines take a :class:`~tests.pipeline.fuzz_models.FuzzCase` and a choose
 - ``groups``: ``channel_groups`` on the traced model, masks from ``group_masks`` (levels near
   0 and near 1, ``round_to``, global ranking, the output group included or not) or random
   keep-masks per group (keep-one, keep-all, drop-one, random; whole attention heads), then
-  ``apply_prune(model, masks, groups)``;
+  ``apply_prune(model, masks, groups)``; half the time, its plan (``make_plan``, through JSON,
+  ``apply_plan``) must replay the pruned copy bit for bit;
 - ``groups/export``: the same on the groups found through ``torch.export.export(model, (x,),
   strict=False)`` (in the model's train or eval mode; an export that fails is refused); apply
   exports the pruned copy again to check the sizes it changed;
@@ -289,6 +290,34 @@ def _compare(
     return Outcome(pipeline, "exact", removed=any(not bool(m.all()) for m in masks.values()))
 
 
+def _plan_problem(model: nn.Module, masks: Mapping[str, Tensor], groups: Sequence[fprune.ChannelGroup], pruned: nn.Module, x: Tensor) -> str | None:
+    """Where the plan of the pruning, through its JSON and replayed, is not `pruned` bit for
+    bit (its tensors, their Parameter-ness and requires_grad, its output on `x`), or None."""
+    try:
+        plan = fprune.Plan.from_json(fprune.make_plan(model, masks, groups).to_json())
+        replayed = fprune.apply_plan(model, plan)
+    except fprune.PruneError as error:
+        return f"make_plan / apply_plan refused what apply_prune pruned: {error}"
+    want = dict(pruned.named_parameters(remove_duplicate=False)) | dict(pruned.named_buffers(remove_duplicate=False))
+    got = dict(replayed.named_parameters(remove_duplicate=False)) | dict(replayed.named_buffers(remove_duplicate=False))
+    if want.keys() != got.keys():
+        return f"the replayed copy's tensors differ: {sorted(want.keys() ^ got.keys())[:3]}"
+    for name, tensor in want.items():
+        other = got[name]
+        if tensor.dtype != other.dtype or tensor.shape != other.shape or not torch.equal(tensor, other):
+            return f"the replayed copy's `{name}` differs"
+        if tensor.requires_grad != other.requires_grad or isinstance(tensor, nn.Parameter) != isinstance(other, nn.Parameter):
+            return f"the replayed copy's `{name}` is another kind of tensor"
+    with torch.no_grad():  # on copies: a train-mode forward updates BatchNorm statistics
+        torch.manual_seed(0)
+        a = copy.deepcopy(pruned)(x)
+        torch.manual_seed(0)
+        b = replayed(x)
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)):
+        return "the replayed copy's output differs"
+    return None
+
+
 class _Guard:
     """Snapshots of the case's model and of its traced GraphModule (which shares its modules),
     checked after every fprune call."""
@@ -342,6 +371,10 @@ def run_groups(case: FuzzCase, choose: Chooser, *, masks_from: str) -> Outcome:
     outcome = guard.check(Outcome(guard.pipeline, "exact"))
     if outcome.status != "exact":
         return outcome
+    if choose.chance(0.5):  # the plan of the pruning replays it, bit for bit (before a forward runs on the copy)
+        problem = _plan_problem(model, masks, groups, pruned, case.x)
+        if problem is not None:
+            return guard.check(Outcome(guard.pipeline, "mismatch", "plan replay", problem))
     return guard.check(_compare(case, guard.pipeline, model, pruned, masks, groups, True))
 
 
@@ -368,6 +401,10 @@ def run_export(case: FuzzCase, choose: Chooser) -> Outcome:
     outcome = guard.check(Outcome(guard.pipeline, "exact"))
     if outcome.status != "exact":
         return outcome
+    if choose.chance(0.5):  # the plan of the pruning replays it, bit for bit (before a forward runs on the copy)
+        problem = _plan_problem(case.model, masks, groups, pruned, case.x)
+        if problem is not None:
+            return guard.check(Outcome(guard.pipeline, "mismatch", "plan replay", problem))
     return guard.check(_compare(case, guard.pipeline, case.model, pruned, masks, groups, True))
 
 
