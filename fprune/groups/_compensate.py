@@ -17,7 +17,7 @@ from .._errors import PruneError
 from .._util.checks import names_by_tensor
 from .._util.tensor_ops import Compensate, MeanTerm, TensorOp, Zeros
 from ._records import ChannelGroup, ChannelSlice
-from ._slices import put_slice, take_slice, tensor_named
+from ._slices import removed_positions, tensor_named
 
 if TYPE_CHECKING:
     from ..calibrate._statistics import Statistics
@@ -121,8 +121,7 @@ def compensation_ops(
             for member in group.members:
                 if member.role != "consumer":
                     continue
-                removed = torch.zeros(tensor_named(tensors, member.fqn).shape[member.dim], dtype=torch.bool, device=keep.device)
-                put_slice(removed, member.positions, ~take_slice(keep, member.channels))
+                removed = removed_positions(tensor_named(tensors, member.fqn).shape[member.dim], keep, [member])
                 if not bool(removed.any()):
                     continue
                 if member.fqn not in layers:

@@ -11,7 +11,7 @@ from torch import Tensor
 from .._errors import PruneError
 from .._util.tensor_ops import Fold, TensorOp
 from ._records import ChannelGroup
-from ._slices import put_slice, take_slice
+from ._slices import removed_positions
 
 
 def fold_ops(
@@ -45,20 +45,8 @@ def fold_ops(
                         f"{caller}: `{fold.weight}` and `{done[key]}` are one tensor (tied weights) that a constant folds into "
                         "twice; untie them first"
                     )
-                removed = torch.zeros(
-                    weight.shape[fold.dim], dtype=torch.bool, device=keep.device
-                )
-                for member in group.members:
-                    if (
-                        member.role == "consumer"
-                        and member.fqn == fold.weight
-                        and member.dim == fold.dim
-                    ):
-                        put_slice(
-                            removed,
-                            member.positions,
-                            ~take_slice(keep, member.channels),
-                        )
+                readers = [m for m in group.members if m.role == "consumer" and m.fqn == fold.weight and m.dim == fold.dim]
+                removed = removed_positions(weight.shape[fold.dim], keep, readers)
                 rows = 1 if fold.dim == 0 else 0  # the output dim: 0, but 1 in a Conv1D (a transposed Linear)
                 indices = tuple(removed.nonzero().squeeze(1).tolist())
                 new.setdefault(fold.bias, []).append(Fold(fold.weight, fold.dim, indices, float(fold.value), rows))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +31,15 @@ def put_slice(target: Tensor, index: Sequence[int], values: Tensor) -> None:
         target[index.start : index.stop : index.step] = values
     else:
         target[torch.tensor(index, dtype=torch.long, device=target.device)] = values
+
+
+def removed_positions(size: int, keep: Tensor, members: Iterable[ChannelSlice]) -> Tensor:
+    """Over a tensor dim of `size`, True at the positions where `members` (slices of one
+    group, along that dim) hold a channel that `keep` removes."""
+    removed = torch.zeros(size, dtype=torch.bool, device=keep.device)
+    for member in members:
+        put_slice(removed, member.positions, ~take_slice(keep, member.channels))
+    return removed
 
 
 def covers(index: Sequence[int], size: int) -> bool:
