@@ -44,8 +44,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], **kwargs: ob
             f"save_pretrained: this {type(model).__name__} has {len(added)} bias tensor(s) its config does not build "
             f"({shown}{', ...' if len(added) > 4 else ''}): bias compensation (apply_prune(..., compensate=...)) "
             "added them to layers built without a bias, and no flag of the config rebuilds them, so "
-            "from_pretrained would drop them. Prune without `compensate`, or keep the model as a Python "
-            "object (torch.save(model))"
+            "from_pretrained would drop them. Prune without `compensate`, or "
+            "save its weights with safetensors and its plan (fprune.make_plan, or fprune.plan.plan_channels for prune_channels), and reload it with fprune.load_pruned"
         )
     if wrong:
         shown = ", ".join(f"`{k}` {have.get(k)} would reload as {built.get(k)}" for k in wrong[:4])
@@ -59,14 +59,14 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], **kwargs: ob
                 f"from_pretrained would build every layer with {held} and could not load the pruned weights "
                 f"({tensors}). Only a config with one entry per layer (Gemma3n's `intermediate_size` list) holds "
                 "them; prune every layer alike (group_masks without global_ranking keeps the same fraction of "
-                "each), or keep such a model as a Python object (torch.save(model))"
+                "each), or save its weights with safetensors and its plan (fprune.make_plan, or fprune.plan.plan_channels for prune_channels), and reload it with fprune.load_pruned"
             )
         raise PruneError(
             f"save_pretrained: the config of this {type(model).__name__} does not describe its pruned shapes "
             f"({tensors}): saved, it would reload different. "
             "Its layers were pruned to different widths (prune every layer alike: group_masks without "
             "global_ranking keeps the same fraction of each), or to a size the class derives from others "
-            "(BERT / ViT / GPT-2 derive the head size from hidden_size // num_attention_heads); keep such a model "
-            "as a Python object (torch.save(model))"
+            "(BERT / ViT / GPT-2 derive the head size from hidden_size // num_attention_heads); for such a model, "
+            "save its weights with safetensors and its plan (fprune.make_plan, or fprune.plan.plan_channels for prune_channels), and reload it with fprune.load_pruned"
         )
     getattr(model, "save_pretrained")(path, **kwargs)
