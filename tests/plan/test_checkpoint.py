@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -97,12 +98,17 @@ def test_refusals(tmp_path: Path) -> None:
         prune_checkpoint(plan, tmp_path / "missing", tmp_path / "out")
 
 
-def test_hugging_face_shards_config_and_files(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
+def _llama_config(transformers: ModuleType) -> object:
+    """A tiny Llama config: 2 layers, 4 query heads over 2 key / value heads, untied head."""
+    return transformers.LlamaConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, tie_word_embeddings=False,
     )  # fmt: skip
+
+
+def test_hugging_face_shards_config_and_files(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = _llama_config(transformers)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     model.save_pretrained(tmp_path / "src", max_shard_size="20KB")  # several shards and an index
@@ -135,10 +141,7 @@ def test_hugging_face_shards_config_and_files(tmp_path: Path) -> None:
 
 def test_hugging_face_compensation_writes_the_new_biases_and_their_flags(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False,
-    )  # fmt: skip
+    config = _llama_config(transformers)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "src", max_shard_size="30KB")
     model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "src").eval()

@@ -4,6 +4,7 @@ bit for bit; refusals that name the tensor."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,16 @@ def test_a_meta_model_cannot_make_unsaved_buffers() -> None:
     assert torch.equal(loaded.scale, torch.ones(2))  # type: ignore[arg-type]
 
 
+def _pruned_hf(build: Callable[[], nn.Module]) -> tuple[nn.Module, Plan]:
+    """A Hugging Face decoder `build` makes, pruned at 0.5 through its exported graph, and the plan."""
+    torch.manual_seed(0)
+    model = build()
+    ids = torch.randint(0, 64, (1, 8))
+    groups = fprune.channel_groups(torch.export.export(model, (ids,), {"use_cache": False}, strict=False))
+    masks = fprune.group_masks(model, groups, 0.5)
+    return fprune.apply_prune(model, masks, groups), make_plan(model, masks, groups)
+
+
 def test_hugging_face_llama_bf16(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
@@ -209,13 +220,7 @@ def test_hugging_face_llama_bf16(tmp_path: Path) -> None:
     def build() -> nn.Module:
         return transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()  # type: ignore[no-any-return]
 
-    torch.manual_seed(0)
-    model = build()
-    ids = torch.randint(0, 64, (1, 8))
-    groups = fprune.channel_groups(torch.export.export(model, (ids,), {"use_cache": False}, strict=False))
-    masks = fprune.group_masks(model, groups, 0.5)
-    pruned = fprune.apply_prune(model, masks, groups)
-    plan = make_plan(model, masks, groups)
+    pruned, plan = _pruned_hf(build)
     expected = pruned.config.to_dict()  # type: ignore[union-attr,operator]
     fprune.hf.save_pretrained(pruned, tmp_path / "pruned")  # sets the config's `architectures` and `dtype`
     loaded = load_pruned(build, Plan.from_json(plan.to_json()), tmp_path / "pruned")
@@ -238,13 +243,7 @@ def test_hugging_face_gemma_computes_the_buffers_no_checkpoint_holds(tmp_path: P
     def build() -> nn.Module:
         return transformers.GemmaForCausalLM(config).eval()  # type: ignore[no-any-return]
 
-    torch.manual_seed(0)
-    model = build()
-    ids = torch.randint(0, 64, (1, 8))
-    groups = fprune.channel_groups(torch.export.export(model, (ids,), {"use_cache": False}, strict=False))
-    masks = fprune.group_masks(model, groups, 0.5)
-    pruned = fprune.apply_prune(model, masks, groups)
-    plan = make_plan(model, masks, groups)
+    pruned, plan = _pruned_hf(build)
     assert plan.tensors["model.embed_tokens.embed_scale"] == (fprune.plan.Full(4.0),)  # sqrt(16): the new hidden size
     save_model(pruned, str(tmp_path / "gemma.safetensors"))
     loaded = load_pruned(build, plan, tmp_path / "gemma.safetensors")
