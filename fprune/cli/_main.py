@@ -777,7 +777,7 @@ def run_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
                 model = build_model(source)
             if not Path(args.weights).exists():
                 raise Failure(f"no file or folder {str(args.weights)!r}: pass --weights the checkpoint (a .safetensors file or a folder of shards)")
-            scores = checkpoint_weights(Path(args.weights))
+            scores = checkpoint_weights(Path(args.weights), progress=not args.json and sys.stderr.isatty())
         else:
             model = build_model(source)
             if args.weights is not None:
@@ -797,7 +797,8 @@ def run_prune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         criterion=CRITERIA[args.criterion], weights=scores,
     )  # fmt: skip
     plan: Plan | None = None
-    with _status(f"pruning {source} at level {level}" + (" and recording the plan" if plan_file else "")):
+    pruning = f"pruning {source} at level {level}" + (" and recording the plan" if plan_file else "")
+    with nullcontext() if meta else _status(pruning):  # with --meta, the progress bar of the checkpoint's reads instead
         if plan_file is None:
             pruned = prune_channels(model, level, **options)
         else:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from tqdm import tqdm
+from typing_extensions import Never
 
 from .._errors import PruneError
 from .._util.safetensors_stream import SafetensorsFile, checkpoint_files, read_header, read_tensor, write_safetensors
@@ -59,16 +60,22 @@ def peak_rss() -> int:
 class CheckpointWeights(Mapping[str, Tensor]):
     """A checkpoint's tensors by name, each read from disk when it is asked for (no cache):
     ``group_masks(meta_model, groups, level, weights=checkpoint_weights(path))`` scores a
-    model that is never loaded whole."""
+    model that is never loaded whole. With a progress bar, each read advances it by the
+    tensor's bytes (out of the checkpoint's)."""
 
-    def __init__(self, files: Mapping[str, SafetensorsFile]) -> None:
+    def __init__(self, files: Mapping[str, SafetensorsFile], bar: tqdm[Never] | None = None) -> None:
         self._files = dict(files)
+        self._bar = bar
 
     def __getitem__(self, name: str) -> Tensor:
         file = self._files.get(name)
         if file is None:
             raise KeyError(name)
-        return read_tensor(file, name)
+        value = read_tensor(file, name)
+        if self._bar is not None:
+            entry = file.entries[name]
+            self._bar.update(entry.end - entry.begin)
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
@@ -94,11 +101,17 @@ def _headers(src: str | os.PathLike[str], caller: str) -> tuple[list[Safetensors
     return files, where
 
 
-def checkpoint_weights(src: str | os.PathLike[str]) -> CheckpointWeights:
+def checkpoint_weights(src: str | os.PathLike[str], *, progress: bool = False) -> CheckpointWeights:
     """The tensors of a safetensors checkpoint (a file, or a folder of shards), by name, read
     one at a time on access: a model built on the meta device is scored without loading it
-    (``group_masks(..., weights=checkpoint_weights(path))``)."""
-    return CheckpointWeights(_headers(src, "checkpoint_weights")[1])
+    (``group_masks(..., weights=checkpoint_weights(path))``). With `progress`, a tqdm bar (on
+    stderr) counts the bytes read, out of the checkpoint's (scoring reads the layers it scores,
+    each once)."""
+    files, where = _headers(src, "checkpoint_weights")
+    if not progress:
+        return CheckpointWeights(where)
+    total = sum(e.end - e.begin for f in files for e in f.entries.values())
+    return CheckpointWeights(where, tqdm(total=total, unit="B", unit_scale=True, desc="reading the checkpoint"))
 
 
 def _set_path(document: dict[str, object], path: str, value: Value) -> None:

@@ -162,3 +162,14 @@ def test_hugging_face_compensation_writes_the_new_biases_and_their_flags(tmp_pat
         assert torch.equal(loaded.state_dict()[key], value), key
     x = torch.randint(0, 64, (2, 8))
     assert torch.equal(loaded(x).logits, expected(x).logits)
+
+
+def test_checkpoint_weights_count_what_they_read_on_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, _ = _mlp()
+    save_model(model, str(tmp_path / "model.safetensors"))
+    weights = checkpoint_weights(tmp_path / "model.safetensors", progress=True)
+    assert torch.equal(weights["a.weight"], model.a.weight) and torch.equal(weights["b.bias"], model.b.bias)
+    assert weights._bar is not None and weights._bar.n == (16 * 6 + 12) * 8  # float64 bytes of the two tensors read
+    with pytest.raises(KeyError):
+        weights["nothing"]
+    assert checkpoint_weights(tmp_path / "model.safetensors")._bar is None
