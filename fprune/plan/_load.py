@@ -162,9 +162,9 @@ def _loaded(skeleton: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
                 f"load_pruned: `{fqn}` is {list(given.shape)} in the weights, {list(expected.shape)} in the pruned model; "
                 "are they the weights of another pruning (or of the unpruned model)?"
             )
-    groups = {id(t): names for names in aliases.values() for t in [tensors[names[0]]] if len(names) > 1}
+    tied = [names for names in aliases.values() if len(names) > 1]
     skeleton.load_state_dict(dict(state), strict=False, assign=True)
-    for names in groups.values():  # loading assigned each name its own tensor: tie them again
+    for names in tied:  # loading assigned each name its own tensor: tie them again
         source = next((n for n in names if n in state), names[0])
         value = _get(skeleton, source)
         for name in names:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 from .._errors import PruneError
-from .._util.tensor_ops import Compensate, Fold, Full, MeanTerm, Scale, Take, TensorOp, Zeros
+from .._util.tensor_ops import Compensate, Fold, Full, MeanTerm, Scale, Take, TensorOp, Zeros, output_shape
 
 SCHEMA = 1
 """The version of the JSON form :meth:`Plan.to_json` writes; :meth:`Plan.from_json` reads it."""
@@ -94,8 +94,6 @@ class Plan:
 
     def new_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the pruned model, by FQN, with its shape."""
-        from .._util.tensor_ops import output_shape
-
         shapes = {fqn: output_shape(shape, self.tensors.get(fqn, ())) for fqn, shape in self.shapes.items()}
         for fqn, ops in self.tensors.items():
             if fqn not in shapes:
